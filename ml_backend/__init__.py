@@ -1,0 +1,3 @@
+"""Active-learning ML backend for Label Studio."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,110 @@
+"""`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train, jobs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .settings import Settings
+
+
+def _configure(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    if settings.torch_threads:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from .server import create_app
+
+    if args.dev:
+        create_app(settings).run(host=args.host, port=args.port, threaded=True)
+        return 0
+    from gunicorn.app.base import BaseApplication
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", args.workers)
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("timeout", 300)  # /predict may take long; LS waits 100 s
+            self.cfg.set("accesslog", "-" if args.access_log else None)
+
+        def load(self) -> Any:
+            # Each worker builds its own app after forking: no torch state crosses a fork.
+            return create_app(settings)
+
+    if args.workers > 1 and not settings.redis_url:
+        logging.warning("%d gunicorn workers without REDIS_URL: each runs its own job thread;"
+                        " set REDIS_URL to share one queue", args.workers)
+    _Gunicorn().run()
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.redis_url:
+        print("ml-backend worker needs REDIS_URL", file=sys.stderr)
+        return 2
+    from redis import Redis
+    from rq import Queue, SimpleWorker
+
+    from .jobs import QUEUE_NAME, bind_worker_runtime
+    from .runtime import Runtime
+
+    runtime = Runtime(settings)
+    bind_worker_runtime(runtime)
+    connection = Redis.from_url(settings.redis_url)
+    # SimpleWorker runs jobs in this process: models stay loaded between jobs, and no
+    # process forks after torch (or CUDA) has initialised.
+    worker = SimpleWorker([Queue(args.queue or QUEUE_NAME, connection=connection)],
+                          connection=connection)
+    worker.work(burst=args.burst, with_scheduler=False)
+    return 0
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from .runtime import Runtime
+    from .training import train_classifier
+
+    outcome = train_classifier(Runtime(settings), {"project": args.project, "mode": args.mode})
+    print(json.dumps(outcome.as_dict(), indent=1))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the HTTP backend")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9090)
+    serve.add_argument("--workers", type=int, default=1, help="gunicorn worker processes")
+    serve.add_argument("--threads", type=int, default=8, help="threads per worker")
+    serve.add_argument("--dev", action="store_true", help="Flask's threaded dev server")
+    serve.add_argument("--access-log", action="store_true")
+    worker = sub.add_parser("worker", help="run an RQ worker (needs REDIS_URL)")
+    worker.add_argument("--queue", default=None)
+    worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    train = sub.add_parser("train", help="train a project's classifier now, in this process")
+    train.add_argument("--project", type=int, required=True)
+    train.add_argument("--mode", choices=("incremental", "full"), default="full")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    _configure(settings)
+    handlers = {"serve": _serve, "worker": _worker, "train": _train}
+    return handlers[args.command](args, settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

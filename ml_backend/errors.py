@@ -1,0 +1,47 @@
+"""Error categories. The HTTP layer maps each to a status code; nothing else catches broadly."""
+
+from __future__ import annotations
+
+
+class BackendError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    http_status: int = 500
+
+
+class BadRequest(BackendError, ValueError):
+    """The request body or its fields are malformed."""
+
+    http_status = 400
+
+
+class UnsupportedConfig(BadRequest):
+    """The label config has nothing this backend can serve."""
+
+    http_status = 422
+
+
+class ImageError(BackendError):
+    """A task's image could not be fetched or decoded. Reported per task, never per batch."""
+
+    http_status = 422
+
+
+class ImageTooLarge(ImageError):
+    """The image exceeds the configured byte or pixel limit."""
+
+
+class ImageNotAllowed(ImageError):
+    """The image URL points somewhere the backend refuses to fetch from."""
+
+
+class ModelUnavailable(BackendError):
+    """A model (or its checkpoint) cannot be loaded; only that model's controls are affected."""
+
+    http_status = 503
+
+
+class LabelStudioUnavailable(BackendError):
+    """Label Studio's API cannot be reached or refused our credentials."""
+
+    http_status = 502

@@ -1,0 +1,260 @@
+"""Background jobs behind one interface: an in-process worker (embedded default) or Redis + RQ.
+
+Jobs are named functions ``(runtime, payload) -> JSON-able result`` with JSON-able payloads.
+Submitting with a ``key`` coalesces: while a job with that key waits in the queue, further
+submissions with the same key are dropped (the queued job will read the newest data anyway,
+because training re-reads labels when it starts).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+JobFunction = Callable[[Runtime, dict[str, Any]], Any]
+PayloadMerge = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+
+
+def keep_newest(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return new
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """A job function and how two coalesced submissions' payloads combine."""
+
+    run: JobFunction
+    merge: PayloadMerge = keep_newest
+
+
+def job_registry() -> dict[str, JobKind]:
+    from .training import merge_train_payloads, precompute_embeddings, train_classifier
+
+    def train(runtime: Runtime, payload: dict[str, Any]) -> Any:
+        return train_classifier(runtime, payload).as_dict()
+
+    return {"train": JobKind(train, merge_train_payloads), "embed": JobKind(precompute_embeddings)}
+
+
+@dataclass
+class JobRecord:
+    id: str
+    name: str
+    key: str | None
+    payload: dict[str, Any]
+    status: str = "queued"  # queued | running | finished | failed
+    enqueued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    result: Any = None
+    error: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("payload")
+        return out
+
+
+def execute(runtime: Runtime, record: JobRecord, registry: dict[str, JobKind]) -> JobRecord:
+    """Run one job; the single place where any failure is caught, logged with its
+    traceback and recorded on the job."""
+    record.status, record.started_at = "running", time.time()
+    try:
+        record.result = registry[record.name].run(runtime, record.payload)
+        record.status = "finished"
+    except Exception as exc:
+        record.status = "failed"
+        record.error = f"{type(exc).__name__}: {exc}"
+        log.error("job %s (%s) failed:\n%s", record.id, record.name, traceback.format_exc())
+    record.ended_at = time.time()
+    return record
+
+
+class JobQueue(Protocol):
+    def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str: ...
+    def recent(self) -> list[dict[str, Any]]: ...
+    def wait_idle(self, timeout_s: float) -> bool: ...
+    def close(self) -> None: ...
+
+
+class InProcessQueue:
+    """One worker thread in this process. Nothing to install; jobs die with the process,
+    which loses nothing because training data is re-read from Label Studio."""
+
+    def __init__(self, runtime: Runtime, registry: dict[str, JobKind] | None = None,
+                 on_done: Callable[[JobRecord], None] | None = None) -> None:
+        self.runtime = runtime
+        self.registry = registry if registry is not None else job_registry()
+        self.on_done = on_done
+        self._queue: queue.Queue[JobRecord | None] = queue.Queue()
+        self._pending: dict[str, JobRecord] = {}
+        self._history: deque[JobRecord] = deque(maxlen=200)
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+        self._thread = threading.Thread(target=self._work, name="ml-backend-jobs", daemon=True)
+        self._thread.start()
+
+    def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
+        if name not in self.registry:
+            raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(self.registry))}")
+        with self._lock:
+            if key is not None and key in self._pending:
+                queued = self._pending[key]
+                queued.payload = self.registry[name].merge(queued.payload, payload)
+                return queued.id
+            record = JobRecord(id=uuid.uuid4().hex[:12], name=name, key=key, payload=payload)
+            if key is not None:
+                self._pending[key] = record
+            self._history.append(record)
+            self._active += 1
+        self._queue.put(record)
+        return record.id
+
+    def _work(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            with self._lock:
+                if record.key is not None:
+                    self._pending.pop(record.key, None)
+            execute(self.runtime, record, self.registry)
+            if self.on_done is not None:
+                self.on_done(record)
+            with self._lock:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def recent(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [r.summary() for r in reversed(self._history)]
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._active:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._idle.wait(left):
+                    return False
+            return True
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=5)
+
+
+# --- Redis + RQ ---------------------------------------------------------------------------
+QUEUE_NAME = "ml-backend"
+_worker_runtime: Runtime | None = None
+
+
+def bind_worker_runtime(runtime: Runtime) -> None:
+    """Called once by the worker entry point: jobs run against this process's runtime."""
+    global _worker_runtime
+    _worker_runtime = runtime
+
+
+def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> Any:
+    """What an RQ worker executes. Raises on failure so RQ records the job as failed."""
+    if _worker_runtime is None:
+        raise RuntimeError("no runtime bound: start workers with `ml-backend worker`")
+    registry = job_registry()
+    if key is not None:
+        from rq import get_current_job
+
+        job = get_current_job()
+        if job is not None:
+            job.connection.delete(_pending_key(key))
+            coalesced = job.connection.getdel(_coalesced_key(key))
+            if coalesced:
+                payload = registry[name].merge(payload, json.loads(coalesced))
+    record = execute(_worker_runtime, JobRecord(id="rq", name=name, key=key, payload=payload),
+                     registry)
+    if record.status == "failed":
+        raise RuntimeError(record.error)
+    return record.result
+
+
+def _pending_key(key: str) -> str:
+    return f"ml-backend:pending:{key}"
+
+
+def _coalesced_key(key: str) -> str:
+    return f"ml-backend:coalesced:{key}"
+
+
+class RQQueue:
+    """Jobs on Redis, run by `ml-backend worker` processes (possibly on other machines)."""
+
+    def __init__(self, redis_url: str, queue_name: str = QUEUE_NAME) -> None:
+        from redis import Redis
+        from rq import Queue
+
+        self.redis = Redis.from_url(redis_url)
+        self.queue = Queue(queue_name, connection=self.redis)
+        self.registry = job_registry()
+
+    def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
+        if name not in self.registry:
+            raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(self.registry))}")
+        job_id = uuid.uuid4().hex[:12]
+        if key is not None and not self.redis.set(_pending_key(key), job_id, nx=True, ex=3600):
+            # A job with this key is queued: record that it must also cover this request.
+            # (Payload merges for RQ assume merge(a, merge(b, c)) == merge(merge(a, b), c).)
+            previous = self.redis.get(_coalesced_key(key))
+            merged = self.registry[name].merge(json.loads(previous), payload) if previous \
+                else payload
+            self.redis.set(_coalesced_key(key), json.dumps(merged), ex=3600)
+            existing = self.redis.get(_pending_key(key))
+            return existing.decode() if existing else job_id
+        self.queue.enqueue(run_rq_job, name, payload, key, job_id=job_id,
+                           job_timeout=3600, result_ttl=3600, failure_ttl=86400)
+        return job_id
+
+    def recent(self) -> list[dict[str, Any]]:
+        from rq.job import Job
+        from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
+
+        ids = list(self.queue.job_ids)
+        for registry in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+            ids += registry(queue=self.queue).get_job_ids()[-50:]
+        out = []
+        for job in Job.fetch_many(ids[-100:], connection=self.redis):
+            if job is not None:
+                out.append({"id": job.id, "name": job.args[0] if job.args else None,
+                            "status": str(job.get_status()),
+                            "error": (job.latest_result().exc_string[-500:]
+                                      if job.is_failed and job.latest_result() else None)})
+        return out
+
+    def wait_idle(self, timeout_s: float) -> bool:
+        from rq.registry import StartedJobRegistry
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.queue.count == 0 and StartedJobRegistry(queue=self.queue).count == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self.redis.close()
+
+
+def make_queue(runtime: Runtime) -> JobQueue:
+    if runtime.settings.redis_url:
+        return RQQueue(runtime.settings.redis_url)
+    return InProcessQueue(runtime)

@@ -1,0 +1,132 @@
+"""Label config parsing and routing: which control of a project goes to which model family.
+
+Parsing uses label-studio-sdk's ``LabelInterface``; the rest of the backend sees only the small
+frozen :class:`ControlSpec` records built here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import lru_cache
+from types import MappingProxyType
+
+from .errors import UnsupportedConfig
+
+
+class ModelFamily(str, Enum):
+    CLASSIFIER = "classifier"
+
+
+# Control tag → model family, for controls attached to an <Image>. Later families register here.
+ROUTES: Mapping[str, ModelFamily] = MappingProxyType({"Choices": ModelFamily.CLASSIFIER})
+IMAGE_OBJECT_TAGS = frozenset({"Image"})
+
+
+@dataclass(frozen=True)
+class ControlSpec:
+    """One control tag of a label config, as the adapters need it.
+
+    ``value_key`` is the task data key holding the image URL (``$image`` → ``image``).
+    ``label_attrs`` keeps each label's raw XML attributes (e.g. ``hint``, ``predicted_values``).
+    """
+
+    name: str
+    tag: str
+    to_name: str
+    object_tag: str
+    value_key: str
+    labels: tuple[str, ...]
+    multiple: bool = False
+    attrs: Mapping[str, str] = field(default_factory=dict)
+    label_attrs: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+
+    @property
+    def result_type(self) -> str:
+        """The ``type`` of this control's regions in Label Studio JSON (``choices`` …)."""
+        return self.tag.lower()
+
+
+@dataclass(frozen=True)
+class ParsedConfig:
+    """Every control of a config, plus the routed subset and what was left unserved."""
+
+    controls: tuple[ControlSpec, ...]
+    routed: Mapping[ModelFamily, tuple[ControlSpec, ...]]
+    unserved: tuple[str, ...]
+    digest: str
+
+    def for_family(self, family: ModelFamily) -> tuple[ControlSpec, ...]:
+        return self.routed.get(family, ())
+
+
+def config_digest(xml: str) -> str:
+    return hashlib.sha256(xml.encode("utf-8")).hexdigest()[:16]
+
+
+def _control_spec(control: object) -> list[ControlSpec]:
+    attrs = {str(k): str(v) for k, v in (getattr(control, "attr", None) or {}).items()}
+    labels = tuple(getattr(control, "labels", None) or ())
+    label_attrs = {
+        name: {str(k): str(v) for k, v in (tag.attr or {}).items()}
+        for name, tag in (getattr(control, "labels_attrs", None) or {}).items()
+    }
+    multiple = bool(getattr(control, "is_multiple_choice", False))
+    specs = []
+    for obj in getattr(control, "objects", None) or ():
+        value = str(getattr(obj, "value", "") or "")
+        specs.append(ControlSpec(
+            name=str(control.name),  # type: ignore[attr-defined]
+            tag=str(control.tag),  # type: ignore[attr-defined]
+            to_name=str(obj.name),
+            object_tag=str(obj.tag),
+            value_key=value[1:] if value.startswith("$") else value,
+            labels=labels,
+            multiple=multiple,
+            attrs=MappingProxyType(attrs),
+            label_attrs=MappingProxyType(label_attrs),
+        ))
+    return specs
+
+
+@lru_cache(maxsize=256)
+def parse_label_config(xml: str) -> ParsedConfig:
+    """Parse ``xml`` and route its controls. Raises :class:`UnsupportedConfig` when the XML is
+    invalid or no control can be served."""
+    if not isinstance(xml, str) or not xml.strip():
+        raise UnsupportedConfig("label config is empty")
+    # Imported here: the SDK pulls in heavy dependencies that the HTTP layer's import
+    # (and `ml-backend --help`) should not pay for.
+    from label_studio_sdk.label_interface import LabelInterface
+
+    try:
+        interface = LabelInterface(xml)
+    except Exception as exc:  # the SDK raises several unrelated types for bad XML
+        raise UnsupportedConfig(f"label config is not valid XML: {exc}") from exc
+
+    controls: list[ControlSpec] = []
+    for control in interface.controls:
+        controls.extend(_control_spec(control))
+    routed: dict[ModelFamily, list[ControlSpec]] = {}
+    unserved: list[str] = []
+    for spec in controls:
+        family = ROUTES.get(spec.tag)
+        if family is None or spec.object_tag not in IMAGE_OBJECT_TAGS or not spec.labels:
+            unserved.append(f"{spec.tag} '{spec.name}' on {spec.object_tag or '?'}")
+            continue
+        routed.setdefault(family, []).append(spec)
+    if not routed:
+        found = ", ".join(unserved) or "no controls"
+        served = ", ".join(f"{tag} on Image" for tag in ROUTES)
+        raise UnsupportedConfig(
+            f"nothing in this label config can be served: found {found}; this backend serves "
+            f"{served}"
+        )
+    return ParsedConfig(
+        controls=tuple(controls),
+        routed=MappingProxyType({k: tuple(v) for k, v in routed.items()}),
+        unserved=tuple(unserved),
+        digest=config_digest(xml),
+    )

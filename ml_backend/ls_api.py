@@ -1,0 +1,87 @@
+"""What the backend reads from and writes to Label Studio's API (the source of truth).
+
+Training data is always taken from Label Studio, never only from webhook bodies, so that a
+missed or repeated webhook loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import LabelStudioUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabeledTask:
+    """A task with the annotation that counts for training: the ground-truth one if any,
+    else the most recently updated, non-cancelled one."""
+
+    task_id: int
+    data: dict[str, Any]
+    annotation_id: int
+    updated_at: str
+    result: list[dict[str, Any]]
+
+
+def pick_annotation(annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
+    usable = [a for a in annotations if not a.get("was_cancelled") and a.get("result")]
+    if not usable:
+        return None
+    return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at")),
+                                      int(a.get("id") or 0)))
+
+
+def labeled_tasks_from_export(tasks: list[dict[str, Any]]) -> list[LabeledTask]:
+    """Label Studio's JSON export (tasks with ``annotations``) → :class:`LabeledTask` list."""
+    out = []
+    for task in tasks:
+        annotation = pick_annotation(task.get("annotations") or [])
+        if annotation is None or not isinstance(task.get("data"), dict):
+            continue
+        out.append(LabeledTask(
+            task_id=int(task["id"]), data=task["data"], annotation_id=int(annotation["id"]),
+            updated_at=str(annotation.get("updated_at") or ""),
+            result=list(annotation.get("result") or []),
+        ))
+    return out
+
+
+class LabelStudioAPI:
+    """Thin wrapper over label-studio-sdk's client for the calls the backend makes."""
+
+    def __init__(self, base_url: str, api_key: str, timeout_s: float = 30.0) -> None:
+        from label_studio_sdk import LabelStudio
+
+        self.base_url = base_url.rstrip("/")
+        self._client = LabelStudio(base_url=self.base_url, api_key=api_key, timeout=timeout_s)
+
+    def label_config(self, project: int) -> str:
+        try:
+            return str(self._client.projects.get(id=project).label_config)
+        except Exception as exc:  # SDK/httpx errors of many kinds: one category for callers
+            raise LabelStudioUnavailable(f"cannot read project {project}: {exc}") from exc
+
+    def labeled_tasks(self, project: int) -> list[LabeledTask]:
+        """Every annotated task of ``project`` (one export request)."""
+        try:
+            chunks = self._client.projects.exports.download_sync(
+                id=project, export_type="JSON", download_all_tasks=False)
+            tasks = json.loads(b"".join(chunks))
+        except Exception as exc:
+            raise LabelStudioUnavailable(f"cannot export project {project}: {exc}") from exc
+        if not isinstance(tasks, list):
+            raise LabelStudioUnavailable(f"export of project {project} is not a task list")
+        return labeled_tasks_from_export(tasks)
+
+    def set_model_version(self, project: int, version: str) -> None:
+        """Make ``version`` the project's current version so Data Manager shows its scores."""
+        try:
+            self._client.projects.update(id=project, model_version=version)
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot set model_version of project {project}: {exc}") from exc

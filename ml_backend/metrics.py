@@ -1,0 +1,31 @@
+"""Prometheus metrics of one app instance (its own registry: no process-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
+                   100)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("mlb_http_requests_total", "HTTP requests",
+                                ["endpoint", "status"], registry=self.registry)
+        self.latency = Histogram("mlb_http_request_seconds", "HTTP request latency",
+                                 ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.predictions = Counter("mlb_predictions_total", "Tasks predicted", ["family"],
+                                   registry=self.registry)
+        self.task_errors = Counter("mlb_task_errors_total",
+                                   "Tasks that got an empty prediction", ["reason"],
+                                   registry=self.registry)
+        self.webhooks = Counter("mlb_webhooks_total", "Webhook events received", ["action"],
+                                registry=self.registry)
+        self.jobs = Counter("mlb_jobs_total", "Background jobs finished", ["name", "status"],
+                            registry=self.registry)
+        self.job_seconds = Histogram("mlb_job_seconds", "Background job duration", ["name"],
+                                     buckets=LATENCY_BUCKETS, registry=self.registry)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

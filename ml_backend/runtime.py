@@ -1,0 +1,148 @@
+"""The heavy, long-lived objects of one process, built once from settings.
+
+The HTTP server and the RQ worker each build one :class:`Runtime`; request handlers and jobs
+receive it explicitly. Models are loaded lazily (first use or the warm-up thread), never by
+``/health`` or ``/setup``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .adapters.classifier import (
+    BackboneWeights,
+    ResNetEmbedder,
+    load_backbone,
+    locate_weights,
+)
+from .embeddings import EmbeddingCache
+from .errors import ModelUnavailable
+from .images import ImageLoader
+from .learning import LinearHead
+from .ls_api import LabelStudioAPI
+from .settings import Device, Settings
+from .store import ModelStore, ModelVersion
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: Device) -> torch.device:
+    if device is Device.AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device is Device.CUDA and not torch.cuda.is_available():
+        raise ModelUnavailable("DEVICE=cuda but no CUDA device is available")
+    return torch.device(device.value)
+
+
+@dataclass(frozen=True)
+class ClassifierModel:
+    """What predicting with one classifier version needs: the embedder and its heads."""
+
+    version: str
+    embedder: ResNetEmbedder
+    heads: dict[str, LinearHead]
+
+
+class Runtime:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store = ModelStore(settings.model_dir)
+        self.images = ImageLoader(settings)
+        self.embedding_cache = EmbeddingCache(settings.cache_dir / "embeddings")
+        self.device = resolve_device(settings.device)
+        self.ls_api: LabelStudioAPI | None = None
+        if settings.label_studio_url and settings.label_studio_api_key:
+            self.ls_api = LabelStudioAPI(settings.label_studio_url,
+                                         settings.label_studio_api_key)
+        self._lock = threading.RLock()
+        self._weights: BackboneWeights | None = None
+        self._weights_error: str | None = None
+        self._embedders: OrderedDict[str, ResNetEmbedder] = OrderedDict()
+        self._heads: OrderedDict[str, dict[str, LinearHead]] = OrderedDict()
+
+    # --- status (cheap, never loads anything) -----------------------------------------
+    def classifier_status(self) -> dict[str, Any]:
+        with self._lock:
+            if self._weights_error:
+                return {"status": "error", "error": self._weights_error}
+            if self._weights is None:
+                return {"status": "loading"}
+            weights = self._weights
+        status: dict[str, Any] = {
+            "status": "degraded" if weights.degraded else "ready",
+            "arch": weights.arch, "weights": weights.source, "digest": weights.digest,
+        }
+        if weights.degraded:
+            status["warning"] = ("no pretrained backbone found: running on a random init; set "
+                                 "RESNET_CHECKPOINT or run scripts/download_weights.py")
+        return status
+
+    # --- loading ------------------------------------------------------------------------
+    def base_weights(self) -> BackboneWeights:
+        with self._lock:
+            if self._weights is None:
+                try:
+                    self._weights = locate_weights(self.settings.resnet_arch,
+                                                   self.settings.resnet_checkpoint,
+                                                   self.settings.model_dir)
+                except ModelUnavailable as exc:
+                    self._weights_error = str(exc)
+                    raise
+            return self._weights
+
+    def embedder(self, version: ModelVersion | None = None) -> ResNetEmbedder:
+        """The embedder for ``version``: its own fine-tuned backbone if it has one, else the
+        shared base backbone. Loaded once per process and reused."""
+        weights = self.base_weights()
+        if version is not None and version.manifest.get("backbone", {}).get("file"):
+            info = version.manifest["backbone"]
+            weights = BackboneWeights(weights.arch, "finetuned", version.file(info["file"]),
+                                      info["digest"])
+        with self._lock:
+            embedder = self._embedders.get(weights.digest)
+            if embedder is None:
+                embedder = ResNetEmbedder(load_backbone(weights, self.device), weights.digest,
+                                          self.settings.classifier_image_size, self.device,
+                                          self.embedding_cache)
+                self._embedders[weights.digest] = embedder
+                while len(self._embedders) > 4:
+                    self._embedders.popitem(last=False)
+            return embedder
+
+    def classifier(self, project: int | None) -> ClassifierModel | None:
+        """The latest trained classifier of ``project``, or None before its first training."""
+        version = self.store.latest(project) if project is not None else None
+        if version is None:
+            return None
+        with self._lock:
+            heads = self._heads.get(f"{project}/{version.name}")
+        if heads is None:
+            heads = {
+                control: LinearHead.from_bytes(version.read_bytes(info["file"]))
+                for control, info in version.manifest.get("heads", {}).items()
+            }
+            with self._lock:
+                self._heads[f"{project}/{version.name}"] = heads
+                while len(self._heads) > 64:
+                    self._heads.popitem(last=False)
+        return ClassifierModel(version.name, self.embedder(version), heads)
+
+    def warm_up(self) -> None:
+        """Locate weights and load the base backbone (run in a background thread)."""
+        try:
+            self.embedder(None)
+        except ModelUnavailable as exc:
+            log.error("classifier unavailable: %s", exc)
+
+    def untrained_version(self) -> str:
+        return f"{self.settings.resnet_arch}-v0-untrained"
+
+    def model_version(self, project: int | None) -> str:
+        version = self.store.latest(project) if project is not None else None
+        return version.name if version is not None else self.untrained_version()

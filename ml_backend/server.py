@@ -1,0 +1,141 @@
+"""The HTTP layer (Flask): routing, auth, JSON in/out, error → status mapping, metrics.
+
+It knows nothing of torch or models; :class:`ml_backend.service.Backend` does the work.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .errors import BackendError
+from .jobs import InProcessQueue, JobQueue, JobRecord, RQQueue
+from .metrics import Metrics
+from .runtime import Runtime
+from .service import Backend, parse_project_id
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+_NO_BODY = object()
+
+
+def _json_body() -> Any:
+    """The request's JSON, or raise a 400 that says what is wrong with it."""
+    if not request.get_data(cache=True):
+        raise BackendErrorWithStatus(400, "request body is empty; expected JSON")
+    body = request.get_json(silent=True, force=True)
+    if body is None:
+        raise BackendErrorWithStatus(400, "request body is not valid JSON")
+    return body
+
+
+class BackendErrorWithStatus(BackendError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
+               jobs: JobQueue | None = None, warm_up: bool = True) -> Flask:
+    """Build the app. Tests pass their own ``runtime``/``jobs``; production reads settings
+    from the environment."""
+    settings = settings or (runtime.settings if runtime else Settings.from_env())
+    runtime = runtime or Runtime(settings)
+    metrics = Metrics()
+    if jobs is None:
+        if settings.redis_url:
+            jobs = RQQueue(settings.redis_url)
+        else:
+            def on_done(record: JobRecord) -> None:
+                metrics.jobs.labels(name=record.name, status=record.status).inc()
+                if record.started_at and record.ended_at:
+                    metrics.job_seconds.labels(name=record.name).observe(
+                        record.ended_at - record.started_at)
+
+            jobs = InProcessQueue(runtime, on_done=on_done)
+    backend = Backend(runtime, jobs, metrics)
+    if warm_up:
+        threading.Thread(target=runtime.warm_up, name="warm-up", daemon=True).start()
+
+    app = Flask("ml_backend")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.extensions["ml_backend"] = backend
+
+    @app.before_request
+    def _start() -> Response | None:
+        g.started = time.perf_counter()
+        if settings.basic_auth_user and settings.basic_auth_pass:
+            auth = request.authorization
+            ok = (auth is not None and auth.type == "basic"
+                  and hmac.compare_digest(auth.username or "", settings.basic_auth_user)
+                  and hmac.compare_digest(auth.password or "", settings.basic_auth_pass))
+            if not ok:
+                response = jsonify(error="authentication required")
+                response.status_code = 401
+                response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
+                return response
+        return None
+
+    @app.after_request
+    def _record(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
+        if "started" in g:
+            metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - g.started)
+        return response
+
+    @app.errorhandler(BackendError)
+    def _backend_error(exc: BackendError) -> tuple[Response, int]:
+        if exc.http_status >= 500:
+            log.error("%s %s failed: %s", request.method, request.path, exc)
+        return jsonify(error=str(exc), kind=type(exc).__name__), exc.http_status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> tuple[Response, int]:
+        return jsonify(error=exc.description, kind=type(exc).__name__), exc.code or 500
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> tuple[Response, int]:
+        log.exception("%s %s: unexpected error", request.method, request.path)
+        return jsonify(error=f"internal error: {type(exc).__name__}"), 500
+
+    @app.get("/")
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify(backend.health())
+
+    @app.post("/setup")
+    def setup() -> Response:
+        return jsonify(backend.setup(_json_body()))
+
+    @app.post("/predict")
+    def predict() -> Response:
+        return jsonify(backend.predict(_json_body()))
+
+    @app.post("/webhook")
+    def webhook() -> Response:
+        return jsonify(backend.webhook(_json_body()))
+
+    @app.post("/train")
+    def train() -> Response:
+        return jsonify(backend.train(_json_body()))
+
+    @app.get("/versions")
+    def versions() -> Response:
+        return jsonify(backend.versions(parse_project_id(request.args.get("project"))))
+
+    @app.get("/jobs")
+    def job_list() -> Response:
+        return jsonify(jobs=backend.jobs.recent())
+
+    @app.get("/metrics")
+    def metrics_route() -> Response:
+        return Response(metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    return app

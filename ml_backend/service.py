@@ -1,0 +1,223 @@
+"""The backend's behaviour per protocol endpoint, with no HTTP in it.
+
+Each public method takes a parsed JSON body and returns a JSON-able dict, or raises a
+:mod:`ml_backend.errors` category that the HTTP layer maps to a status code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from .errors import BadRequest, ImageError, LabelStudioUnavailable
+from .images import LoadedImage
+from .jobs import JobQueue
+from .label_config import ControlSpec, ModelFamily, parse_label_config
+from .metrics import Metrics
+from .results import Classification, empty_prediction, task_prediction
+from .runtime import ClassifierModel, Runtime
+
+log = logging.getLogger(__name__)
+
+TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
+            "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
+
+
+def parse_project_id(value: Any) -> int | None:
+    """Label Studio sends ``"<id>.<created unix time>"`` to /setup and /predict, a record with
+    ``id`` in webhooks, and sometimes a bare int."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool):
+        raise BadRequest(f"project must be an id, got {value!r}")
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str):
+        head = value.split(".", 1)[0]
+        if head.isdigit():
+            return int(head)
+    raise BadRequest(f"project must look like '<id>.<timestamp>' or an integer id, "
+                     f"got {value!r}")
+
+
+def _require_dict(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what} body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+class Backend:
+    def __init__(self, runtime: Runtime, jobs: JobQueue, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.jobs = jobs
+        self.metrics = metrics
+        self._configs: dict[int, str] = {}
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-io")
+        self.started_at = time.time()
+
+    # --- GET /health, GET /versions --------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "UP",
+            "model_class": "ActiveLearningBackend",
+            "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status()},
+            "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    def versions(self, project: int | None = None) -> dict[str, Any]:
+        store = self.runtime.store
+        projects = [project] if project is not None else store.projects()
+        names = [name for p in projects for name in reversed(store.versions(p))]
+        return {"versions": [*names, self.runtime.untrained_version()]}
+
+    # --- POST /setup -------------------------------------------------------------------------
+    def setup(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/setup")
+        schema = body.get("schema")
+        if not isinstance(schema, str) or not schema.strip():
+            raise BadRequest("/setup needs 'schema': the project's label config XML")
+        parsed = parse_label_config(schema)  # raises UnsupportedConfig with the reason
+        project = parse_project_id(body.get("project"))
+        if project is not None:
+            self._configs[project] = schema
+        if parsed.unserved:
+            log.info("project %s: not served: %s", project, "; ".join(parsed.unserved))
+        return {"model_version": self.runtime.model_version(project)}
+
+    # --- POST /predict -----------------------------------------------------------------------
+    def predict(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/predict")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("/predict needs 'tasks': a list of Label Studio tasks")
+        limit = self.runtime.settings.max_tasks_per_request
+        if len(tasks) > limit:
+            raise BadRequest(f"{len(tasks)} tasks in one request; the limit is {limit} "
+                             "(MAX_TASKS_PER_REQUEST)")
+        project = parse_project_id(body.get("project"))
+        config = body.get("label_config") or (self._configs.get(project)
+                                              if project is not None else None)
+        if not isinstance(config, str):
+            raise BadRequest("/predict needs 'label_config' (or a prior /setup of the project)")
+        controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
+        model = self.runtime.classifier(project)
+        if model is None:
+            version = self.runtime.untrained_version()
+            # Untrained: no guess is better than a random one; uniform confidence as score.
+            score = min(1.0 / max(len(c.labels), 1) for c in controls)
+            return {"results": [empty_prediction(version, score) for _ in tasks]}
+        results = self._classify(tasks, controls, model)
+        self.metrics.predictions.labels(family=ModelFamily.CLASSIFIER.value).inc(len(tasks))
+        return {"results": results}
+
+    def _classify(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
+                  model: ClassifierModel) -> list[dict[str, Any]]:
+        usable = [c for c in controls
+                  if c.name in model.heads and model.heads[c.name].labels == c.labels]
+        keys = sorted({c.value_key for c in usable})
+        jobs = [(i, key) for i, task in enumerate(tasks) for key in keys]
+        loaded = list(self._io.map(lambda job: self._load(tasks[job[0]], job[1]), jobs))
+        images: dict[tuple[int, str], LoadedImage] = {}
+        failed: set[int] = set()
+        for (i, key), item in zip(jobs, loaded, strict=True):
+            if isinstance(item, LoadedImage):
+                images[(i, key)] = item
+            else:
+                failed.add(i)
+                self.metrics.task_errors.labels(reason=item[0]).inc()
+                log.warning("predict: task %s gets an empty prediction: %s",
+                            _task_id(tasks[i]), item[1])
+        unique: dict[str, LoadedImage] = {img.sha256: img for img in images.values()}
+        shas = list(unique)
+        vectors = model.embedder.embed([unique[s].pixels for s in shas], shas) if shas else None
+        row_of = {sha: row for row, sha in enumerate(shas)}
+        proba = {}
+        for control in usable:
+            if vectors is not None:
+                proba[control.name] = model.heads[control.name].predict_proba(vectors)
+        out = []
+        for i in range(len(tasks)):
+            if i in failed or not usable:
+                out.append(empty_prediction(model.version))
+                continue
+            outputs = [Classification(c, proba[c.name][row_of[images[(i, c.value_key)].sha256]])
+                       for c in usable]
+            out.append(task_prediction(outputs, model.version))
+        return out
+
+    def _load(self, task: Any, key: str) -> LoadedImage | tuple[str, str]:
+        """A task's image, or ``(reason, message)`` when it cannot be had."""
+        if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
+            return "bad-task", "task has no 'data' object"
+        url = task["data"].get(key)
+        if not isinstance(url, str) or not url:
+            return "no-image", f"task data has no image URL under '{key}'"
+        task_id = task.get("id") if isinstance(task.get("id"), int) else None
+        try:
+            return self.runtime.images.load(url, task_id=task_id)
+        except (ImageError, LabelStudioUnavailable) as exc:
+            return type(exc).__name__, str(exc)
+
+    # --- POST /train (only when Label Studio's start-training webhook flag is off) ----------
+    def train(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/train")
+        export = body.get("annotations")
+        if not isinstance(export, list):
+            raise BadRequest("/train needs 'annotations': the annotated tasks")
+        project = parse_project_id(body.get("project"))
+        if project is None:
+            raise BadRequest("/train needs 'project'")
+        config = body.get("label_config")
+        if not isinstance(config, str):
+            raise BadRequest("/train needs 'label_config'")
+        parse_label_config(config)
+        job = self.jobs.submit("train", {"project": project, "mode": "full", "export": export,
+                                         "label_config": config}, key=f"train:{project}")
+        return {"status": "queued", "job": job}
+
+    # --- POST /webhook -----------------------------------------------------------------------
+    def webhook(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/webhook")
+        action = body.get("action")
+        if not isinstance(action, str):
+            raise BadRequest("webhook body needs 'action'")
+        self.metrics.webhooks.labels(action=action[:40]).inc()
+        project_record = body.get("project") if isinstance(body.get("project"), dict) else {}
+        project = parse_project_id(project_record) if project_record else None
+        if project is None:
+            for key in ("annotation", "task"):
+                if isinstance(body.get(key), dict) and "project" in body[key]:
+                    project = parse_project_id(body[key]["project"])
+        if action not in TRAIN_ON | {"START_TRAINING", "TASKS_CREATED"}:
+            return {"status": "ignored", "action": action}
+        if project is None:
+            raise BadRequest(f"{action} webhook carries no project id")
+        config = project_record.get("label_config")
+        if isinstance(config, str):
+            self._configs[project] = config
+        if action == "TASKS_CREATED":
+            if not isinstance(config, str) or not isinstance(body.get("tasks"), list):
+                return {"status": "ignored", "action": action}
+            job = self.jobs.submit("embed", {"project": project, "tasks": body["tasks"],
+                                             "label_config": config})
+            return {"status": "queued", "action": action, "job": job}
+        payload: dict[str, Any] = {"project": project,
+                                   "mode": "full" if action == "START_TRAINING" else "incremental",
+                                   "label_config": config if isinstance(config, str) else None}
+        if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}:
+            # The event's own annotation lets training skip a full re-read when recent.
+            for key in ("task", "annotation"):
+                if isinstance(body.get(key), dict):
+                    payload[key] = body[key]
+        job = self.jobs.submit("train", payload, key=f"train:{project}")
+        return {"status": "queued", "action": action, "job": job}
+
+
+def _task_id(task: Any) -> Any:
+    return task.get("id") if isinstance(task, dict) else None
+

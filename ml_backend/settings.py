@@ -1,0 +1,181 @@
+"""All configuration in one frozen object, read from the environment once at the edges.
+
+The app factory and the worker entry point call :meth:`Settings.from_env`; everything else
+receives the object (or the few fields it needs) explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from enum import Enum
+from pathlib import Path
+
+
+class Device(str, Enum):
+    CPU = "cpu"
+    CUDA = "cuda"
+    AUTO = "auto"
+
+
+def _parse_enum(enum_type: type[Enum], name: str, raw: str) -> Enum:
+    try:
+        return enum_type(raw.strip().lower())
+    except ValueError:
+        allowed = ", ".join(member.value for member in enum_type)  # type: ignore[attr-defined]
+        raise ValueError(f"{name}={raw!r} is not one of: {allowed}") from None
+
+
+def _opt_str(env: Mapping[str, str], name: str) -> str | None:
+    value = env.get(name, "").strip()
+    return value or None
+
+
+def _opt_path(env: Mapping[str, str], name: str) -> Path | None:
+    value = _opt_str(env, name)
+    return Path(value).expanduser() if value else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (true/false)")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the backend. Field docs name the environment variable that sets it."""
+
+    # Label Studio access (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY): legacy token or PAT.
+    label_studio_url: str | None = None
+    label_studio_api_key: str | None = None
+    # Optional HTTP basic auth on every route (BASIC_AUTH_USER, BASIC_AUTH_PASS).
+    basic_auth_user: str | None = None
+    basic_auth_pass: str | None = None
+    # Storage (MODEL_DIR, CACHE_DIR).
+    model_dir: Path = Path("var/models")
+    cache_dir: Path = Path("var/cache")
+    # Background jobs: RQ when set (REDIS_URL), else the in-process worker.
+    redis_url: str | None = None
+    # Torch device (DEVICE) and intra-op threads (TORCH_THREADS, 0 = torch default).
+    device: Device = Device.CPU
+    torch_threads: int = 0
+    # Direct reads for /data/local-files/?d=… (LOCAL_FILES_DOCUMENT_ROOT).
+    local_files_document_root: Path | None = None
+    # Classifier (RESNET_ARCH, RESNET_CHECKPOINT, CLASSIFIER_IMAGE_SIZE).
+    resnet_arch: str = "resnet18"
+    resnet_checkpoint: Path | None = None
+    classifier_image_size: int = 224
+    # Start a backbone fine-tune on START_TRAINING once this many labels exist
+    # (FINETUNE_MIN_LABELS), for FINETUNE_EPOCHS epochs over at most FINETUNE_MAX_IMAGES.
+    finetune_min_labels: int = 50
+    finetune_epochs: int = 3
+    finetune_max_images: int = 2000
+    # Other model families (used by their adapters; SAM_MODEL_TYPE, SAM_CHECKPOINT,
+    # YOLO_CHECKPOINT, CLIPSEG_MODEL).
+    sam_model_type: str = "vit_b"
+    sam_checkpoint: Path | None = None
+    yolo_checkpoint: str | None = None
+    clipseg_model: str | None = None
+    # Limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TASKS_PER_REQUEST, MAX_REQUEST_BYTES).
+    max_image_bytes: int = 25 * 1024 * 1024
+    max_image_pixels: int = 40_000_000
+    max_tasks_per_request: int = 1000
+    max_request_bytes: int = 64 * 1024 * 1024
+    # Image fetching (FETCH_TIMEOUT_S) and the on-disk image cache (IMAGE_CACHE_BYTES).
+    fetch_timeout_s: float = 20.0
+    image_cache_bytes: int = 512 * 1024 * 1024
+    # Training data is re-read from Label Studio at most this often for annotation-triggered
+    # updates (FULL_SYNC_INTERVAL_S); START_TRAINING and deletions always re-read it.
+    full_sync_interval_s: float = 30.0
+    # Write new predictions' version into the project so Data Manager scores show
+    # (UPDATE_PROJECT_MODEL_VERSION).
+    update_project_model_version: bool = True
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from ``env`` (default ``os.environ``); raise ValueError on bad values."""
+        env = os.environ if env is None else env
+        defaults = cls()
+        url = _opt_str(env, "LABEL_STUDIO_URL")
+        return cls(
+            label_studio_url=url.rstrip("/") if url else None,
+            label_studio_api_key=_opt_str(env, "LABEL_STUDIO_API_KEY"),
+            basic_auth_user=_opt_str(env, "BASIC_AUTH_USER"),
+            basic_auth_pass=_opt_str(env, "BASIC_AUTH_PASS"),
+            model_dir=_opt_path(env, "MODEL_DIR") or defaults.model_dir,
+            cache_dir=_opt_path(env, "CACHE_DIR") or defaults.cache_dir,
+            redis_url=_opt_str(env, "REDIS_URL"),
+            device=_parse_enum(Device, "DEVICE", env.get("DEVICE", "cpu")),  # type: ignore[arg-type]
+            torch_threads=_int(env, "TORCH_THREADS", 0),
+            local_files_document_root=_opt_path(env, "LOCAL_FILES_DOCUMENT_ROOT")
+            or _opt_path(env, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
+            resnet_arch=_opt_str(env, "RESNET_ARCH") or defaults.resnet_arch,
+            resnet_checkpoint=_opt_path(env, "RESNET_CHECKPOINT"),
+            classifier_image_size=_int(env, "CLASSIFIER_IMAGE_SIZE", 224, minimum=16),
+            finetune_min_labels=_int(env, "FINETUNE_MIN_LABELS", defaults.finetune_min_labels),
+            finetune_epochs=_int(env, "FINETUNE_EPOCHS", defaults.finetune_epochs),
+            finetune_max_images=_int(env, "FINETUNE_MAX_IMAGES", defaults.finetune_max_images, 1),
+            sam_model_type=_opt_str(env, "SAM_MODEL_TYPE") or defaults.sam_model_type,
+            sam_checkpoint=_opt_path(env, "SAM_CHECKPOINT"),
+            yolo_checkpoint=_opt_str(env, "YOLO_CHECKPOINT"),
+            clipseg_model=_opt_str(env, "CLIPSEG_MODEL"),
+            max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
+            max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
+            max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 1000, 1),
+            max_request_bytes=_int(env, "MAX_REQUEST_BYTES", defaults.max_request_bytes, 1),
+            fetch_timeout_s=_float(env, "FETCH_TIMEOUT_S", defaults.fetch_timeout_s),
+            image_cache_bytes=_int(env, "IMAGE_CACHE_BYTES", defaults.image_cache_bytes),
+            full_sync_interval_s=_float(env, "FULL_SYNC_INTERVAL_S", 30.0),
+            update_project_model_version=_bool(env, "UPDATE_PROJECT_MODEL_VERSION", True),
+            log_level=(_opt_str(env, "LOG_LEVEL") or "INFO").upper(),
+        )
+
+    def public_dict(self) -> dict[str, object]:
+        """Settings safe to show (/health): secrets replaced by whether they are set."""
+        secret = {"label_studio_api_key", "basic_auth_pass"}
+        out: dict[str, object] = {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name in secret:
+                out[field.name] = "<set>" if value else None
+            elif isinstance(value, Path):
+                out[field.name] = str(value)
+            elif isinstance(value, Enum):
+                out[field.name] = value.value
+            else:
+                out[field.name] = value
+        return out

@@ -1,0 +1,170 @@
+"""Per-project model versions on disk: atomic saves that survive restarts and crashes.
+
+Layout under ``root``::
+
+    projects/<project>/versions/<version>/manifest.json   # files + sha256, metadata
+    projects/<project>/versions/<version>/<file>          # heads, backbones, …
+    projects/<project>/LATEST                             # {"version": "<version>"}
+    projects/<project>/state/<name>.json                  # small mutable state (label ledger)
+
+A version directory is assembled under a temporary name and renamed into place, then LATEST
+is replaced atomically: readers see either the old version or the complete new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_VERSION_RE = re.compile(r"-v(\d+)-")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    project: int
+    name: str
+    path: Path
+    manifest: Mapping[str, Any]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def read_bytes(self, name: str) -> bytes:
+        """Read a file of this version, verifying its checksum against the manifest."""
+        data = (self.path / name).read_bytes()
+        expected = self.manifest.get("files", {}).get(name)
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise OSError(f"checksum mismatch for {self.path / name}")
+        return data
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
+
+
+class ModelStore:
+    """Versions per project. Safe across threads and processes sharing ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._cache: dict[int, tuple[tuple[int, int], ModelVersion]] = {}
+        self._cache_lock = threading.Lock()
+
+    def project_dir(self, project: int) -> Path:
+        if not isinstance(project, int) or project < 0:
+            raise ValueError(f"project id must be a non-negative int, got {project!r}")
+        return self.root / "projects" / str(project)
+
+    @contextlib.contextmanager
+    def locked(self, project: int) -> Iterator[None]:
+        """Exclusive lock on a project across processes (training, saving)."""
+        lock_path = self.project_dir(project) / ".lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "a+") as fh:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def latest(self, project: int) -> ModelVersion | None:
+        """The current version of ``project``, or None before the first save. Cheap: one stat
+        call when nothing changed."""
+        pointer = self.project_dir(project) / "LATEST"
+        try:
+            st = pointer.stat()
+        except FileNotFoundError:
+            return None
+        key = (st.st_mtime_ns, st.st_size)
+        with self._cache_lock:
+            cached = self._cache.get(project)
+            if cached is not None and cached[0] == key:
+                return cached[1]
+        name = json.loads(pointer.read_text())["version"]
+        version = self._open(project, name)
+        with self._cache_lock:
+            self._cache[project] = (key, version)
+        return version
+
+    def _open(self, project: int, name: str) -> ModelVersion:
+        path = self.project_dir(project) / "versions" / name
+        manifest = json.loads((path / "manifest.json").read_text())
+        return ModelVersion(project=project, name=name, path=path, manifest=manifest)
+
+    def versions(self, project: int) -> list[str]:
+        root = self.project_dir(project) / "versions"
+        if not root.is_dir():
+            return []
+        names = [p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        return sorted(names, key=_version_number)
+
+    def projects(self) -> list[int]:
+        root = self.root / "projects"
+        if not root.is_dir():
+            return []
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit())
+
+    def save(self, project: int, prefix: str, files: Mapping[str, bytes],
+             metadata: Mapping[str, Any]) -> ModelVersion:
+        """Store ``files`` as a new version named ``<prefix>-v<n>-<UTC time>`` and make it the
+        latest. Callers hold :meth:`locked` when concurrent savers are possible."""
+        versions_dir = self.project_dir(project) / "versions"
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        number = max((_version_number(n) for n in self.versions(project)), default=0) + 1
+        name = f"{prefix}-v{number}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        tmp = versions_dir / f".tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        try:
+            checksums = {}
+            for file_name, data in files.items():
+                if "/" in file_name or file_name.startswith("."):
+                    raise ValueError(f"bad file name in model version: {file_name!r}")
+                atomic_write_bytes(tmp / file_name, data)
+                checksums[file_name] = hashlib.sha256(data).hexdigest()
+            manifest = {"version": name, "number": number, "created_at": time.time(),
+                        "files": checksums, **metadata}
+            atomic_write_json(tmp / "manifest.json", manifest)
+            os.rename(tmp, versions_dir / name)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        atomic_write_json(self.project_dir(project) / "LATEST", {"version": name})
+        return self._open(project, name)
+
+    def read_state(self, project: int, name: str) -> dict[str, Any] | None:
+        path = self.project_dir(project) / "state" / f"{name}.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def write_state(self, project: int, name: str, state: Mapping[str, Any]) -> None:
+        atomic_write_json(self.project_dir(project) / "state" / f"{name}.json", state)
+
+
+def _version_number(name: str) -> int:
+    match = _VERSION_RE.search(name)
+    return int(match.group(1)) if match else 0

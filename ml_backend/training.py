@@ -1,0 +1,271 @@
+"""Training jobs for the classifier: sync labels from Label Studio, fit heads, save a version.
+
+Two modes:
+- ``incremental`` (after each annotation event): warm-started heads on cached embeddings with
+  the regularisation chosen last time; seconds even with hundreds of labels.
+- ``full`` (START_TRAINING, deletions, config changes): regularisation chosen by
+  cross-validation and, with enough labels, a fine-tune of the backbone's last stage that is
+  kept only if it improves cross-validated accuracy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .adapters.classifier import ResNetEmbedder, backbone_bytes, finetune_backbone
+from .errors import BackendError, ImageError
+from .label_config import ControlSpec, ModelFamily, parse_label_config
+from .learning import LinearHead, fit_head
+from .ls_api import LabeledTask, labeled_tasks_from_export
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+LEDGER = "labels"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    project: int
+    status: str  # "trained" | "skipped" | "no-labels"
+    version: str | None
+    n_labeled: int
+    seconds: float
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def targets_for(control: ControlSpec, results: Sequence[list[dict[str, Any]]]
+                ) -> tuple[list[int], np.ndarray]:
+    """Rows that label ``control`` and their targets: class indices (single choice) or a 0/1
+    matrix (multiple choice). Labels not in the control are ignored."""
+    index = {label: i for i, label in enumerate(control.labels)}
+    rows: list[int] = []
+    targets: list[Any] = []
+    for row, result in enumerate(results):
+        chosen: list[str] = []
+        for region in result:
+            if region.get("from_name") == control.name and region.get("type") == "choices":
+                chosen.extend(c for c in region.get("value", {}).get("choices", []) if c in index)
+        if not chosen:
+            continue
+        rows.append(row)
+        if control.multiple:
+            vec = np.zeros(len(control.labels), dtype=np.float32)
+            vec[[index[c] for c in chosen]] = 1.0
+            targets.append(vec)
+        else:
+            targets.append(index[chosen[0]])
+    if control.multiple:
+        return rows, np.array(targets, dtype=np.float32).reshape(len(rows), len(control.labels))
+    return rows, np.array(targets, dtype=np.int64)
+
+
+def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any]
+                 ) -> tuple[str, list[LabeledTask]]:
+    """The project's label config and labeled tasks. Reads Label Studio's export unless the
+    event carries the changed task and the last full read is recent enough."""
+    ledger = runtime.store.read_state(project, LEDGER)
+    fresh = (ledger is not None and payload.get("mode") == "incremental"
+             and time.time() - ledger["synced_at"] < runtime.settings.full_sync_interval_s
+             and isinstance(payload.get("task"), dict)
+             and isinstance(payload.get("annotation"), dict))
+    if isinstance(payload.get("export"), list):
+        # Legacy POST /train: Label Studio sent every annotated task itself.
+        tasks = {int(t["id"]): t for t in payload["export"] if isinstance(t, dict) and "id" in t}
+        config = payload.get("label_config") or (ledger or {}).get("label_config") or ""
+        synced_at = time.time()
+    elif fresh and ledger is not None:
+        tasks = {int(k): v for k, v in ledger["tasks"].items()}
+        task, annotation = payload["task"], payload["annotation"]
+        task_id = int(task["id"])
+        merged = [a for a in tasks.get(task_id, {}).get("annotations", [])
+                  if a.get("id") != annotation.get("id")] + [annotation]
+        tasks[task_id] = {"id": task_id, "data": task.get("data", {}), "annotations": merged}
+        config = payload.get("label_config") or ledger["label_config"]
+        synced_at = ledger["synced_at"]
+    else:
+        if runtime.ls_api is None:
+            raise BackendError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to "
+                               "read annotations from Label Studio")
+        config = runtime.ls_api.label_config(project)
+        exported = runtime.ls_api.labeled_tasks(project)
+        tasks = {t.task_id: {"id": t.task_id, "data": t.data, "annotations": [
+            {"id": t.annotation_id, "updated_at": t.updated_at, "result": t.result}]}
+            for t in exported}
+        synced_at = time.time()
+    runtime.store.write_state(project, LEDGER, {
+        "synced_at": synced_at, "label_config": config,
+        "tasks": {str(k): v for k, v in tasks.items()}})
+    return config, labeled_tasks_from_export(list(tasks.values()))
+
+
+def merge_train_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Coalesce two train requests for one project into the one still queued: the stronger
+    mode wins, and the event bodies are dropped so the job re-reads every label from Label
+    Studio instead of applying only one of the events."""
+    mode = "full" if "full" in (queued.get("mode"), new.get("mode")) else "incremental"
+    merged = {"project": new.get("project", queued.get("project")), "mode": mode,
+              "label_config": new.get("label_config") or queued.get("label_config")}
+    if isinstance(new.get("export"), list):
+        merged["export"] = new["export"]
+    return merged
+
+
+def _fingerprint(config: str, labeled: Sequence[LabeledTask], backbone: str) -> str:
+    items = sorted((t.task_id, t.annotation_id, t.updated_at,
+                    json.dumps(t.result, sort_keys=True)) for t in labeled)
+    blob = json.dumps([config, backbone, items]).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _load_images(runtime: Runtime, labeled: Sequence[LabeledTask], value_key: str
+                 ) -> tuple[list[int], list[np.ndarray], list[str]]:
+    def load(task: LabeledTask) -> tuple[np.ndarray, str] | None:
+        url = task.data.get(value_key)
+        if not isinstance(url, str):
+            return None
+        try:
+            image = runtime.images.load(url, task_id=task.task_id)
+        except ImageError as exc:
+            log.warning("training: skipping task %s: %s", task.task_id, exc)
+            return None
+        return image.pixels, image.sha256
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        loaded = list(pool.map(load, labeled))
+    rows = [i for i, item in enumerate(loaded) if item is not None]
+    return rows, [loaded[i][0] for i in rows], [loaded[i][1] for i in rows]  # type: ignore[index]
+
+
+def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
+    """Job entry: ``payload = {"project": int, "mode": "incremental"|"full", …event}``."""
+    started = time.perf_counter()
+    project = int(payload["project"])
+    mode = payload.get("mode", "incremental")
+    with runtime.store.locked(project):
+        config, labeled = _sync_labels(runtime, project, payload)
+        try:
+            controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
+        except BackendError as exc:
+            return TrainOutcome(project, "skipped", None, len(labeled),
+                                time.perf_counter() - started, str(exc))
+        previous = runtime.store.latest(project)
+        embedder = runtime.embedder(previous if mode == "incremental" else None)
+        fingerprint = _fingerprint(config, labeled, embedder.digest)
+        if (mode == "incremental" and previous is not None
+                and previous.manifest.get("fingerprint") == fingerprint):
+            return TrainOutcome(project, "skipped", previous.name, len(labeled),
+                                time.perf_counter() - started, "nothing changed")
+        previous_heads = runtime.classifier(project).heads if previous is not None else {}
+
+        heads: dict[str, LinearHead] = {}
+        files: dict[str, bytes] = {}
+        backbone_meta: dict[str, Any] = {}
+        for control in controls:
+            rows, y = targets_for(control, [t.result for t in labeled])
+            if len(rows) == 0:
+                continue
+            image_rows, pixels, shas = _load_images(
+                runtime, [labeled[r] for r in rows], control.value_key)
+            y = y[image_rows]
+            if len(y) == 0:
+                continue
+            x = embedder.embed(pixels, shas)
+            full = mode != "incremental"
+            previous_head = previous_heads.get(control.name)
+            # Incremental updates reuse the regularisation chosen by the last full fit.
+            l2 = previous_head.l2 if previous_head is not None and not full else None
+            head = fit_head(x, y, control.labels, control.multiple, l2=l2,
+                            previous=previous_head)
+            if (full and not control.multiple and not backbone_meta
+                    and len(y) >= runtime.settings.finetune_min_labels
+                    and runtime.settings.finetune_epochs > 0):
+                head, backbone_meta = _try_finetune(runtime, embedder.backbone, pixels, shas,
+                                                    y, control, head, files)
+            heads[control.name] = head
+        if not heads:
+            return TrainOutcome(project, "no-labels", previous.name if previous else None,
+                                len(labeled), time.perf_counter() - started,
+                                "no usable labels for any classification control")
+        head_meta = {}
+        for name, head in heads.items():
+            file_name = f"head-{hashlib.sha256(name.encode()).hexdigest()[:12]}.npz"
+            files[file_name] = head.to_bytes()
+            head_meta[name] = {"file": file_name, "labels": list(head.labels),
+                               "multiple": head.multiple, **head.stats}
+        weights = runtime.base_weights()
+        version = runtime.store.save(project, runtime.settings.resnet_arch, files, {
+            "family": ModelFamily.CLASSIFIER.value, "mode": mode, "fingerprint": fingerprint,
+            "n_labeled": len(labeled), "heads": head_meta,
+            "base_weights": {"source": weights.source, "digest": weights.digest},
+            "backbone": backbone_meta,
+        })
+    _announce(runtime, project, version.name)
+    outcome = TrainOutcome(project, "trained", version.name, len(labeled),
+                           time.perf_counter() - started)
+    log.info("training done: %s", outcome.as_dict())
+    return outcome
+
+
+def _try_finetune(runtime: Runtime, backbone: Any, pixels: list[np.ndarray], shas: list[str],
+                  y: np.ndarray, control: ControlSpec, head: LinearHead,
+                  files: dict[str, bytes]) -> tuple[LinearHead, dict[str, Any]]:
+    """Fine-tune the backbone on this control; keep it only if CV accuracy improves."""
+    settings = runtime.settings
+    n = min(len(pixels), settings.finetune_max_images)
+    tuned = finetune_backbone(backbone, pixels[:n], y[:n], len(control.labels),
+                              settings.classifier_image_size, settings.finetune_epochs,
+                              runtime.device)
+    data = backbone_bytes(tuned)
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    tuned_embedder = ResNetEmbedder(tuned, digest, settings.classifier_image_size,
+                                    runtime.device, runtime.embedding_cache)
+    tuned_head = fit_head(tuned_embedder.embed(pixels, shas), y, control.labels, False)
+    before = head.stats.get("cv_accuracy", 0.0)
+    after = tuned_head.stats.get("cv_accuracy", 0.0)
+    log.info("backbone fine-tune on '%s': cv accuracy %.3f -> %.3f", control.name, before,
+             after)
+    if after <= before:
+        return head, {}
+    files["backbone.pt"] = data
+    return tuned_head, {"file": "backbone.pt", "digest": digest, "trained_on": control.name}
+
+
+def _announce(runtime: Runtime, project: int, version: str) -> None:
+    """Tell Label Studio the project's current version so its scores show in Data Manager."""
+    if runtime.ls_api is None or not runtime.settings.update_project_model_version:
+        return
+    try:
+        runtime.ls_api.set_model_version(project, version)
+    except BackendError as exc:
+        log.warning("could not set project %s model_version: %s", project, exc)
+
+
+def precompute_embeddings(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+    """Job: embed new tasks' images ahead of time so the first /predict is fast."""
+    tasks = payload.get("tasks") or []
+    config = payload.get("label_config") or ""
+    controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
+    keys = {c.value_key for c in controls}
+    fake = [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in tasks
+            if isinstance(t, dict) and "id" in t]
+    embedder = runtime.embedder(runtime.store.latest(int(payload["project"])))
+    done = 0
+    for key in keys:
+        _, pixels, shas = _load_images(runtime, fake, key)
+        if pixels:
+            embedder.embed(pixels, shas)
+            done += len(pixels)
+    return {"embedded": done}
+

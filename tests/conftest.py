@@ -1,0 +1,118 @@
+"""Shared fixtures: an image host on loopback that serves task images the way Label Studio
+does (``/data/upload/…``, ``/data/local-files/?d=…``), digit images, and a backend app on a
+tiny random-init ResNet."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask, Response, abort, request
+from PIL import Image
+
+from ml_backend.jobs import InProcessQueue
+from ml_backend.runtime import Runtime
+from ml_backend.server import create_app
+from ml_backend.settings import Settings
+
+from http_fixtures import serve_app
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CAPTURES = FIXTURES / "captures"
+DIGITS_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="digit" toName="image">
+    <Choice value="0"/><Choice value="1"/><Choice value="2"/><Choice value="3"/>
+    <Choice value="4"/><Choice value="5"/><Choice value="6"/><Choice value="7"/>
+    <Choice value="8"/><Choice value="9"/>
+  </Choices>
+</View>"""
+
+
+def load_capture(name: str) -> dict[str, Any]:
+    return json.loads((CAPTURES / name).read_text())
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def digit_images(count: int, size: int = 32) -> tuple[list[bytes], np.ndarray]:
+    """``count`` load_digits images as grey PNG bytes (nearest-neighbour upscaled) + labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out = []
+    for image in digits.images[:count]:
+        grey = (image / 16.0 * 255).astype(np.uint8)
+        big = np.kron(grey, np.ones((size // 8, size // 8), dtype=np.uint8))
+        out.append(png_bytes(big))
+    return out, digits.target[:count]
+
+
+class ImageHost:
+    """A loopback server with Label Studio's image URL shapes. ``files`` maps a path such as
+    ``/data/upload/1/a.png`` or ``/data/local-files/?d=set1/b.png`` to bytes; it counts hits
+    and the Authorization headers it saw."""
+
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.hits: list[str] = []
+        self.auth_headers: list[str | None] = []
+        app = Flask("image-host")
+
+        @app.route("/data/<path:rest>")
+        def data(rest: str) -> Response:
+            key = f"/data/{rest}"
+            if request.query_string:
+                key += "?" + request.query_string.decode()
+            self.hits.append(key)
+            self.auth_headers.append(request.headers.get("Authorization"))
+            if key not in self.files:
+                abort(404)
+            return Response(self.files[key], mimetype="image/png")
+
+        self.url, self._shutdown = serve_app(app)
+
+    def close(self) -> None:
+        self._shutdown()
+
+
+@pytest.fixture
+def image_host() -> Iterator[ImageHost]:
+    host = ImageHost()
+    yield host
+    host.close()
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "model_dir": tmp_path / "models", "cache_dir": tmp_path / "cache",
+            "classifier_image_size": 32, "label_studio_api_key": "test-legacy-key",
+            "finetune_min_labels": 10_000,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def backend(make_settings: Callable[..., Settings], image_host: ImageHost
+            ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+    """``(flask test client, runtime, job queue)`` on the tiny model, images from the host."""
+    settings = make_settings(label_studio_url=image_host.url)
+    runtime = Runtime(settings)
+    jobs = InProcessQueue(runtime)
+    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
+    yield app.test_client(), runtime, jobs
+    jobs.close()

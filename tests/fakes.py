@@ -1,0 +1,36 @@
+"""A stand-in for the backend's own Label Studio port (``ml_backend.ls_api.LabelStudioAPI``)
+in unit tests. The real Label Studio is used by the integration tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
+
+
+def choice_task(task_id: int, image: str, control: str, choices: list[str],
+                annotation_id: int | None = None, updated_at: str = "2026-01-01T00:00:00Z"
+                ) -> dict[str, Any]:
+    """A task as Label Studio's JSON export writes it, with one choices annotation."""
+    return {"id": task_id, "data": {"image": image}, "annotations": [{
+        "id": annotation_id or task_id, "updated_at": updated_at, "was_cancelled": False,
+        "result": [{"from_name": control, "to_name": "image", "type": "choices",
+                    "value": {"choices": choices}}]}]}
+
+
+class FakeLabelStudioAPI:
+    def __init__(self, label_config: str, tasks: list[dict[str, Any]]) -> None:
+        self.config = label_config
+        self.tasks = tasks
+        self.exports = 0
+        self.announced: list[tuple[int, str]] = []
+
+    def label_config(self, project: int) -> str:
+        return self.config
+
+    def labeled_tasks(self, project: int) -> list[LabeledTask]:
+        self.exports += 1
+        return labeled_tasks_from_export(self.tasks)
+
+    def set_model_version(self, project: int, version: str) -> None:
+        self.announced.append((project, version))

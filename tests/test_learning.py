@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ml_backend.learning import (
+    LinearHead,
+    confidence,
+    fit_head,
+    fit_temperature,
+    probabilities,
+)
+
+
+def blobs(n_per_class: int, n_classes: int, dim: int, spread: float, seed: int = 0
+          ) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(size=(n_classes, dim)) * 3
+    x = np.concatenate([c + spread * rng.normal(size=(n_per_class, dim)) for c in centers])
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    return x.astype(np.float32), y
+
+
+def test_probabilities_and_confidence_known_values() -> None:
+    p = probabilities(np.array([[0.0, 0.0], [np.log(3.0), 0.0]]), multiple=False)
+    np.testing.assert_allclose(p, [[0.5, 0.5], [0.75, 0.25]])
+    np.testing.assert_allclose(confidence(p, multiple=False), [0.5, 0.75])
+    sig = probabilities(np.array([[0.0, np.log(4.0)]]), multiple=True)
+    np.testing.assert_allclose(sig, [[0.5, 0.8]])
+    np.testing.assert_allclose(confidence(sig, multiple=True), [0.65])
+
+
+def test_fit_head_separates_blobs_and_roundtrips() -> None:
+    x, y = blobs(30, 3, 8, spread=0.3)
+    head = fit_head(x, y, ("a", "b", "c"), multiple=False)
+    assert (head.predict_proba(x).argmax(axis=1) == y).mean() > 0.98
+    assert head.stats["cv_accuracy"] > 0.95
+    again = LinearHead.from_bytes(head.to_bytes())
+    np.testing.assert_allclose(again.predict_proba(x), head.predict_proba(x), rtol=1e-6)
+    assert again.labels == ("a", "b", "c") and again.l2 == head.l2
+
+
+def test_calibration_makes_overlapping_classes_less_confident() -> None:
+    x_easy, y_easy = blobs(40, 2, 4, spread=0.2, seed=1)
+    x_hard, y_hard = blobs(40, 2, 4, spread=4.0, seed=1)
+    easy = fit_head(x_easy, y_easy, ("a", "b"), multiple=False)
+    hard = fit_head(x_hard, y_hard, ("a", "b"), multiple=False)
+    assert confidence(hard.predict_proba(x_hard), False).mean() < \
+        confidence(easy.predict_proba(x_easy), False).mean()
+    # Calibrated: mean confidence on held-out-like data is close to accuracy.
+    acc = (hard.predict_proba(x_hard).argmax(1) == y_hard).mean()
+    assert abs(confidence(hard.predict_proba(x_hard), False).mean() - acc) < 0.15
+
+
+def test_fit_temperature_recovers_scale() -> None:
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 3)) * 2
+    p = probabilities(true_logits, False)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    t = fit_temperature(true_logits * 3.0, y, multiple=False)
+    assert 2.5 < t < 3.5
+
+
+def test_multi_label_head() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 5)).astype(np.float32)
+    y = np.stack([x[:, 0] > 0, x[:, 1] > 0, x[:, 0] + x[:, 1] > 0], axis=1).astype(np.float32)
+    head = fit_head(x, y, ("p", "q", "r"), multiple=True)
+    assert ((head.predict_proba(x) > 0.5) == y.astype(bool)).mean() > 0.9
+
+
+@pytest.mark.parametrize("x, y, error", [
+    (np.zeros((0, 3)), np.zeros(0, dtype=int), "zero examples"),
+    (np.zeros((3, 3)), np.array([0, 1, 5]), "class indices"),
+    (np.zeros((3, 3)), np.zeros(2, dtype=int), "disagree"),
+    (np.zeros((3, 3)), np.zeros((3, 1)), "single-label targets"),
+])
+def test_fit_head_rejects_bad_input(x: np.ndarray, y: np.ndarray, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        fit_head(x, y, ("a", "b"), multiple=False)
+
+
+def test_head_shape_validation() -> None:
+    with pytest.raises(ValueError, match="classes"):
+        LinearHead(("a",), False, np.zeros((2, 2)), np.zeros(2), np.zeros(2), np.ones(2))

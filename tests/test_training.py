@@ -1,0 +1,92 @@
+"""The classifier learning loop in-process: labels → heads → a new version → predictions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ml_backend.label_config import ModelFamily, parse_label_config
+from ml_backend.training import targets_for, train_classifier
+
+from conftest import DIGITS_CONFIG, digit_images
+from fakes import FakeLabelStudioAPI, choice_task
+
+
+def _project(image_host: Any, count: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    pngs, labels = digit_images(count)
+    tasks = []
+    for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
+        path = f"/data/upload/7/d{i}.png"
+        image_host.files[path] = png
+        tasks.append(choice_task(i + 1, path, "digit", [str(label)]))
+    return tasks, labels
+
+
+def test_targets_for_single_and_multiple() -> None:
+    (single,) = parse_label_config(DIGITS_CONFIG).for_family(ModelFamily.CLASSIFIER)
+    results = [choice_task(1, "x", "digit", ["3"])["annotations"][0]["result"], [],
+               choice_task(2, "x", "other", ["4"])["annotations"][0]["result"],
+               choice_task(3, "x", "digit", ["not-a-label"])["annotations"][0]["result"]]
+    rows, y = targets_for(single, results)
+    assert rows == [0] and y.tolist() == [3]
+
+
+def test_train_then_predict_improves_and_versions_change(backend, image_host) -> None:
+    client, runtime, jobs = backend
+    tasks, labels = _project(image_host, 120)
+    fake = FakeLabelStudioAPI(DIGITS_CONFIG, tasks[:80])
+    runtime.ls_api = fake  # type: ignore[assignment]
+
+    body = {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks[80:]],
+            "project": "7.1700000000", "label_config": DIGITS_CONFIG}
+    before = client.post("/predict", json=body).get_json()["results"]
+    assert all(r["result"] == [] for r in before)
+    assert before[0]["model_version"].endswith("v0-untrained")
+
+    outcome = train_classifier(runtime, {"project": 7, "mode": "full"})
+    assert outcome.status == "trained" and outcome.n_labeled == 80
+    setup = client.post("/setup", json={"project": "7.1700000000", "schema": DIGITS_CONFIG})
+    assert setup.get_json()["model_version"] == outcome.version
+
+    after = client.post("/predict", json=body).get_json()["results"]
+    assert [r["model_version"] for r in after] == [outcome.version] * 40
+    predicted = [int(r["result"][0]["value"]["choices"][0]) for r in after]
+    accuracy = float(np.mean(np.array(predicted) == labels[80:]))
+    assert accuracy > 0.5, accuracy  # random init backbone on 32 px digits, 80 labels
+    assert all(0.0 < r["score"] <= 1.0 for r in after)
+    assert fake.announced == [(7, outcome.version)]
+
+    # Nothing new: an incremental request is a no-op and keeps the version.
+    again = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    assert again.status == "skipped" and again.version == outcome.version
+
+
+def test_incremental_update_uses_webhook_body_without_reexport(backend, image_host) -> None:
+    client, runtime, jobs = backend
+    tasks, _ = _project(image_host, 30)
+    fake = FakeLabelStudioAPI(DIGITS_CONFIG, tasks[:20])
+    runtime.ls_api = fake  # type: ignore[assignment]
+    first = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    assert fake.exports == 1
+    new_task = tasks[20]
+    payload = {"project": 7, "mode": "incremental", "label_config": DIGITS_CONFIG,
+               "task": {"id": new_task["id"], "data": new_task["data"]},
+               "annotation": new_task["annotations"][0]}
+    second = train_classifier(runtime, payload)
+    assert fake.exports == 1, "a recent full sync plus the event body is enough"
+    assert second.status == "trained" and second.n_labeled == 21
+    assert second.version != first.version
+
+
+def test_webhook_trains_in_background(backend, image_host) -> None:
+    client, runtime, jobs = backend
+    tasks, _ = _project(image_host, 25)
+    runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
+    response = client.post("/webhook", json={"action": "START_TRAINING",
+                                             "project": {"id": 7}})
+    assert response.status_code == 200 and response.get_json()["status"] == "queued"
+    assert jobs.wait_idle(120)
+    (record,) = jobs.recent()
+    assert record["status"] == "finished", record
+    assert runtime.store.latest(7).name == record["result"]["version"]
