@@ -235,7 +235,7 @@ class RQQueue:
         for job in Job.fetch_many(ids[-100:], connection=self.redis):
             if job is not None:
                 out.append({"id": job.id, "name": job.args[0] if job.args else None,
-                            "status": str(job.get_status()),
+                            "status": job.get_status().value,
                             "error": (job.latest_result().exc_string[-500:]
                                       if job.is_failed and job.latest_result() else None)})
         return out

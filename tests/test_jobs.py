@@ -1,0 +1,87 @@
+"""Both job queue implementations: the in-process worker and Redis + RQ (real redis-server)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from ml_backend.jobs import InProcessQueue, JobKind, RQQueue, bind_worker_runtime
+from ml_backend.runtime import Runtime
+from ml_backend.training import merge_train_payloads
+
+from conftest import DIGITS_CONFIG, digit_images
+from fakes import FakeLabelStudioAPI, choice_task
+from redis_fixture import redis_server  # noqa: F401
+
+
+def test_in_process_runs_records_and_survives_failures(make_settings) -> None:
+    gate = threading.Event()
+    seen: list[dict[str, Any]] = []
+
+    def slow(runtime: Runtime, payload: dict[str, Any]) -> Any:
+        gate.wait(10)
+        seen.append(payload)
+        return {"ok": payload["n"]}
+
+    def boom(runtime: Runtime, payload: dict[str, Any]) -> Any:
+        raise ValueError("bad payload")
+
+    queue = InProcessQueue(Runtime(make_settings()), registry={
+        "slow": JobKind(slow, merge_train_payloads), "boom": JobKind(boom)})
+    try:
+        first = queue.submit("slow", {"project": 1, "n": 1, "mode": "incremental"}, key="p1")
+        # While the first runs (blocked), two more for the key coalesce into one queued job.
+        while queue.recent()[0]["status"] != "running":
+            pass
+        second = queue.submit("slow", {"project": 1, "n": 2, "mode": "incremental",
+                                       "task": {"id": 5}}, key="p1")
+        third = queue.submit("slow", {"project": 1, "n": 3, "mode": "full"}, key="p1")
+        assert second == third != first
+        failing = queue.submit("boom", {}, key=None)
+        gate.set()
+        assert queue.wait_idle(30)
+        records = {r["id"]: r for r in queue.recent()}
+        assert records[first]["status"] == "finished"
+        assert records[failing]["status"] == "failed"
+        assert "ValueError: bad payload" in records[failing]["error"]
+        # The coalesced job became a full re-read (no single-event body) and ran once.
+        assert len(seen) == 2 and seen[1]["mode"] == "full" and "task" not in seen[1]
+        with pytest.raises(ValueError, match="unknown job"):
+            queue.submit("nope", {})
+    finally:
+        queue.close()
+
+
+def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_settings,  # noqa: F811
+                                                      image_host) -> None:
+    from rq import SimpleWorker
+
+    settings = make_settings(label_studio_url=image_host.url, redis_url=redis_server)
+    pngs, labels = digit_images(24)
+    tasks = []
+    for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
+        image_host.files[f"/data/upload/2/{i}.png"] = png
+        tasks.append(choice_task(i + 1, f"/data/upload/2/{i}.png", "digit", [str(label)]))
+    runtime = Runtime(settings)
+    runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
+
+    queue = RQQueue(redis_server)
+    first = queue.submit("train", {"project": 2, "mode": "incremental"}, key="train:2")
+    duplicate = queue.submit("train", {"project": 2, "mode": "full"}, key="train:2")
+    assert duplicate == first, "a queued job for the key absorbs the second request"
+    bad = queue.submit("train", {"project": "not-a-number"})
+    assert queue.queue.count == 2
+
+    bind_worker_runtime(runtime)
+    SimpleWorker([queue.queue], connection=queue.redis).work(burst=True)
+
+    statuses = {r["id"]: r for r in queue.recent()}
+    assert statuses[first]["status"] == "finished"
+    assert statuses[bad]["status"] == "failed" and "ValueError" in statuses[bad]["error"]
+    version = runtime.store.latest(2)
+    assert version is not None and version.manifest["mode"] == "full", \
+        "the coalesced full request was honoured"
+    assert queue.wait_idle(5)
+    queue.close()
