@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,7 +65,8 @@ class LabelStudioAPI:
         try:
             return str(self._client.projects.get(id=project).label_config)
         except Exception as exc:  # SDK/httpx errors of many kinds: one category for callers
-            raise LabelStudioUnavailable(f"cannot read project {project}: {exc}") from exc
+            raise LabelStudioUnavailable(
+                f"cannot read project {project}: {_short(exc)}") from exc
 
     def labeled_tasks(self, project: int) -> list[LabeledTask]:
         """Every annotated task of ``project`` (one export request)."""
@@ -73,15 +75,36 @@ class LabelStudioAPI:
                 id=project, export_type="JSON", download_all_tasks=False)
             tasks = json.loads(b"".join(chunks))
         except Exception as exc:
-            raise LabelStudioUnavailable(f"cannot export project {project}: {exc}") from exc
+            raise LabelStudioUnavailable(
+                f"cannot export project {project}: {_short(exc)}") from exc
         if not isinstance(tasks, list):
             raise LabelStudioUnavailable(f"export of project {project} is not a task list")
         return labeled_tasks_from_export(tasks)
 
-    def set_model_version(self, project: int, version: str) -> None:
-        """Make ``version`` the project's current version so Data Manager shows its scores."""
+    def set_model_version(self, project: int, version: str,
+                          is_ours: Callable[[str], bool]) -> None:
+        """Make ``version`` the project's current version so Data Manager shows its scores.
+
+        Label Studio accepts a project version only if an ML backend connection is titled
+        with it or predictions carry it, so the connections of this backend (recognised by
+        ``is_ours(title)``) are retitled first.
+        """
         try:
+            for ml_backend in self._client.ml.list(project=project):
+                if ml_backend.id is not None and is_ours(str(ml_backend.title or "")) \
+                        and ml_backend.title != version:
+                    # Label Studio 1.23 fails (500) on an update without url and project.
+                    self._client.ml.update(id=ml_backend.id, title=version,
+                                           url=ml_backend.url, project=project)
             self._client.projects.update(id=project, model_version=version)
         except Exception as exc:
             raise LabelStudioUnavailable(
-                f"cannot set model_version of project {project}: {exc}") from exc
+                f"cannot set model_version of project {project}: {_short(exc)}") from exc
+
+
+def _short(exc: Exception) -> str:
+    """The SDK's API errors print every response header; keep status and body only."""
+    status, body = getattr(exc, "status_code", None), getattr(exc, "body", None)
+    if status is not None:
+        return f"HTTP {status}: {str(body)[:300]}"
+    return str(exc)[:300]

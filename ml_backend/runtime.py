@@ -8,6 +8,7 @@ receive it explicitly. Models are loaded lazily (first use or the warm-up thread
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -139,6 +140,10 @@ class Runtime:
             self.embedder(None)
         except ModelUnavailable as exc:
             log.error("classifier unavailable: %s", exc)
+
+    def is_our_version(self, name: str) -> bool:
+        """Whether ``name`` is a version string this backend produces (for any project)."""
+        return re.fullmatch(rf"{re.escape(self.settings.resnet_arch)}-v\d+-[\w]+", name) is not None
 
     def untrained_version(self) -> str:
         return f"{self.settings.resnet_arch}-v0-untrained"

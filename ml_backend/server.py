@@ -60,6 +60,9 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
 
             jobs = InProcessQueue(runtime, on_done=on_done)
     backend = Backend(runtime, jobs, metrics)
+    # The SDK's config parser is slow to import; do it now so the first /setup stays fast.
+    import label_studio_sdk.label_interface  # noqa: F401
+
     if warm_up:
         threading.Thread(target=runtime.warm_up, name="warm-up", daemon=True).start()
 

@@ -247,7 +247,7 @@ def _announce(runtime: Runtime, project: int, version: str) -> None:
     if runtime.ls_api is None or not runtime.settings.update_project_model_version:
         return
     try:
-        runtime.ls_api.set_model_version(project, version)
+        runtime.ls_api.set_model_version(project, version, runtime.is_our_version)
     except BackendError as exc:
         log.warning("could not set project %s model_version: %s", project, exc)
 

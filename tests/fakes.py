@@ -32,5 +32,6 @@ class FakeLabelStudioAPI:
         self.exports += 1
         return labeled_tasks_from_export(self.tasks)
 
-    def set_model_version(self, project: int, version: str) -> None:
+    def set_model_version(self, project: int, version: str, is_ours: Any) -> None:
+        assert is_ours(version)
         self.announced.append((project, version))

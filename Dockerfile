@@ -1,0 +1,25 @@
+# ML backend image: `ml-backend serve` (gunicorn) by default, `ml-backend worker` for RQ.
+# torch comes from PyPI as pinned in pyproject.toml (the Linux wheels carry CUDA, so the same
+# image runs on CPU or, with the compose "gpu" profile, on an NVIDIA GPU).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    MODEL_DIR=/data/models \
+    CACHE_DIR=/data/cache
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY ml_backend ./ml_backend
+RUN pip install . \
+ && useradd --create-home --uid 1000 app \
+ && mkdir -p /data/models /data/cache \
+ && chown -R app:app /data
+
+USER app
+EXPOSE 9090
+HEALTHCHECK --interval=30s --timeout=3s --start-period=60s \
+  CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:9090/health', timeout=2).status != 200)"
+CMD ["ml-backend", "serve", "--host", "0.0.0.0", "--port", "9090"]

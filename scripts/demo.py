@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""The demo: a real Label Studio, the backend, 200 handwritten digits, ready to label.
+
+Starts Label Studio (data kept under ``var/demo/label-studio``), starts ``ml-backend serve``
+(models and caches under ``var/demo``), renders the digits, creates the project "Digits
+(active learning)", uploads them, connects the backend, retrieves predictions and adds the
+"Most informative first" view. Then prints where to log in and runs until Ctrl-C.
+A second run reuses the same data dir and project.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+PROJECT_TITLE = "Digits (active learning)"
+DIGIT_CONFIG = REPO / "labeling_configs" / "digit_classification.xml"
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO / "var" / "demo")
+    parser.add_argument("--ls-port", type=int, default=8080, help="used when free")
+    parser.add_argument("--backend-port", type=int, default=9090, help="used when free")
+    parser.add_argument("--count", type=int, default=200, help="digit images to upload")
+    parser.add_argument("--exit-after-setup", action="store_true",
+                        help="stop everything once the project is ready (smoke test)")
+    return parser.parse_args(argv)
+
+
+def _pick_port(preferred: int) -> int:
+    from ml_backend.local_label_studio import free_port, port_is_free
+
+    return preferred if port_is_free(preferred) else free_port()
+
+
+def _wait_health(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+            raise RuntimeError(f"backend exited with {process.returncode}; {log}:\n{tail}")
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                if json.loads(response.read()).get("status") == "UP":
+                    return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"backend not healthy on {url} after {timeout:.0f} s; see {log}")
+
+
+def _start_backend(port: int, data_dir: Path, ls: Any) -> subprocess.Popen[bytes]:
+    """Run ``ml-backend serve`` in its own process group, logging to ``backend.log``."""
+    exe = Path(sys.executable).parent / "ml-backend"
+    command = [str(exe)] if exe.exists() else [shutil.which("ml-backend") or "ml-backend"]
+    env = dict(os.environ)
+    env.update(
+        LABEL_STUDIO_URL=ls.url,
+        LABEL_STUDIO_API_KEY=ls.api_key,
+        MODEL_DIR=str(data_dir / "models"),
+        CACHE_DIR=str(data_dir / "cache"),
+        LOCAL_FILES_DOCUMENT_ROOT=str(ls.document_root),
+    )
+    log = (data_dir / "backend.log").open("ab")
+    return subprocess.Popen(
+        [*command, "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> None:
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _setup_project(client: Any, ls: Any, backend_url: str, data_dir: Path, count: int) -> int:
+    """Create (or find again) the demo project; make sure it points at ``backend_url``."""
+    from ml_backend import project_setup as ps
+    from ml_backend.datasets import write_digit_pngs
+
+    existing = [p for p in client.projects.list() if p.title == PROJECT_TITLE]
+    if existing:
+        project_id = int(existing[0].id)
+        print(f"reusing project {project_id}")
+        for backend in client.ml.list(project=project_id):
+            if backend.url != backend_url:
+                client.ml.update(id=backend.id, url=backend_url)
+        if not list(client.ml.list(project=project_id)):
+            ps.connect_backend(client, project_id, backend_url)
+        return project_id
+
+    images = write_digit_pngs(data_dir / "digits", count=count, size=64, seed=0)
+    project_id = ps.create_project(client, PROJECT_TITLE, DIGIT_CONFIG)
+    task_ids = ps.upload_images(ls.url, ls.api_key, project_id, [p for p, _ in images])
+    print(f"project {project_id}: uploaded {len(task_ids)} digit images")
+    ps.connect_backend(client, project_id, backend_url)
+    started = time.monotonic()
+    try:
+        ps.retrieve_predictions(client, project_id)
+        print(f"predictions retrieved in {time.monotonic() - started:.1f} s")
+    except Exception as exc:  # tasks still get predictions when opened
+        print(f"warning: retrieving predictions failed ({exc}); they come on task open")
+    ps.create_informative_view(client, project_id)
+    return project_id
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo until Ctrl-C (or until set up, with ``--exit-after-setup``)."""
+    args = _parse(argv)
+    sys.path.insert(0, str(REPO))
+    from label_studio_sdk import LabelStudio
+
+    from ml_backend.local_label_studio import LocalLabelStudio
+
+    data_dir = args.data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    stop_requested = False
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+        raise KeyboardInterrupt
+
+    # Explicit handlers: a shell's background job starts with SIGINT ignored.
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    backend: subprocess.Popen[bytes] | None = None
+    ls = LocalLabelStudio(data_dir / "label-studio", port=_pick_port(args.ls_port),
+                          username="admin@example.com")
+    try:
+        print("starting Label Studio (first start migrates its database: ~1 min) ...")
+        ls.start()
+        print(f"Label Studio up on {ls.url} after {ls.startup_seconds:.1f} s")
+        backend_port = _pick_port(args.backend_port)
+        backend_url = f"http://127.0.0.1:{backend_port}"
+        backend = _start_backend(backend_port, data_dir, ls)
+        _wait_health(backend_url, backend, data_dir / "backend.log", timeout=180)
+        print(f"backend up on {backend_url}")
+        client = LabelStudio(base_url=ls.url, api_key=ls.api_key)
+        project_id = _setup_project(client, ls, backend_url, data_dir, args.count)
+        print("\n" + "=" * 64)
+        print(f"  Label Studio : {ls.url}/projects/{project_id}/data")
+        print(f"  username     : {ls.username}")
+        print(f"  password     : {ls.password}")
+        print(f"  API key      : {ls.api_key}")
+        print(f"  ML backend   : {backend_url}  (log: {data_dir / 'backend.log'})")
+        print("  Open the 'Most informative first' tab and label from the top.")
+        print("=" * 64 + "\nPress Ctrl-C to stop.", flush=True)
+        while not args.exit_after_setup and not stop_requested:
+            if backend.poll() is not None:
+                print(f"backend exited with {backend.returncode}; see backend.log")
+                return 1
+            if not ls.is_running():
+                print(f"Label Studio exited; see {ls.log_path}")
+                return 1
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("\nstopping ...")
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut cleanup
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop(backend)
+        ls.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Idempotent environment setup on a fresh Debian machine (fast when already done).
+#   .venv     the backend: pip install -e '.[test]' (torch/torchvision pinned in pyproject.toml)
+#   .venv-ls  Label Studio 1.23.2, kept apart from the backend (its pins differ)
+#   --with-redis   also apt-get install redis-server when it is missing
+#   --with-compose also apt-get install docker-compose (to validate docker-compose.yml) when
+#                  neither `docker compose` nor `docker-compose` is there
+# Env: PYTHON (default python3, >= 3.10), LS_VERSION (default 1.23.2).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+LS_VERSION="${LS_VERSION:-1.23.2}"
+WITH_REDIS=0
+WITH_COMPOSE=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-redis) WITH_REDIS=1 ;;
+    --with-compose) WITH_COMPOSE=1 ;;
+    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "setup_env.sh: unknown argument: $arg" >&2; exit 2 ;;
+  esac
+done
+
+log() { echo "[setup_env] $*"; }
+
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || { echo "setup_env.sh: $PYTHON must be Python >= 3.10" >&2; exit 1; }
+
+make_venv() {  # make_venv DIR: create DIR unless it already holds a working python
+  if [[ ! -x "$1/bin/python" ]] || ! "$1/bin/python" -c 'import pip' >/dev/null 2>&1; then
+    log "creating $1"
+    rm -rf "$1"
+    "$PYTHON" -m venv "$1"
+  fi
+}
+
+# -- backend venv: reinstall only when pyproject.toml changed since the last install ------------
+make_venv .venv
+stamp=.venv/.setup-stamp
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x .venv/bin/ml-backend ]]; then
+  log ".venv up to date"
+else
+  log "installing the backend into .venv (pip install -e '.[test]')"
+  .venv/bin/python -m pip install -q -e '.[test]'
+  echo "$want" > "$stamp"
+fi
+
+# -- Label Studio venv ----------------------------------------------------------------------
+ls_installed() {
+  .venv-ls/bin/python - "$LS_VERSION" <<'PY' >/dev/null 2>&1
+import importlib.metadata as md, sys
+sys.exit(md.version("label-studio") != sys.argv[1])
+PY
+}
+if [[ -x .venv-ls/bin/label-studio ]] && ls_installed; then
+  log ".venv-ls has label-studio==$LS_VERSION"
+else
+  make_venv .venv-ls
+  log "installing label-studio==$LS_VERSION into .venv-ls (about a minute)"
+  .venv-ls/bin/python -m pip install -q "label-studio==$LS_VERSION"
+fi
+
+apt_install() {  # apt_install PACKAGE...
+  local sudo=""
+  if [[ "$(id -u)" != 0 ]]; then sudo="sudo"; fi
+  log "installing $* with apt-get"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+# -- redis-server (tests start their own on a free port; the distro's service is not needed) --
+if [[ "$WITH_REDIS" == 1 ]]; then
+  if command -v redis-server >/dev/null 2>&1; then
+    log "redis-server present"
+  else
+    apt_install redis-server
+  fi
+fi
+
+# -- docker compose (only the client: `config` validates the file without an engine) ---------
+if [[ "$WITH_COMPOSE" == 1 ]]; then
+  if docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1; then
+    log "docker compose present"
+  else
+    apt_install docker-compose
+  fi
+fi
+log "done"
