@@ -134,7 +134,8 @@ class Backend:
                             _task_id(tasks[i]), item[1])
         unique: dict[str, LoadedImage] = {img.sha256: img for img in images.values()}
         shas = list(unique)
-        vectors = model.embedder.embed([unique[s].pixels for s in shas], shas) if shas else None
+        vectors = (model.embedder.embed(shas, lambda i: unique[shas[i]].pixels)
+                   if shas else None)
         row_of = {sha: row for row, sha in enumerate(shas)}
         proba = {}
         for control in usable:

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from .adapters.classifier import ResNetEmbedder, backbone_bytes, finetune_backbone
-from .errors import BackendError, ImageError
+from .errors import BackendError, ImageError, LabelStudioUnavailable
+from .images import decode_image
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .learning import LinearHead, fit_head
 from .ls_api import LabeledTask, labeled_tasks_from_export
@@ -129,23 +130,55 @@ def _fingerprint(config: str, labeled: Sequence[LabeledTask], backbone: str) -> 
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _load_images(runtime: Runtime, labeled: Sequence[LabeledTask], value_key: str
-                 ) -> tuple[list[int], list[np.ndarray], list[str]]:
-    def load(task: LabeledTask) -> tuple[np.ndarray, str] | None:
+@dataclass(frozen=True)
+class EncodedImages:
+    """Tasks' images as fetched (still encoded): ``rows`` index the input tasks that had one."""
+
+    rows: list[int]
+    blobs: list[bytes]
+    shas: list[str]
+
+    def pixels(self, i: int, max_pixels: int) -> np.ndarray:
+        return decode_image(self.blobs[i], max_pixels, source=f"row {self.rows[i]}")
+
+
+def _fetch_images(runtime: Runtime, labeled: Sequence[LabeledTask], value_key: str
+                  ) -> EncodedImages:
+    """Fetch (from the image cache, usually) without decoding; skip tasks whose image fails."""
+    def fetch(task: LabeledTask) -> tuple[bytes, str] | None:
         url = task.data.get(value_key)
         if not isinstance(url, str):
             return None
         try:
-            image = runtime.images.load(url, task_id=task.task_id)
-        except ImageError as exc:
+            return runtime.images.load_bytes(url, task_id=task.task_id)
+        except (ImageError, LabelStudioUnavailable) as exc:
             log.warning("training: skipping task %s: %s", task.task_id, exc)
             return None
-        return image.pixels, image.sha256
 
     with ThreadPoolExecutor(max_workers=8) as pool:
-        loaded = list(pool.map(load, labeled))
-    rows = [i for i, item in enumerate(loaded) if item is not None]
-    return rows, [loaded[i][0] for i in rows], [loaded[i][1] for i in rows]  # type: ignore[index]
+        fetched = list(pool.map(fetch, labeled))
+    rows = [i for i, item in enumerate(fetched) if item is not None]
+    return EncodedImages(rows, [fetched[i][0] for i in rows],  # type: ignore[index]
+                         [fetched[i][1] for i in rows])  # type: ignore[index]
+
+
+def _embed(runtime: Runtime, embedder: ResNetEmbedder, images: EncodedImages
+           ) -> tuple[list[int], np.ndarray]:
+    """Embeddings of the fetched images, decoding only those not cached; an image that fails
+    to decode drops its row."""
+    cached = embedder.cache.get_many(embedder.digest, images.shas)
+    decoded: dict[int, np.ndarray] = {}
+    good: list[int] = []
+    for i, sha in enumerate(images.shas):
+        if sha not in cached:
+            try:
+                decoded[i] = images.pixels(i, runtime.settings.max_image_pixels)
+            except ImageError as exc:
+                log.warning("training: skipping row %s: %s", images.rows[i], exc)
+                continue
+        good.append(i)
+    vectors = embedder.embed([images.shas[i] for i in good], lambda j: decoded[good[j]])
+    return [images.rows[i] for i in good], vectors
 
 
 def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
@@ -176,12 +209,11 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             rows, y = targets_for(control, [t.result for t in labeled])
             if len(rows) == 0:
                 continue
-            image_rows, pixels, shas = _load_images(
-                runtime, [labeled[r] for r in rows], control.value_key)
+            images = _fetch_images(runtime, [labeled[r] for r in rows], control.value_key)
+            image_rows, x = _embed(runtime, embedder, images)
             y = y[image_rows]
             if len(y) == 0:
                 continue
-            x = embedder.embed(pixels, shas)
             full = mode != "incremental"
             previous_head = previous_heads.get(control.name)
             # Incremental updates reuse the regularisation chosen by the last full fit.
@@ -191,6 +223,10 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             if (full and not control.multiple and not backbone_meta
                     and len(y) >= runtime.settings.finetune_min_labels
                     and runtime.settings.finetune_epochs > 0):
+                max_pixels = runtime.settings.max_image_pixels
+                by_row = {row: i for i, row in enumerate(images.rows)}
+                pixels = [images.pixels(by_row[row], max_pixels) for row in image_rows]
+                shas = [images.shas[by_row[row]] for row in image_rows]
                 head, backbone_meta = _try_finetune(runtime, embedder.backbone, pixels, shas,
                                                     y, control, head, files)
             heads[control.name] = head
@@ -231,7 +267,8 @@ def _try_finetune(runtime: Runtime, backbone: Any, pixels: list[np.ndarray], sha
     digest = hashlib.sha256(data).hexdigest()[:16]
     tuned_embedder = ResNetEmbedder(tuned, digest, settings.classifier_image_size,
                                     runtime.device, runtime.embedding_cache)
-    tuned_head = fit_head(tuned_embedder.embed(pixels, shas), y, control.labels, False)
+    tuned_head = fit_head(tuned_embedder.embed(shas, lambda i: pixels[i]), y, control.labels,
+                          False)
     before = head.stats.get("cv_accuracy", 0.0)
     after = tuned_head.stats.get("cv_accuracy", 0.0)
     log.info("backbone fine-tune on '%s': cv accuracy %.3f -> %.3f", control.name, before,
@@ -263,9 +300,7 @@ def precompute_embeddings(runtime: Runtime, payload: dict[str, Any]) -> dict[str
     embedder = runtime.embedder(runtime.store.latest(int(payload["project"])))
     done = 0
     for key in keys:
-        _, pixels, shas = _load_images(runtime, fake, key)
-        if pixels:
-            embedder.embed(pixels, shas)
-            done += len(pixels)
+        rows, _ = _embed(runtime, embedder, _fetch_images(runtime, fake, key))
+        done += len(rows)
     return {"embedded": done}
 

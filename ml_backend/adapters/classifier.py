@@ -12,7 +12,7 @@ import hashlib
 import io
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,19 +152,20 @@ class ResNetEmbedder:
         with torch.inference_mode():
             return self.backbone(batch)
 
-    def embed(self, images: Sequence[np.ndarray], shas: Sequence[str]) -> np.ndarray:
-        """Embeddings ``(N, D)`` for images identified by content hash, computing only those
-        not in the cache."""
-        if len(images) != len(shas):
-            raise ValueError(f"{len(images)} images but {len(shas)} hashes")
+    def embed(self, shas: Sequence[str], pixels_of: Callable[[int], np.ndarray]) -> np.ndarray:
+        """Embeddings ``(N, D)`` for images identified by content hash. Only images missing
+        from the cache are materialised, through ``pixels_of(i)`` (HWC uint8 RGB), so cached
+        ones are never decoded."""
         known = self.cache.get_many(self.digest, shas)
         todo = [i for i, sha in enumerate(shas) if sha not in known]
         if todo:
-            fresh = self.embed_pixels([images[i] for i in todo])
+            fresh = self.embed_pixels([pixels_of(i) for i in todo])
             new = {shas[i]: fresh[j] for j, i in enumerate(todo)}
             self.cache.put_many(self.digest, new)
             known.update(new)
-        return np.stack([known[sha] for sha in shas]) if shas else np.zeros((0, 0), np.float32)
+        if not shas:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack([known[sha] for sha in shas])
 
 
 def finetune_backbone(backbone: nn.Module, images: Sequence[np.ndarray], targets: np.ndarray,
