@@ -16,7 +16,7 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -41,6 +41,7 @@ class TrainOutcome:
     n_labeled: int
     seconds: float
     detail: str = ""
+    phases: dict[str, float] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -186,8 +187,11 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
     started = time.perf_counter()
     project = int(payload["project"])
     mode = payload.get("mode", "incremental")
+    phases: dict[str, float] = {}
     with runtime.store.locked(project):
+        phases["lock"] = time.perf_counter() - started
         config, labeled = _sync_labels(runtime, project, payload)
+        phases["sync"] = time.perf_counter() - started
         try:
             controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
         except BackendError as exc:
@@ -210,7 +214,9 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             if len(rows) == 0:
                 continue
             images = _fetch_images(runtime, [labeled[r] for r in rows], control.value_key)
+            phases["fetch"] = time.perf_counter() - started
             image_rows, x = _embed(runtime, embedder, images)
+            phases["embed"] = time.perf_counter() - started
             y = y[image_rows]
             if len(y) == 0:
                 continue
@@ -220,7 +226,7 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             l2 = previous_head.l2 if previous_head is not None and not full else None
             head = fit_head(x, y, control.labels, control.multiple, l2=l2,
                             previous=previous_head)
-            if (full and not control.multiple and not backbone_meta
+            if (full and not control.multiple and "finetune" not in backbone_meta
                     and len(y) >= runtime.settings.finetune_min_labels
                     and runtime.settings.finetune_epochs > 0):
                 max_pixels = runtime.settings.max_image_pixels
@@ -230,6 +236,7 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
                 head, backbone_meta = _try_finetune(runtime, embedder.backbone, pixels, shas,
                                                     y, control, head, files)
             heads[control.name] = head
+            phases["fit"] = time.perf_counter() - started
         if not heads:
             return TrainOutcome(project, "no-labels", previous.name if previous else None,
                                 len(labeled), time.perf_counter() - started,
@@ -247,9 +254,11 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             "base_weights": {"source": weights.source, "digest": weights.digest},
             "backbone": backbone_meta,
         })
+    phases["saved"] = time.perf_counter() - started
     _announce(runtime, project, version.name)
     outcome = TrainOutcome(project, "trained", version.name, len(labeled),
-                           time.perf_counter() - started)
+                           time.perf_counter() - started,
+                           phases={k: round(v, 3) for k, v in phases.items()})
     log.info("training done: %s", outcome.as_dict())
     return outcome
 
@@ -273,10 +282,12 @@ def _try_finetune(runtime: Runtime, backbone: Any, pixels: list[np.ndarray], sha
     after = tuned_head.stats.get("cv_accuracy", 0.0)
     log.info("backbone fine-tune on '%s': cv accuracy %.3f -> %.3f", control.name, before,
              after)
+    report = {"control": control.name, "cv_accuracy_frozen": before,
+              "cv_accuracy_tuned": after, "kept": after > before}
     if after <= before:
-        return head, {}
+        return head, {"finetune": report}
     files["backbone.pt"] = data
-    return tuned_head, {"file": "backbone.pt", "digest": digest, "trained_on": control.name}
+    return tuned_head, {"file": "backbone.pt", "digest": digest, "finetune": report}
 
 
 def _announce(runtime: Runtime, project: int, version: str) -> None:

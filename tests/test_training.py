@@ -90,3 +90,28 @@ def test_webhook_trains_in_background(backend, image_host) -> None:
     (record,) = jobs.recent()
     assert record["status"] == "finished", record
     assert runtime.store.latest(7).name == record["result"]["version"]
+
+
+def test_full_training_with_backbone_finetune(make_settings, image_host) -> None:
+    from ml_backend.runtime import Runtime
+
+    runtime = Runtime(make_settings(label_studio_url=image_host.url, finetune_min_labels=20,
+                                    finetune_epochs=1))
+    tasks, _ = _project(image_host, 40)
+    runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
+    outcome = train_classifier(runtime, {"project": 7, "mode": "full"})
+    assert outcome.status == "trained"
+    manifest = runtime.store.latest(7).manifest
+    report = manifest["backbone"]["finetune"]
+    assert report["control"] == "digit"
+    # The tuned backbone is kept only when it beats the frozen one in cross-validation.
+    assert report["kept"] == (report["cv_accuracy_tuned"] > report["cv_accuracy_frozen"])
+    model = runtime.classifier(7)
+    assert model is not None
+    if report["kept"]:
+        assert manifest["backbone"]["file"] == "backbone.pt"
+        assert model.embedder.digest.startswith(manifest["backbone"]["digest"])
+        assert manifest["heads"]["digit"]["cv_accuracy"] == report["cv_accuracy_tuned"]
+    else:
+        assert "file" not in manifest["backbone"]
+        assert model.embedder.digest.startswith(runtime.base_weights().digest)
