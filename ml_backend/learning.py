@@ -12,8 +12,7 @@ import io
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-from torch.nn import functional as F
+from threadpoolctl import threadpool_limits
 
 DEFAULT_L2 = 1e-2
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
@@ -101,50 +100,57 @@ def confidence(proba: np.ndarray, multiple: bool) -> np.ndarray:
     return p.max(axis=1)
 
 
-def _targets(y: np.ndarray, n_classes: int, multiple: bool) -> torch.Tensor:
+def _targets(y: np.ndarray, n_classes: int, multiple: bool) -> np.ndarray:
+    """Targets as a float matrix ``(N, C)``: one-hot rows (single choice) or 0/1 labels."""
     if multiple:
         if y.ndim != 2 or y.shape[1] != n_classes:
             raise ValueError(f"multi-label targets must be (N, {n_classes}), got {y.shape}")
-        return torch.as_tensor(y, dtype=torch.float32)
+        return y.astype(np.float64)
     if y.ndim != 1:
         raise ValueError(f"single-label targets must be (N,) class indices, got {y.shape}")
     if len(y) and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"class indices must lie in [0, {n_classes}), got {y.min()}..{y.max()}")
-    return torch.as_tensor(y, dtype=torch.long)
+    onehot = np.zeros((len(y), n_classes))
+    onehot[np.arange(len(y)), y.astype(np.int64)] = 1.0
+    return onehot
 
 
-def _fit_linear(x: np.ndarray, t: torch.Tensor, n_classes: int, multiple: bool, l2: float,
+def _loss_and_grad(params: np.ndarray, x: np.ndarray, t: np.ndarray, multiple: bool,
+                   l2: float) -> tuple[float, np.ndarray]:
+    d, c = x.shape[1], t.shape[1]
+    w, b = params[:d * c].reshape(d, c), params[d * c:]
+    z = x @ w + b
+    n = max(len(x), 1)
+    if multiple:
+        loss = float(np.sum(np.logaddexp(0.0, z) - t * z)) / n
+        residual = 1.0 / (1.0 + np.exp(-z)) - t
+    else:
+        z_max = z.max(axis=1, keepdims=True)
+        lse = z_max[:, 0] + np.log(np.exp(z - z_max).sum(axis=1))
+        loss = float(np.sum(lse - (t * z).sum(axis=1))) / n
+        residual = np.exp(z - lse[:, None]) - t
+    # Bias penalised lightly so classes with no examples keep finite logits.
+    loss += 0.5 * l2 * (float(np.sum(w * w)) + 1e-2 * float(np.sum(b * b)))
+    grad_w = x.T @ residual / n + l2 * w
+    grad_b = residual.sum(axis=0) / n + 1e-2 * l2 * b
+    return loss, np.concatenate([grad_w.ravel(), grad_b])
+
+
+def _fit_linear(x: np.ndarray, t: np.ndarray, multiple: bool, l2: float,
                 init: tuple[np.ndarray, np.ndarray] | None, max_iter: int
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """L2-regularised logistic regression with L-BFGS on standardised ``x (N, D)``."""
-    xt = torch.as_tensor(x, dtype=torch.float32)
-    d = xt.shape[1]
-    w = torch.zeros(d, n_classes, dtype=torch.float32)
-    b = torch.zeros(n_classes, dtype=torch.float32)
-    if init is not None and init[0].shape == (d, n_classes):
-        w = torch.as_tensor(init[0], dtype=torch.float32).clone()
-        b = torch.as_tensor(init[1], dtype=torch.float32).clone()
-    w.requires_grad_(True)
-    b.requires_grad_(True)
-    optimizer = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter,
-                                  line_search_fn="strong_wolfe")
-    n = max(len(xt), 1)
+    """L2-regularised logistic regression (L-BFGS) on standardised ``x (N, D)`` with float
+    targets ``t (N, C)``. NumPy + SciPy: small problems like this run fastest single-threaded,
+    without contending with inference for the cores."""
+    from scipy.optimize import minimize
 
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        z = xt @ w + b
-        if multiple:
-            loss = F.binary_cross_entropy_with_logits(z, t, reduction="sum") / n
-        else:
-            loss = F.cross_entropy(z, t, reduction="sum") / n
-        # Bias penalised lightly so classes with no examples keep finite logits.
-        loss = loss + 0.5 * l2 * (w.pow(2).sum() + 1e-2 * b.pow(2).sum())
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        optimizer.step(closure)
-    return w.detach().numpy(), b.detach().numpy()
+    d, c = x.shape[1], t.shape[1]
+    start = np.zeros(d * c + c)
+    if init is not None and init[0].shape == (d, c):
+        start = np.concatenate([init[0].ravel(), init[1]]).astype(np.float64)
+    result = minimize(_loss_and_grad, start, args=(x.astype(np.float64), t, multiple, l2),
+                      jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    return result.x[:d * c].reshape(d, c), result.x[d * c:]
 
 
 def _standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -159,26 +165,27 @@ def fold_ids(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
     return rng.permutation(np.arange(n) % k)
 
 
-def out_of_fold_logits(x: np.ndarray, t: torch.Tensor, n_classes: int, multiple: bool,
-                       l2: float, k: int, rng: np.random.Generator, max_iter: int = 50
-                       ) -> np.ndarray:
+def out_of_fold_logits(x: np.ndarray, t: np.ndarray, multiple: bool, l2: float, k: int,
+                       rng: np.random.Generator, max_iter: int = 50) -> np.ndarray:
     """Logits for each row from a head trained without that row's fold: ``(N, C)``."""
     folds = fold_ids(len(x), k, rng)
-    out = np.zeros((len(x), n_classes), dtype=np.float64)
+    out = np.zeros(t.shape, dtype=np.float64)
     for fold in range(k):
         test = folds == fold
-        w, b = _fit_linear(x[~test], t[torch.as_tensor(~test)], n_classes, multiple, l2,
-                           None, max_iter)
+        w, b = _fit_linear(x[~test], t[~test], multiple, l2, None, max_iter)
         out[test] = x[test] @ w + b
     return out
 
 
 def nll(logits: np.ndarray, y: np.ndarray, multiple: bool) -> float:
-    """Mean negative log-likelihood of targets under ``logits``."""
-    z = torch.as_tensor(logits, dtype=torch.float64)
+    """Mean negative log-likelihood of targets under ``logits`` (per element for multiple
+    choice, per row for single choice)."""
+    z = np.asarray(logits, dtype=np.float64)
     if multiple:
-        return float(F.binary_cross_entropy_with_logits(z, torch.as_tensor(y, dtype=z.dtype)))
-    return float(F.cross_entropy(z, torch.as_tensor(y, dtype=torch.long)))
+        return float(np.mean(np.logaddexp(0.0, z) - np.asarray(y, dtype=np.float64) * z))
+    z_max = z.max(axis=1, keepdims=True)
+    lse = z_max[:, 0] + np.log(np.exp(z - z_max).sum(axis=1))
+    return float(np.mean(lse - z[np.arange(len(z)), np.asarray(y, dtype=np.int64)]))
 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, multiple: bool) -> float:
@@ -209,6 +216,16 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ...
     cross-validated NLL over :data:`L2_GRID`; otherwise ``previous.l2`` or the given value is
     used. ``previous`` warm-starts the optimiser (the incremental update).
     """
+    # Heads are small: one BLAS thread is several times faster than two on a busy machine,
+    # and leaves the other core to inference.
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _fit_head(embeddings, targets, labels, multiple, l2=l2, previous=previous,
+                         calibrate=calibrate, seed=seed, max_iter=max_iter)
+
+
+def _fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ...],
+              multiple: bool, *, l2: float | None, previous: LinearHead | None,
+              calibrate: bool, seed: int, max_iter: int) -> LinearHead:
     x_raw = np.asarray(embeddings, dtype=np.float32)
     y = np.asarray(targets)
     if x_raw.ndim != 2 or len(x_raw) != len(y):
@@ -228,7 +245,7 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ...
     if l2 is None and can_validate:
         scores = {}
         for candidate in L2_GRID:
-            oof = out_of_fold_logits(x, t, n_classes, multiple, candidate, k, rng)
+            oof = out_of_fold_logits(x, t, multiple, candidate, k, rng)
             scores[candidate] = nll(oof, y, multiple)
         l2 = min(scores, key=scores.__getitem__)
     elif l2 is None:
@@ -236,7 +253,7 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ...
 
     temperature = 1.0
     if calibrate and can_validate:
-        oof = out_of_fold_logits(x, t, n_classes, multiple, l2, k, rng)
+        oof = out_of_fold_logits(x, t, multiple, l2, k, rng)
         temperature = fit_temperature(oof, y, multiple)
         calibrated = probabilities(oof / temperature, multiple)
         stats["cv_nll"] = nll(oof / temperature, y, multiple)
@@ -246,7 +263,7 @@ def fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ...
     init = None
     if previous is not None and previous.labels == tuple(labels):
         init = (previous.weight, previous.bias)
-    w, b = _fit_linear(x, t, n_classes, multiple, l2, init, max_iter)
+    w, b = _fit_linear(x, t, multiple, l2, init, max_iter)
     return LinearHead(labels=tuple(labels), multiple=multiple, weight=w.astype(np.float32),
                       bias=b.astype(np.float32), mean=mean, scale=scale,
                       temperature=temperature, l2=float(l2), stats=stats)

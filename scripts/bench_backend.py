@@ -70,13 +70,15 @@ def main() -> int:
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=224, help="CLASSIFIER_IMAGE_SIZE")
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
+    parser.add_argument("--log-level", default="WARNING", help="the backend's LOG_LEVEL")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-backend-"))
     n_images = args.labeled + args.webhook_samples + args.rounds * BATCH
     images = write_digit_pngs(work / "digits", n_images, size=64, seed=1)
-    report: dict[str, Any] = {"labeled": args.labeled, "image_size": args.image_size,
-                              "batch": BATCH, "rounds": args.rounds}
+    report: dict[str, Any] = {"workdir": str(work), "labeled": args.labeled,
+                              "image_size": args.image_size, "batch": BATCH,
+                              "rounds": args.rounds}
 
     with LocalLabelStudio(work / "ls") as ls:
         from label_studio_sdk import LabelStudio
@@ -85,7 +87,7 @@ def main() -> int:
         env = {"LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
                "MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
                "CLASSIFIER_IMAGE_SIZE": str(args.image_size), "REDIS_URL": "",
-               "LOG_LEVEL": "WARNING"}
+               "LOG_LEVEL": args.log_level}
         backend = BackendProcess(env, work / "backend.log")
         try:
             backend.wait_ready()
