@@ -25,7 +25,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qs, quote, urljoin, urlsplit, urlunsplit
+from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 import requests
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob")
+_UPLOAD_PREFIX = "/data/upload/"
 _LOCAL_FILES_PATH = "/data/local-files"
 _CHUNK = 64 * 1024
 _SWEEP_EVERY_WRITES = 32  # check the cache's total size at most this often
@@ -186,24 +187,36 @@ class ImageLoader:
         raise ImageNotAllowed(f"image URL {_shown(url)}: scheme {scheme!r} is not supported")
 
     def _read_local_file(self, url: str) -> bytes | None:
-        """Bytes of a ``/data/local-files/?d=…`` file under the document root, else None."""
-        root = self._settings.local_files_document_root
+        """Bytes of a Label Studio file that is also on this machine, else None: a
+        ``/data/local-files/?d=…`` file under LOCAL_FILES_DOCUMENT_ROOT, or a
+        ``/data/upload/…`` file under UPLOAD_DIR."""
         parts = urlsplit(url)
         on_ls = url.startswith("/") or (
             self._ls_base is not None and url_origin(url) == url_origin(self._ls_base)
         )
-        if root is None or not on_ls or parts.path.rstrip("/") != _LOCAL_FILES_PATH:
+        if not on_ls:
             return None
-        rel = (parse_qs(parts.query).get("d") or [""])[0]
-        if not rel:
-            raise ImageError(f"local-files URL {_shown(url)} has no ?d= path")
+        path = parts.path.rstrip("/")
+        if path == _LOCAL_FILES_PATH and self._settings.local_files_document_root is not None:
+            rel = (parse_qs(parts.query).get("d") or [""])[0]
+            if not rel:
+                raise ImageError(f"local-files URL {_shown(url)} has no ?d= path")
+            return self._read_under(self._settings.local_files_document_root, rel, url)
+        if path.startswith(_UPLOAD_PREFIX) and self._settings.upload_dir is not None:
+            return self._read_under(self._settings.upload_dir,
+                                    unquote(path[len(_UPLOAD_PREFIX):]), url)
+        return None
+
+    def _read_under(self, root: Path, rel: str, url: str) -> bytes | None:
+        """``root / rel`` if it is a file inside ``root`` (symlinks resolved first), None if
+        it does not exist here (the caller falls back to HTTP)."""
         try:
             root = root.resolve()
             path = (root / rel).resolve()  # follows symlinks, so they are checked too
         except (OSError, ValueError, RuntimeError):  # NUL byte, symlink loop, …
-            raise ImageNotAllowed(f"local-files URL {_shown(url)} has an invalid path") from None
+            raise ImageNotAllowed(f"image URL {_shown(url)} has an invalid path") from None
         if not path.is_relative_to(root):
-            raise ImageNotAllowed(f"local-files URL {_shown(url)} points outside the document root")
+            raise ImageNotAllowed(f"image URL {_shown(url)} points outside {root}")
         if not path.is_file():
             return None  # not mounted here: fall back to HTTP through Label Studio
         try:

@@ -92,8 +92,11 @@ class Settings:
     # Torch device (DEVICE) and intra-op threads (TORCH_THREADS, 0 = torch default).
     device: Device = Device.CPU
     torch_threads: int = 0
-    # Direct reads for /data/local-files/?d=… (LOCAL_FILES_DOCUMENT_ROOT).
+    # Direct reads for /data/local-files/?d=… (LOCAL_FILES_DOCUMENT_ROOT) and for
+    # /data/upload/… (UPLOAD_DIR: Label Studio's <data dir>/media/upload) when the backend
+    # shares Label Studio's disk; files missing there are fetched over HTTP.
     local_files_document_root: Path | None = None
+    upload_dir: Path | None = None
     # Classifier (RESNET_ARCH, RESNET_CHECKPOINT, CLASSIFIER_IMAGE_SIZE).
     resnet_arch: str = "resnet18"
     resnet_checkpoint: Path | None = None
@@ -143,6 +146,7 @@ class Settings:
             torch_threads=_int(env, "TORCH_THREADS", 0),
             local_files_document_root=_opt_path(env, "LOCAL_FILES_DOCUMENT_ROOT")
             or _opt_path(env, "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"),
+            upload_dir=_opt_path(env, "UPLOAD_DIR"),
             resnet_arch=_opt_str(env, "RESNET_ARCH") or defaults.resnet_arch,
             resnet_checkpoint=_opt_path(env, "RESNET_CHECKPOINT"),
             classifier_image_size=_int(env, "CLASSIFIER_IMAGE_SIZE", 224, minimum=16),

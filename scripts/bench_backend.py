@@ -2,9 +2,10 @@
 """Backend benchmark against the real Label Studio, side by side in one run.
 
 Prints one JSON document (also saved as ``<out>/bench_backend.json``, with a PNG plot):
-- ``/predict`` throughput over 64 unseen images through the server (gunicorn, images fetched
-  from Label Studio) vs the same model called in-process on the same files (ratio; target
-  server ≥ 0.8 × direct);
+- ``/predict`` throughput over 64 unseen images through the server (gunicorn) vs the same
+  model called in-process on the same files (ratio; target server ≥ 0.8 × direct), for two
+  deployments: images fetched over HTTP from Label Studio, and read from Label Studio's upload
+  folder on a shared disk (``UPLOAD_DIR``);
 - median ``/health`` and ``/setup`` latency;
 - median time from creating an annotation in Label Studio (which sends the webhook) to the new
   ``model_version`` being served by ``/setup``, with ``--labeled`` (default 500) labeled images
@@ -89,8 +90,14 @@ def main() -> int:
                "CLASSIFIER_IMAGE_SIZE": str(args.image_size), "REDIS_URL": "",
                "LOG_LEVEL": args.log_level}
         backend = BackendProcess(env, work / "backend.log")
+        # The same model served by a second process that reads uploads from Label Studio's
+        # disk (UPLOAD_DIR, as in docker-compose.yml) instead of over HTTP.
+        shared_disk = BackendProcess({**env, "CACHE_DIR": str(work / "cache-shared"),
+                                      "UPLOAD_DIR": str(ls.data_dir / "media" / "upload")},
+                                     work / "backend-shared-disk.log")
         try:
             backend.wait_ready()
+            shared_disk.wait_ready()
             project = create_project(client, "bench", REPO / "labeling_configs" /
                                      "digit_classification.xml")
             task_ids = upload_images(ls.url, ls.api_key, project, [p for p, _ in images])
@@ -149,7 +156,9 @@ def main() -> int:
             assert model is not None
             tasks = client.tasks.list(project=project, fields="all", page_size=1000)
             url_of = {t.id: t.data["image"] for t in tasks}
-            server_s, direct_s = [], []
+            server_s: list[float] = []
+            shared_s: list[float] = []
+            direct_s: list[float] = []
             first = args.labeled + args.webhook_samples
             for r in range(args.rounds):
                 ids = task_ids[first + r * BATCH: first + (r + 1) * BATCH]
@@ -157,9 +166,9 @@ def main() -> int:
                 body = {"tasks": [{"id": t, "data": {"image": url_of[t]}} for t in ids],
                         "project": f"{project}.0", "label_config": schema}
 
-                def via_server(body: dict[str, Any] = body) -> float:
+                def via_server(url: str, body: dict[str, Any] = body) -> float:
                     t0 = time.perf_counter()
-                    response = requests.post(f"{backend.url}/predict", json=body, timeout=300)
+                    response = requests.post(f"{url}/predict", json=body, timeout=300)
                     response.raise_for_status()
                     assert len(response.json()["results"]) == BATCH
                     return time.perf_counter() - t0
@@ -172,26 +181,28 @@ def main() -> int:
                         head.predict_proba(x)
                     return time.perf_counter() - t0
 
-                # Alternate the order so neither side always runs on a warmer machine.
-                if r % 2:
-                    direct_s.append(direct())
-                    server_s.append(via_server())
-                else:
-                    server_s.append(via_server())
-                    direct_s.append(direct())
-            server_ips = BATCH / statistics.median(server_s)
+                # Rotate the order so no side always runs on a warmer machine.
+                runs = [(server_s, lambda: via_server(backend.url)),
+                        (shared_s, lambda: via_server(shared_disk.url)),
+                        (direct_s, direct)]
+                for k in range(3):
+                    samples, run = runs[(r + k) % 3]
+                    samples.append(run())
             direct_ips = BATCH / statistics.median(direct_s)
-            report["predict_throughput"] = {
-                "server_images_per_s": round(server_ips, 2),
-                "direct_images_per_s": round(direct_ips, 2),
-                "ratio_server_to_direct": round(server_ips / direct_ips, 3),
-                "target_min_ratio": 0.8,
-                "server_s": [round(s, 3) for s in server_s],
-                "direct_s": [round(s, 3) for s in direct_s]}
+            throughput: dict[str, Any] = {"direct_images_per_s": round(direct_ips, 2),
+                                          "target_min_ratio": 0.8}
+            for name, samples in (("server_http", server_s), ("server_shared_disk", shared_s)):
+                ips = BATCH / statistics.median(samples)
+                throughput[f"{name}_images_per_s"] = round(ips, 2)
+                throughput[f"ratio_{name}_to_direct"] = round(ips / direct_ips, 3)
+                throughput[f"{name}_s"] = [round(s, 3) for s in samples]
+            throughput["direct_s"] = [round(s, 3) for s in direct_s]
+            report["predict_throughput"] = throughput
             report["classifier"] = requests.get(f"{backend.url}/health",
                                                 timeout=5).json()["models"]["classifier"]
         finally:
             backend.stop()
+            shared_disk.stop()
 
     text = json.dumps(report, indent=1)
     print(text)
@@ -208,10 +219,11 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     tp = report["predict_throughput"]
-    ax1.bar(["server", "direct"], [tp["server_images_per_s"], tp["direct_images_per_s"]],
-            color=["tab:blue", "tab:gray"])
+    ax1.bar(["server\n(HTTP images)", "server\n(shared disk)", "in-process"],
+            [tp["server_http_images_per_s"], tp["server_shared_disk_images_per_s"],
+             tp["direct_images_per_s"]], color=["tab:blue", "tab:cyan", "tab:gray"])
     ax1.set_ylabel("images / s")
-    ax1.set_title(f"/predict throughput (ratio {tp['ratio_server_to_direct']})")
+    ax1.set_title("/predict throughput, 64 unseen images")
     delays = report["webhook_to_version_s"]["samples"]
     ax2.plot(range(1, len(delays) + 1), delays, "o-")
     ax2.axhline(2.0, color="tab:red", linestyle="--", label="target 2 s")

@@ -344,8 +344,20 @@ def test_local_files_traversal_refused(tmp_path) -> None:
     (root / "link.png").symlink_to(tmp_path / "secret.png")
     loader = make_loader(tmp_path, local_files_document_root=root)
     for d in ("../../etc/passwd", "/etc/passwd", "..%2Fsecret.png", "link.png"):
-        with pytest.raises(ImageNotAllowed, match="outside the document root"):
+        with pytest.raises(ImageNotAllowed, match="points outside"):
             loader.load(f"/data/local-files/?d={d}")
+
+
+def test_upload_dir_direct_read_and_traversal(tmp_path) -> None:
+    uploads = tmp_path / "media" / "upload"
+    (uploads / "3").mkdir(parents=True)
+    (uploads / "3" / "x y.png").write_bytes(IMG)
+    (tmp_path / "secret.png").write_bytes(IMG)
+    loader = make_loader(tmp_path, upload_dir=uploads)  # no LS, no network
+    assert loader.load("/data/upload/3/x%20y.png").sha256 == hashlib.sha256(IMG).hexdigest()
+    for path in ("../../secret.png", "3/..%2F..%2F..%2Fsecret.png"):
+        with pytest.raises(ImageNotAllowed, match="points outside"):
+            loader.load(f"/data/upload/{path}")
 
 
 def test_local_files_falls_back_to_http(tmp_path, wsgi_server) -> None:  # noqa: F811
