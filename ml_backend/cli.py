@@ -37,6 +37,9 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
             self.cfg.set("worker_class", "gthread")
             self.cfg.set("timeout", 300)  # /predict may take long; LS waits 100 s
             self.cfg.set("accesslog", "-" if args.access_log else None)
+            if "control_socket_disable" in self.cfg.settings:
+                # One fixed socket path per user would make several instances collide.
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
             # Each worker builds its own app after forking: no torch state crosses a fork.

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from .errors import BackendError
+from .errors import BackendError, BadRequest
 from .jobs import InProcessQueue, JobQueue, JobRecord, RQQueue
 from .metrics import Metrics
 from .runtime import Runtime
@@ -22,23 +22,16 @@ from .service import Backend, parse_project_id
 from .settings import Settings
 
 log = logging.getLogger(__name__)
-_NO_BODY = object()
 
 
 def _json_body() -> Any:
     """The request's JSON, or raise a 400 that says what is wrong with it."""
     if not request.get_data(cache=True):
-        raise BackendErrorWithStatus(400, "request body is empty; expected JSON")
+        raise BadRequest("request body is empty; expected JSON")
     body = request.get_json(silent=True, force=True)
     if body is None:
-        raise BackendErrorWithStatus(400, "request body is not valid JSON")
+        raise BadRequest("request body is not valid JSON")
     return body
-
-
-class BackendErrorWithStatus(BackendError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.http_status = status
 
 
 def create_app(settings: Settings | None = None, runtime: Runtime | None = None,

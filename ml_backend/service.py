@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
+
+import numpy as np
 
 from .errors import BadRequest, ImageError, LabelStudioUnavailable
 from .images import LoadedImage
@@ -21,6 +23,7 @@ from .runtime import ClassifierModel, Runtime
 
 log = logging.getLogger(__name__)
 
+EMBED_CHUNK = 16
 TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
             "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
 
@@ -119,28 +122,49 @@ class Backend:
                   model: ClassifierModel) -> list[dict[str, Any]]:
         usable = [c for c in controls
                   if c.name in model.heads and model.heads[c.name].labels == c.labels]
+        if len(usable) < len(controls):
+            log.warning("predict: controls without a head for the current labels get no "
+                        "prediction until the next training: %s",
+                        [c.name for c in controls if c not in usable])
         keys = sorted({c.value_key for c in usable})
-        jobs = [(i, key) for i, task in enumerate(tasks) for key in keys]
-        loaded = list(self._io.map(lambda job: self._load(tasks[job[0]], job[1]), jobs))
+        futures = {self._io.submit(self._load, task, key): (i, key)
+                   for i, task in enumerate(tasks) for key in keys}
         images: dict[tuple[int, str], LoadedImage] = {}
         failed: set[int] = set()
-        for (i, key), item in zip(jobs, loaded, strict=True):
+        vectors: dict[str, np.ndarray] = {}
+        waiting: dict[str, LoadedImage] = {}
+
+        def embed_waiting() -> None:
+            shas = list(waiting)
+            for sha, vec in zip(shas, model.embedder.embed(
+                    shas, lambda j: waiting[shas[j]].pixels), strict=True):
+                vectors[sha] = vec
+            waiting.clear()
+
+        # Embed in chunks as downloads complete, so the model works while images arrive.
+        for future in as_completed(futures):
+            i, key = futures[future]
+            item = future.result()
             if isinstance(item, LoadedImage):
                 images[(i, key)] = item
+                if item.sha256 not in vectors:
+                    waiting[item.sha256] = item
+                if len(waiting) >= EMBED_CHUNK:
+                    embed_waiting()
             else:
                 failed.add(i)
                 self.metrics.task_errors.labels(reason=item[0]).inc()
                 log.warning("predict: task %s gets an empty prediction: %s",
                             _task_id(tasks[i]), item[1])
-        unique: dict[str, LoadedImage] = {img.sha256: img for img in images.values()}
-        shas = list(unique)
-        vectors = (model.embedder.embed(shas, lambda i: unique[shas[i]].pixels)
-                   if shas else None)
+        if waiting:
+            embed_waiting()
+        shas = list(vectors)
         row_of = {sha: row for row, sha in enumerate(shas)}
         proba = {}
-        for control in usable:
-            if vectors is not None:
-                proba[control.name] = model.heads[control.name].predict_proba(vectors)
+        if shas:
+            matrix = np.stack([vectors[sha] for sha in shas])
+            for control in usable:
+                proba[control.name] = model.heads[control.name].predict_proba(matrix)
         out = []
         for i in range(len(tasks)):
             if i in failed or not usable:

@@ -115,3 +115,33 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
     else:
         assert "file" not in manifest["backbone"]
         assert model.embedder.digest.startswith(runtime.base_weights().digest)
+
+
+def test_missed_and_duplicated_webhooks_lose_nothing(make_settings, image_host) -> None:
+    """Label Studio's API is the source of truth: a duplicate changes nothing, a missed event
+    or a deletion is picked up by the next full read of the labels."""
+    from ml_backend.runtime import Runtime
+
+    runtime = Runtime(make_settings(label_studio_url=image_host.url,
+                                    full_sync_interval_s=3600))
+    tasks, _ = _project(image_host, 30)
+    fake = FakeLabelStudioAPI(DIGITS_CONFIG, tasks[:20])
+    runtime.ls_api = fake  # type: ignore[assignment]
+    assert train_classifier(runtime, {"project": 7, "mode": "incremental"}).n_labeled == 20
+
+    def event(task: dict) -> dict:
+        return {"project": 7, "mode": "incremental", "label_config": DIGITS_CONFIG,
+                "task": {"id": task["id"], "data": task["data"]},
+                "annotation": task["annotations"][0]}
+
+    fake.tasks = tasks[:23]  # tasks 21 and 22 were annotated, but their webhooks got lost
+    first = train_classifier(runtime, event(tasks[22]))
+    assert first.n_labeled == 21  # fast path: the recent full read plus this event
+    duplicate = train_classifier(runtime, event(tasks[22]))
+    assert duplicate.status == "skipped" and duplicate.version == first.version
+
+    # A deletion (or any event without a body) forces a full read from Label Studio.
+    fake.tasks = tasks[1:23]
+    resync = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    assert resync.status == "trained" and resync.n_labeled == 22
+    assert fake.exports == 2
