@@ -1,0 +1,164 @@
+"""Which unlabeled task to label next: uncertainty scores and batch selection, as pure
+functions over arrays (modAL's split: scoring apart from selection).
+
+Uncertainties are oriented so that larger = more informative, in [0, 1]. Selectors return
+indices into the candidate arrays, most informative first, and take an explicit
+``np.random.Generator`` so runs are reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from enum import Enum
+
+import numpy as np
+
+
+class Strategy(str, Enum):
+    RANDOM = "random"
+    LEAST_CONFIDENCE = "least_confidence"
+    MARGIN = "margin"
+    ENTROPY = "entropy"
+    RANKED_BATCH = "ranked_batch"  # margin uncertainty + diversity (modAL's ranked batch)
+
+    @classmethod
+    def parse(cls, value: str) -> Strategy:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(s.value for s in cls)
+            raise ValueError(f"unknown strategy {value!r}; choose one of: {allowed}") from None
+
+
+def _check(proba: np.ndarray) -> np.ndarray:
+    p = np.asarray(proba, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise ValueError(f"proba must be (N, C) with C >= 1, got shape {p.shape}")
+    return p
+
+
+def least_confidence(proba: np.ndarray, multiple: bool = False) -> np.ndarray:
+    """``1 - max p`` rescaled to [0, 1] (``(N,)``); multiple choice: mean over classes of
+    ``1 - max(p, 1 - p)``, rescaled."""
+    p = _check(proba)
+    if multiple:
+        return 2.0 * (1.0 - np.maximum(p, 1.0 - p)).mean(axis=1)
+    c = p.shape[1]
+    return (1.0 - p.max(axis=1)) * (c / (c - 1)) if c > 1 else np.zeros(len(p))
+
+
+def margin(proba: np.ndarray, multiple: bool = False) -> np.ndarray:
+    """``1 - (p_top1 - p_top2)`` (``(N,)``); multiple choice: mean of ``1 - |2p - 1|``."""
+    p = _check(proba)
+    if multiple:
+        return (1.0 - np.abs(2.0 * p - 1.0)).mean(axis=1)
+    if p.shape[1] == 1:
+        return np.zeros(len(p))
+    top2 = -np.partition(-p, 1, axis=1)[:, :2]
+    return 1.0 - (top2[:, 0] - top2[:, 1])
+
+
+def entropy(proba: np.ndarray, multiple: bool = False) -> np.ndarray:
+    """Shannon entropy normalised by its maximum (``(N,)``); multiple choice: mean binary
+    entropy."""
+    p = np.clip(_check(proba), 1e-12, 1.0)
+    if multiple:
+        q = np.clip(1.0 - p, 1e-12, 1.0)
+        return (-(p * np.log2(p) + q * np.log2(q))).mean(axis=1)
+    c = p.shape[1]
+    return -(p * np.log(p)).sum(axis=1) / np.log(c) if c > 1 else np.zeros(len(p))
+
+
+UNCERTAINTY: dict[Strategy, Callable[[np.ndarray, bool], np.ndarray]] = {
+    Strategy.LEAST_CONFIDENCE: least_confidence,
+    Strategy.MARGIN: margin,
+    Strategy.ENTROPY: entropy,
+    Strategy.RANKED_BATCH: margin,
+}
+
+
+def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the ``k`` largest scores, largest first; ties broken at random."""
+    scores = np.asarray(scores, dtype=np.float64)
+    k = max(0, min(k, len(scores)))
+    tiebreak = rng.random(len(scores))
+    order = np.lexsort((tiebreak, -scores))
+    return order[:k]
+
+
+def _normalise_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def ranked_batch(uncertainty: np.ndarray, embeddings: np.ndarray,
+                 labeled_embeddings: np.ndarray, k: int, rng: np.random.Generator
+                 ) -> np.ndarray:
+    """Ranked batch-mode sampling (Cardoso et al. 2017, as in modAL): pick one at a time the
+    candidate maximising ``α (1 - max cosine similarity to labeled ∪ picked) + (1 - α) u``
+    with ``α = n_unlabeled / (n_unlabeled + n_labeled)`` (the first pick of a project with
+    nothing labeled is the most uncertain). Near-duplicates of something already picked
+    score low, so one batch does not repeat itself."""
+    u = np.asarray(uncertainty, dtype=np.float64)
+    x = _normalise_rows(embeddings)
+    if len(u) != len(x):
+        raise ValueError(f"{len(u)} uncertainties for {len(x)} embeddings")
+    k = max(0, min(k, len(u)))
+    n_labeled = len(labeled_embeddings)
+    alpha = len(u) / (len(u) + n_labeled) if len(u) + n_labeled else 1.0
+    if n_labeled:
+        similarity = (x @ _normalise_rows(labeled_embeddings).T).max(axis=1)
+    else:
+        similarity = np.zeros(len(u))
+    picked: list[int] = []
+    available = np.ones(len(u), dtype=bool)
+    noise = rng.random(len(u)) * 1e-9  # reproducible tie-breaking
+    for step in range(k):
+        if step == 0 and n_labeled == 0:
+            score = u + noise  # nothing to be diverse from yet: the most uncertain first
+        else:
+            score = alpha * (1.0 - similarity) + (1.0 - alpha) * u + noise
+        score[~available] = -np.inf
+        best = int(np.argmax(score))
+        picked.append(best)
+        available[best] = False
+        similarity = np.maximum(similarity, x @ x[best])
+    return np.array(picked, dtype=np.int64)
+
+
+def select(strategy: Strategy, proba: np.ndarray, multiple: bool, k: int,
+           rng: np.random.Generator, embeddings: np.ndarray | None = None,
+           labeled_embeddings: np.ndarray | None = None, random_share: float = 0.0
+           ) -> np.ndarray:
+    """The next ``k`` candidates (indices), most informative first. ``random_share`` of the
+    batch (rounded down) is drawn uniformly from the rest, as a hedge against a biased model
+    and for unbiased evaluation; those go last."""
+    n = len(proba)
+    k = max(0, min(k, n))
+    n_random = int(k * random_share) if strategy is not Strategy.RANDOM else k
+    n_model = k - n_random
+    chosen: np.ndarray = np.zeros(0, dtype=np.int64)
+    if n_model:
+        u = UNCERTAINTY[strategy](proba, multiple)
+        if strategy is Strategy.RANKED_BATCH:
+            if embeddings is None:
+                raise ValueError("ranked_batch needs the candidates' embeddings")
+            labeled = (labeled_embeddings if labeled_embeddings is not None
+                       else np.zeros((0, embeddings.shape[1])))
+            chosen = ranked_batch(u, embeddings, labeled, n_model, rng)
+        else:
+            chosen = top_k(u, n_model, rng)
+    if n_random:
+        rest = np.setdiff1d(np.arange(n), chosen)
+        chosen = np.concatenate([chosen, rng.choice(rest, size=n_random, replace=False)])
+    return chosen.astype(np.int64)
+
+
+def order_scores(order: np.ndarray, n: int) -> np.ndarray:
+    """Scores in [0, 1) that sort ascending in ``order`` (first picked = lowest), with every
+    task not in ``order`` after them: Label Studio's Data Manager then lists tasks in the
+    selector's order when sorted by prediction score."""
+    scores = np.ones(n, dtype=np.float64)
+    scores[np.asarray(order, dtype=np.int64)] = np.arange(len(order)) / max(n, 1)
+    return scores
