@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, quote, unquote, urljoin, urlsplit, urlunsplit
 
 import numpy as np
 import requests
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge
 from ml_backend.ls_auth import LabelStudioAuth, url_origin
@@ -80,10 +80,13 @@ def decode_image(data: bytes, max_pixels: int, source: str = "<bytes>") -> np.nd
                     f"over the limit of {max_pixels} (MAX_IMAGE_PIXELS)"
                 )
             pixels = _to_rgb_array(img)
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
         raise ImageTooLarge(f"image {source} is too large to decode safely: {exc}") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
-        raise ImageError(f"could not decode image {source}: {exc}") from None
+    except Exception as exc:  # decoders raise many types on crafted input; all mean "corrupt"
+        raise ImageError(f"could not decode image {source}: {type(exc).__name__}: {exc}"
+                         ) from None
     if pixels.ndim != 3 or pixels.shape[2] != 3 or 0 in pixels.shape:
         raise ImageError(f"could not decode image {source}: unexpected shape {pixels.shape}")
     return pixels
@@ -152,13 +155,16 @@ class ImageLoader:
         if not isinstance(url, str) or not url.strip():
             raise ImageError(f"image URL is empty or not a string: {url!r}")
         url = url.strip()
-        data = self._read_local_file(url)
-        if data is None:
-            resolved = self._resolve(url, task_id)
-            data = self._cache_get(resolved)
+        try:
+            data = self._read_local_file(url)
             if data is None:
-                data = self._fetch(resolved, _shown(url))
-                self._cache_put(resolved, data)
+                resolved = self._resolve(url, task_id)
+                data = self._cache_get(resolved)
+                if data is None:
+                    data = self._fetch(resolved, _shown(url))
+                    self._cache_put(resolved, data)
+        except ValueError as exc:  # malformed URL (bad port, unbalanced IPv6 bracket, …)
+            raise ImageError(f"image URL is malformed: {exc}") from None
         return data, hashlib.sha256(data).hexdigest()
 
     # -- resolution ---------------------------------------------------------------------

@@ -133,7 +133,10 @@ class InProcessQueue:
                     self._pending.pop(record.key, None)
             execute(self.runtime, record, self.registry)
             if self.on_done is not None:
-                self.on_done(record)
+                try:
+                    self.on_done(record)
+                except Exception:  # a metrics hook must never stop the worker thread
+                    log.exception("job %s: on_done hook failed", record.id)
             with self._lock:
                 self._active -= 1
                 self._idle.notify_all()

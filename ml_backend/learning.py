@@ -148,6 +148,8 @@ def _fit_linear(x: np.ndarray, t: np.ndarray, multiple: bool, l2: float,
     start = np.zeros(d * c + c)
     if init is not None and init[0].shape == (d, c):
         start = np.concatenate([init[0].ravel(), init[1]]).astype(np.float64)
+    if max_iter <= 0:  # SciPy would still take one step
+        return start[:d * c].reshape(d, c), start[d * c:]
     result = minimize(_loss_and_grad, start, args=(x.astype(np.float64), t, multiple, l2),
                       jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return result.x[:d * c].reshape(d, c), result.x[d * c:]
@@ -261,8 +263,12 @@ def _fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ..
             stats["cv_accuracy"] = float((calibrated.argmax(axis=1) == y).mean())
 
     init = None
-    if previous is not None and previous.labels == tuple(labels):
-        init = (previous.weight, previous.bias)
+    if previous is not None and previous.labels == tuple(labels) \
+            and previous.mean.shape == mean.shape:
+        # The same function in the new standardisation: logits are unchanged at the start.
+        ratio = (scale / previous.scale)[:, None]
+        init = (previous.weight * ratio,
+                previous.bias + ((mean - previous.mean) / previous.scale) @ previous.weight)
     w, b = _fit_linear(x, t, multiple, l2, init, max_iter)
     return LinearHead(labels=tuple(labels), multiple=multiple, weight=w.astype(np.float32),
                       bias=b.astype(np.float32), mean=mean, scale=scale,

@@ -61,7 +61,8 @@ class Runtime:
         if settings.label_studio_url and settings.label_studio_api_key:
             self.ls_api = LabelStudioAPI(settings.label_studio_url,
                                          settings.label_studio_api_key)
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the small state below; never held while loading
+        self._load_lock = threading.Lock()  # serialises slow loads
         self._weights: BackboneWeights | None = None
         self._weights_error: str | None = None
         self._embedders: OrderedDict[str, ResNetEmbedder] = OrderedDict()
@@ -86,15 +87,20 @@ class Runtime:
 
     # --- loading ------------------------------------------------------------------------
     def base_weights(self) -> BackboneWeights:
-        with self._lock:
+        if self._weights is not None:
+            return self._weights
+        with self._load_lock:
             if self._weights is None:
                 try:
-                    self._weights = locate_weights(self.settings.resnet_arch,
-                                                   self.settings.resnet_checkpoint,
-                                                   self.settings.model_dir)
+                    weights = locate_weights(self.settings.resnet_arch,
+                                             self.settings.resnet_checkpoint,
+                                             self.settings.model_dir)
                 except ModelUnavailable as exc:
-                    self._weights_error = str(exc)
+                    with self._lock:
+                        self._weights_error = str(exc)
                     raise
+                with self._lock:
+                    self._weights = weights
             return self._weights
 
     def embedder(self, version: ModelVersion | None = None) -> ResNetEmbedder:
@@ -107,13 +113,19 @@ class Runtime:
                                       info["digest"])
         with self._lock:
             embedder = self._embedders.get(weights.digest)
+        if embedder is not None:
+            return embedder
+        with self._load_lock:
+            with self._lock:
+                embedder = self._embedders.get(weights.digest)
             if embedder is None:
                 embedder = ResNetEmbedder(load_backbone(weights, self.device), weights.digest,
                                           self.settings.classifier_image_size, self.device,
                                           self.embedding_cache)
-                self._embedders[weights.digest] = embedder
-                while len(self._embedders) > 4:
-                    self._embedders.popitem(last=False)
+                with self._lock:
+                    self._embedders[weights.digest] = embedder
+                    while len(self._embedders) > 4:
+                        self._embedders.popitem(last=False)
             return embedder
 
     def classifier(self, project: int | None) -> ClassifierModel | None:

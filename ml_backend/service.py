@@ -41,7 +41,7 @@ def parse_project_id(value: Any) -> int | None:
         return value if value >= 0 else None
     if isinstance(value, str):
         head = value.split(".", 1)[0]
-        if head.isdigit():
+        if head.isascii() and head.isdigit():
             return int(head)
     raise BadRequest(f"project must look like '<id>.<timestamp>' or an integer id, "
                      f"got {value!r}")

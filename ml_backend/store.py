@@ -54,11 +54,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (a crash must not lose a completed save)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -70,7 +83,7 @@ class ModelStore:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._cache: dict[int, tuple[tuple[int, int], ModelVersion]] = {}
+        self._cache: dict[int, tuple[tuple[int, int, int], ModelVersion]] = {}
         self._cache_lock = threading.Lock()
 
     def project_dir(self, project: int) -> Path:
@@ -98,7 +111,7 @@ class ModelStore:
             st = pointer.stat()
         except FileNotFoundError:
             return None
-        key = (st.st_mtime_ns, st.st_size)
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._cache_lock:
             cached = self._cache.get(project)
             if cached is not None and cached[0] == key:
@@ -148,6 +161,7 @@ class ModelStore:
                         "files": checksums, **metadata}
             atomic_write_json(tmp / "manifest.json", manifest)
             os.rename(tmp, versions_dir / name)
+            _fsync_dir(versions_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

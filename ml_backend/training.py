@@ -91,8 +91,13 @@ def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any]
         tasks = {int(k): v for k, v in ledger["tasks"].items()}
         task, annotation = payload["task"], payload["annotation"]
         task_id = int(task["id"])
-        merged = [a for a in tasks.get(task_id, {}).get("annotations", [])
-                  if a.get("id") != annotation.get("id")] + [annotation]
+        known = tasks.get(task_id, {}).get("annotations", [])
+        stored = next((a for a in known if a.get("id") == annotation.get("id")), None)
+        # Events can arrive out of order: an older body never replaces a newer one.
+        if stored is not None and str(stored.get("updated_at")) > str(
+                annotation.get("updated_at")):
+            annotation = stored
+        merged = [a for a in known if a.get("id") != annotation.get("id")] + [annotation]
         tasks[task_id] = {"id": task_id, "data": task.get("data", {}), "annotations": merged}
         config = payload.get("label_config") or ledger["label_config"]
         synced_at = ledger["synced_at"]
@@ -186,57 +191,64 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
     """Job entry: ``payload = {"project": int, "mode": "incremental"|"full", …event}``."""
     started = time.perf_counter()
     project = int(payload["project"])
-    mode = payload.get("mode", "incremental")
+    full = payload.get("mode", "incremental") != "incremental"
     phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - started, 3)  # seconds since the start
+
     with runtime.store.locked(project):
-        phases["lock"] = time.perf_counter() - started
+        mark("lock")
         config, labeled = _sync_labels(runtime, project, payload)
-        phases["sync"] = time.perf_counter() - started
+        mark("sync")
         try:
             controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
         except BackendError as exc:
             return TrainOutcome(project, "skipped", None, len(labeled),
                                 time.perf_counter() - started, str(exc))
         previous = runtime.store.latest(project)
-        embedder = runtime.embedder(previous if mode == "incremental" else None)
-        fingerprint = _fingerprint(config, labeled, embedder.digest)
-        if (mode == "incremental" and previous is not None
-                and previous.manifest.get("fingerprint") == fingerprint):
+        # Incremental updates keep the current version's backbone (base or fine-tuned); a
+        # full run starts again from the base weights and may fine-tune them.
+        embedder = runtime.embedder(None if full else previous)
+        if (not full and previous is not None and previous.manifest.get("fingerprint")
+                == _fingerprint(config, labeled, embedder.digest)):
             return TrainOutcome(project, "skipped", previous.name, len(labeled),
                                 time.perf_counter() - started, "nothing changed")
         previous_heads = runtime.classifier(project).heads if previous is not None else {}
 
-        heads: dict[str, LinearHead] = {}
-        files: dict[str, bytes] = {}
-        backbone_meta: dict[str, Any] = {}
+        data: list[tuple[ControlSpec, np.ndarray, EncodedImages, list[int]]] = []
         for control in controls:
             rows, y = targets_for(control, [t.result for t in labeled])
-            if len(rows) == 0:
-                continue
-            images = _fetch_images(runtime, [labeled[r] for r in rows], control.value_key)
-            phases["fetch"] = time.perf_counter() - started
+            if rows:
+                subset = [labeled[r] for r in rows]
+                data.append((control, y, _fetch_images(runtime, subset, control.value_key),
+                             [t.task_id for t in subset]))
+        mark("fetch")
+        files: dict[str, bytes] = {}
+        backbone_meta: dict[str, Any] = {}
+        settings = runtime.settings
+        if full and settings.finetune_epochs > 0:
+            eligible = [d for d in data if not d[0].multiple
+                        and len(d[1]) >= settings.finetune_min_labels]
+            if eligible:
+                embedder, backbone_meta = _finetune_if_better(runtime, embedder, *eligible[0],
+                                                              files)
+                mark("finetune")
+        elif previous is not None and previous.manifest.get("backbone", {}).get("file"):
+            backbone_meta = dict(previous.manifest["backbone"])
+            files[backbone_meta["file"]] = previous.read_bytes(backbone_meta["file"])
+
+        heads: dict[str, LinearHead] = {}
+        for control, y, images, _ in data:
             image_rows, x = _embed(runtime, embedder, images)
-            phases["embed"] = time.perf_counter() - started
-            y = y[image_rows]
-            if len(y) == 0:
+            if not image_rows:
                 continue
-            full = mode != "incremental"
             previous_head = previous_heads.get(control.name)
             # Incremental updates reuse the regularisation chosen by the last full fit.
             l2 = previous_head.l2 if previous_head is not None and not full else None
-            head = fit_head(x, y, control.labels, control.multiple, l2=l2,
-                            previous=previous_head)
-            if (full and not control.multiple and "finetune" not in backbone_meta
-                    and len(y) >= runtime.settings.finetune_min_labels
-                    and runtime.settings.finetune_epochs > 0):
-                max_pixels = runtime.settings.max_image_pixels
-                by_row = {row: i for i, row in enumerate(images.rows)}
-                pixels = [images.pixels(by_row[row], max_pixels) for row in image_rows]
-                shas = [images.shas[by_row[row]] for row in image_rows]
-                head, backbone_meta = _try_finetune(runtime, embedder.backbone, pixels, shas,
-                                                    y, control, head, files)
-            heads[control.name] = head
-            phases["fit"] = time.perf_counter() - started
+            heads[control.name] = fit_head(x, y[image_rows], control.labels, control.multiple,
+                                           l2=l2, previous=previous_head)
+        mark("fit")
         if not heads:
             return TrainOutcome(project, "no-labels", previous.name if previous else None,
                                 len(labeled), time.perf_counter() - started,
@@ -248,46 +260,69 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             head_meta[name] = {"file": file_name, "labels": list(head.labels),
                                "multiple": head.multiple, **head.stats}
         weights = runtime.base_weights()
-        version = runtime.store.save(project, runtime.settings.resnet_arch, files, {
-            "family": ModelFamily.CLASSIFIER.value, "mode": mode, "fingerprint": fingerprint,
+        version = runtime.store.save(project, settings.resnet_arch, files, {
+            "family": ModelFamily.CLASSIFIER.value, "mode": "full" if full else "incremental",
+            "fingerprint": _fingerprint(config, labeled, embedder.digest),
             "n_labeled": len(labeled), "heads": head_meta,
             "base_weights": {"source": weights.source, "digest": weights.digest},
             "backbone": backbone_meta,
         })
-    phases["saved"] = time.perf_counter() - started
+    mark("saved")
     _announce(runtime, project, version.name)
     outcome = TrainOutcome(project, "trained", version.name, len(labeled),
-                           time.perf_counter() - started,
-                           phases={k: round(v, 3) for k, v in phases.items()})
+                           time.perf_counter() - started, phases=phases)
     log.info("training done: %s", outcome.as_dict())
     return outcome
 
 
-def _try_finetune(runtime: Runtime, backbone: Any, pixels: list[np.ndarray], shas: list[str],
-                  y: np.ndarray, control: ControlSpec, head: LinearHead,
-                  files: dict[str, bytes]) -> tuple[LinearHead, dict[str, Any]]:
-    """Fine-tune the backbone on this control; keep it only if CV accuracy improves."""
+def _holdout(task_ids: list[int]) -> np.ndarray:
+    """A validation split fixed by task id (stable across rounds): about one task in five."""
+    return np.array([int(hashlib.sha256(str(t).encode()).hexdigest(), 16) % 5 == 0
+                     for t in task_ids], dtype=bool)
+
+
+def _finetune_if_better(runtime: Runtime, base: ResNetEmbedder, control: ControlSpec,
+                        y: np.ndarray, images: EncodedImages, task_ids: list[int],
+                        files: dict[str, bytes]) -> tuple[ResNetEmbedder, dict[str, Any]]:
+    """Fine-tune the base backbone's last stage on ``control`` and keep it only if a head on
+    its embeddings beats a head on the frozen ones on held-out tasks never used for tuning."""
     settings = runtime.settings
-    n = min(len(pixels), settings.finetune_max_images)
-    tuned = finetune_backbone(backbone, pixels[:n], y[:n], len(control.labels),
-                              settings.classifier_image_size, settings.finetune_epochs,
-                              runtime.device)
+    image_rows, frozen = _embed(runtime, base, images)
+    y = y[image_rows]
+    val = _holdout([task_ids[r] for r in image_rows])
+    report: dict[str, Any] = {"control": control.name, "n_train": int((~val).sum()),
+                              "n_val": int(val.sum())}
+    if val.sum() < 10 or len(np.unique(y[~val])) < 2:
+        report.update(kept=False, reason="too few labels for a held-out comparison")
+        return base, {"finetune": report}
+    train_idx = np.flatnonzero(~val)[:settings.finetune_max_images]
+    by_row = {row: i for i, row in enumerate(images.rows)}
+
+    def pixels(position: int) -> np.ndarray:
+        return images.pixels(by_row[image_rows[position]], settings.max_image_pixels)
+
+    tuned = finetune_backbone(base.backbone, [pixels(int(i)) for i in train_idx],
+                              y[train_idx], len(control.labels), settings.classifier_image_size,
+                              settings.finetune_epochs, runtime.device)
     data = backbone_bytes(tuned)
     digest = hashlib.sha256(data).hexdigest()[:16]
     tuned_embedder = ResNetEmbedder(tuned, digest, settings.classifier_image_size,
                                     runtime.device, runtime.embedding_cache)
-    tuned_head = fit_head(tuned_embedder.embed(shas, lambda i: pixels[i]), y, control.labels,
-                          False)
-    before = head.stats.get("cv_accuracy", 0.0)
-    after = tuned_head.stats.get("cv_accuracy", 0.0)
-    log.info("backbone fine-tune on '%s': cv accuracy %.3f -> %.3f", control.name, before,
-             after)
-    report = {"control": control.name, "cv_accuracy_frozen": before,
-              "cv_accuracy_tuned": after, "kept": after > before}
+    shas = [images.shas[by_row[row]] for row in image_rows]
+    tuned_x = tuned_embedder.embed(shas, pixels)
+
+    def val_accuracy(x: np.ndarray) -> float:
+        head = fit_head(x[~val], y[~val], control.labels, False, calibrate=False)
+        return float((head.predict_proba(x[val]).argmax(axis=1) == y[val]).mean())
+
+    before, after = val_accuracy(frozen), val_accuracy(tuned_x)
+    log.info("backbone fine-tune on '%s': held-out accuracy %.3f -> %.3f", control.name,
+             before, after)
+    report.update(val_accuracy_frozen=before, val_accuracy_tuned=after, kept=after > before)
     if after <= before:
-        return head, {"finetune": report}
+        return base, {"finetune": report}
     files["backbone.pt"] = data
-    return tuned_head, {"file": "backbone.pt", "digest": digest, "finetune": report}
+    return tuned_embedder, {"file": "backbone.pt", "digest": digest, "finetune": report}
 
 
 def _announce(runtime: Runtime, project: int, version: str) -> None:

@@ -83,3 +83,13 @@ def test_fit_head_rejects_bad_input(x: np.ndarray, y: np.ndarray, error: str) ->
 def test_head_shape_validation() -> None:
     with pytest.raises(ValueError, match="classes"):
         LinearHead(("a",), False, np.zeros((2, 2)), np.zeros(2), np.zeros(2), np.ones(2))
+
+
+def test_warm_start_is_the_same_function_under_new_standardisation() -> None:
+    x, y = blobs(30, 3, 6, spread=0.5)
+    head = fit_head(x, y, ("a", "b", "c"), multiple=False, l2=0.01, calibrate=False)
+    shifted = np.concatenate([x, x[:5] * 3.0 + 7.0])  # new mean and scale
+    again = fit_head(shifted, np.concatenate([y, y[:5]]), ("a", "b", "c"), multiple=False,
+                     l2=0.01, previous=head, calibrate=False, max_iter=0)
+    # With no iterations the warm start alone must reproduce the previous logits.
+    np.testing.assert_allclose(again.logits(x), head.logits(x), rtol=1e-4, atol=1e-4)

@@ -187,7 +187,9 @@ def finetune_backbone(backbone: nn.Module, images: Sequence[np.ndarray], targets
     rng = np.random.default_rng(seed)
     y = torch.as_tensor(targets, dtype=torch.long)
     for _ in range(epochs):
-        model.train()
+        # Only layer4 learns: the frozen stages keep their BatchNorm statistics too.
+        model.eval()
+        model.layer4.train()  # type: ignore[union-attr]
         for start in range(0, len(images), batch_size):
             idx = rng.permutation(len(images))[start:start + batch_size]
             if len(idx) < 2:
