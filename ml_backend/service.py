@@ -84,8 +84,8 @@ class Backend:
         schema = body.get("schema")
         if not isinstance(schema, str) or not schema.strip():
             raise BadRequest("/setup needs 'schema': the project's label config XML")
-        parsed = parse_label_config(schema)  # raises UnsupportedConfig with the reason
         project = parse_project_id(body.get("project"))
+        parsed = parse_label_config(schema)  # raises UnsupportedConfig with the reason
         if project is not None:
             self._configs[project] = schema
         if parsed.unserved:

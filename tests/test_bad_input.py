@@ -55,6 +55,8 @@ def _alive(client: Any) -> None:
     ("/predict", b'{"label_config": "<View/>"}', 400, "'tasks'"),
     ("/predict", b'{"tasks": "abc"}', 400, "'tasks'"),
     ("/predict", b'{"tasks": [], "project": "abc"}', 400, "project must look like"),
+    ("/setup", '{"project": "\u00b2.1", "schema": "<View/>"}'.encode(), 400,
+     "project must look like"),
     ("/predict", b'{"tasks": [{"data": {}}]}', 400, "label_config"),
     ("/predict", b'{"tasks": [], "label_config": "<View><Text name=\\"t\\" value=\\"$t\\"/>'
                  b'</View>"}', 422, "nothing in this label config"),
@@ -112,7 +114,9 @@ def test_bad_images_get_empty_predictions_and_others_still_predicted(trained) ->
         {"id": 5, "data": {}},                                             # no image
         {"id": 6, "data": {"image": "file:///etc/passwd"}},               # refused scheme
         "not even a task",
-        {"id": 8, "data": {"image": "/data/upload/1/ok1.png"}},
+        {"id": 8, "data": {"image": "http://[::1/x.png"}},                 # malformed URL
+        {"id": 9, "data": {"image": "http://127.0.0.1:99999/x.png"}},     # bad port
+        {"id": 10, "data": {"image": "/data/upload/1/ok1.png"}},
     ]
     response = client.post("/predict", json={"tasks": tasks, "project": "1.5",
                                              "label_config": DIGITS_CONFIG})
@@ -121,7 +125,7 @@ def test_bad_images_get_empty_predictions_and_others_still_predicted(trained) ->
     assert len(results) == len(tasks)
     assert all(r["model_version"] == version for r in results)
     assert [bool(r["result"]) for r in results] == [True, False, False, False, False, False,
-                                                    False, True]
+                                                    False, False, False, True]
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'mlb_task_errors_total{reason="ImageTooLarge"} 1.0' in metrics
     _alive(client)
