@@ -73,6 +73,7 @@ def _start_backend(port: int, data_dir: Path, ls: Any) -> subprocess.Popen[bytes
         MODEL_DIR=str(data_dir / "models"),
         CACHE_DIR=str(data_dir / "cache"),
         LOCAL_FILES_DOCUMENT_ROOT=str(ls.document_root),
+        UPLOAD_DIR=str(ls.data_dir / "media" / "upload"),  # same machine: read uploads directly
     )
     log = (data_dir / "backend.log").open("ab")
     return subprocess.Popen(
