@@ -129,7 +129,7 @@ class Backend:
         keys = sorted({c.value_key for c in usable})
         futures = {self._io.submit(self._load, task, key): (i, key)
                    for i, task in enumerate(tasks) for key in keys}
-        images: dict[tuple[int, str], LoadedImage] = {}
+        sha_of: dict[tuple[int, str], str] = {}
         failed: set[int] = set()
         vectors: dict[str, np.ndarray] = {}
         waiting: dict[str, LoadedImage] = {}
@@ -141,12 +141,13 @@ class Backend:
                 vectors[sha] = vec
             waiting.clear()
 
-        # Embed in chunks as downloads complete, so the model works while images arrive.
+        # Embed in chunks as downloads complete, so the model works while images arrive;
+        # pixels are dropped once embedded, so a large batch never holds them all at once.
         for future in as_completed(futures):
-            i, key = futures[future]
+            i, key = futures.pop(future)
             item = future.result()
             if isinstance(item, LoadedImage):
-                images[(i, key)] = item
+                sha_of[(i, key)] = item.sha256
                 if item.sha256 not in vectors:
                     waiting[item.sha256] = item
                 if len(waiting) >= EMBED_CHUNK:
@@ -170,7 +171,7 @@ class Backend:
             if i in failed or not usable:
                 out.append(empty_prediction(model.version))
                 continue
-            outputs = [Classification(c, proba[c.name][row_of[images[(i, c.value_key)].sha256]])
+            outputs = [Classification(c, proba[c.name][row_of[sha_of[(i, c.value_key)]]])
                        for c in usable]
             out.append(task_prediction(outputs, model.version))
         return out
