@@ -78,6 +78,16 @@ def test_classification_loop(label_studio, ls_client, tmp_path: Path) -> None:
             time.sleep(0.5)
             new_version = backend_version()
         assert new_version != first_version, backend.log_tail()
+        # Twelve events may train more than once: wait until the queue is idle and the
+        # version has stayed the same for a while, then take that final version.
+        stable_since = time.monotonic()
+        while time.monotonic() < deadline and time.monotonic() - stable_since < 3.0:
+            time.sleep(0.5)
+            busy = any(j["status"] in {"queued", "running"}
+                       for j in requests.get(f"{backend.url}/jobs").json()["jobs"])
+            current = backend_version()
+            if busy or current != new_version:
+                new_version, stable_since = current, time.monotonic()
         # The backend made the new version the project's, so Data Manager shows its scores.
         while time.monotonic() < deadline and \
                 ls_client.projects.get(id=project).model_version != new_version:
