@@ -127,28 +127,27 @@ def ranked_batch(uncertainty: np.ndarray, embeddings: np.ndarray,
     return np.array(picked, dtype=np.int64)
 
 
-def select(strategy: Strategy, proba: np.ndarray, multiple: bool, k: int,
-           rng: np.random.Generator, embeddings: np.ndarray | None = None,
-           labeled_embeddings: np.ndarray | None = None, random_share: float = 0.0
-           ) -> np.ndarray:
-    """The next ``k`` candidates (indices), most informative first. ``random_share`` of the
-    batch (rounded down) is drawn uniformly from the rest, as a hedge against a biased model
-    and for unbiased evaluation; those go last."""
-    n = len(proba)
+def select(strategy: Strategy, uncertainty: np.ndarray, k: int, rng: np.random.Generator,
+           embeddings: np.ndarray | None = None, labeled_embeddings: np.ndarray | None = None,
+           random_share: float = 0.0) -> np.ndarray:
+    """The next ``k`` candidates (indices), most informative first, given their
+    ``uncertainty (N,)`` under ``strategy``'s score. ``random_share`` of the batch (rounded
+    down) is drawn uniformly from the rest, as a hedge against a biased model and for
+    unbiased evaluation; those go last."""
+    n = len(uncertainty)
     k = max(0, min(k, n))
     n_random = int(k * random_share) if strategy is not Strategy.RANDOM else k
     n_model = k - n_random
     chosen: np.ndarray = np.zeros(0, dtype=np.int64)
     if n_model:
-        u = UNCERTAINTY[strategy](proba, multiple)
         if strategy is Strategy.RANKED_BATCH:
             if embeddings is None:
                 raise ValueError("ranked_batch needs the candidates' embeddings")
             labeled = (labeled_embeddings if labeled_embeddings is not None
                        else np.zeros((0, embeddings.shape[1])))
-            chosen = ranked_batch(u, embeddings, labeled, n_model, rng)
+            chosen = ranked_batch(uncertainty, embeddings, labeled, n_model, rng)
         else:
-            chosen = top_k(u, n_model, rng)
+            chosen = top_k(uncertainty, n_model, rng)
     if n_random:
         rest = np.setdiff1d(np.arange(n), chosen)
         chosen = np.concatenate([chosen, rng.choice(rest, size=n_random, replace=False)])

@@ -148,7 +148,7 @@ class EncodedImages:
         return decode_image(self.blobs[i], max_pixels, source=f"row {self.rows[i]}")
 
 
-def _fetch_images(runtime: Runtime, labeled: Sequence[LabeledTask], value_key: str
+def fetch_images(runtime: Runtime, labeled: Sequence[LabeledTask], value_key: str
                   ) -> EncodedImages:
     """Fetch (from the image cache, usually) without decoding; skip tasks whose image fails."""
     def fetch(task: LabeledTask) -> tuple[bytes, str] | None:
@@ -168,7 +168,7 @@ def _fetch_images(runtime: Runtime, labeled: Sequence[LabeledTask], value_key: s
                          [fetched[i][1] for i in rows])  # type: ignore[index]
 
 
-def _embed(runtime: Runtime, embedder: ResNetEmbedder, images: EncodedImages
+def embed_images(runtime: Runtime, embedder: ResNetEmbedder, images: EncodedImages
            ) -> tuple[list[int], np.ndarray]:
     """Embeddings of the fetched images, decoding only those not cached; an image that fails
     to decode drops its row."""
@@ -221,7 +221,7 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             rows, y = targets_for(control, [t.result for t in labeled])
             if rows:
                 subset = [labeled[r] for r in rows]
-                data.append((control, y, _fetch_images(runtime, subset, control.value_key),
+                data.append((control, y, fetch_images(runtime, subset, control.value_key),
                              [t.task_id for t in subset]))
         mark("fetch")
         files: dict[str, bytes] = {}
@@ -240,7 +240,7 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
 
         heads: dict[str, LinearHead] = {}
         for control, y, images, _ in data:
-            image_rows, x = _embed(runtime, embedder, images)
+            image_rows, x = embed_images(runtime, embedder, images)
             if not image_rows:
                 continue
             previous_head = previous_heads.get(control.name)
@@ -287,7 +287,7 @@ def _finetune_if_better(runtime: Runtime, base: ResNetEmbedder, control: Control
     """Fine-tune the base backbone's last stage on ``control`` and keep it only if a head on
     its embeddings beats a head on the frozen ones on held-out tasks never used for tuning."""
     settings = runtime.settings
-    image_rows, frozen = _embed(runtime, base, images)
+    image_rows, frozen = embed_images(runtime, base, images)
     y = y[image_rows]
     val = _holdout([task_ids[r] for r in image_rows])
     report: dict[str, Any] = {"control": control.name, "n_train": int((~val).sum()),
@@ -346,7 +346,7 @@ def precompute_embeddings(runtime: Runtime, payload: dict[str, Any]) -> dict[str
     embedder = runtime.embedder(runtime.store.latest(int(payload["project"])))
     done = 0
     for key in keys:
-        rows, _ = _embed(runtime, embedder, _fetch_images(runtime, fake, key))
+        rows, _ = embed_images(runtime, embedder, fetch_images(runtime, fake, key))
         done += len(rows)
     return {"embedded": done}
 

@@ -86,12 +86,12 @@ def test_ranked_batch_avoids_what_is_already_labeled() -> None:
 def test_select_random_share_and_uniqueness() -> None:
     rng = np.random.default_rng(0)
     proba = rng.dirichlet(np.ones(4), size=50)
-    chosen = select(Strategy.MARGIN, proba, False, 10, rng, random_share=0.2)
+    chosen = select(Strategy.MARGIN, margin(proba), 10, rng, random_share=0.2)
     assert len(chosen) == 10 and len(set(chosen.tolist())) == 10
     by_margin = top_k(margin(proba), 8, np.random.default_rng(0))
     assert chosen[:8].tolist() == by_margin.tolist()
     with pytest.raises(ValueError, match="embeddings"):
-        select(Strategy.RANKED_BATCH, proba, False, 5, rng)
+        select(Strategy.RANKED_BATCH, margin(proba), 5, rng)
 
 
 def test_order_scores_sort_in_selector_order() -> None:
