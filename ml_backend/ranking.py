@@ -97,18 +97,25 @@ def ranked_batch(uncertainty: np.ndarray, embeddings: np.ndarray,
                  ) -> np.ndarray:
     """Ranked batch-mode sampling (Cardoso et al. 2017, as in modAL): pick one at a time the
     candidate maximising ``α (1 - max cosine similarity to labeled ∪ picked) + (1 - α) u``
+    (cosine of mean-centred embeddings)
     with ``α = n_unlabeled / (n_unlabeled + n_labeled)`` (the first pick of a project with
     nothing labeled is the most uncertain). Near-duplicates of something already picked
     score low, so one batch does not repeat itself."""
     u = np.asarray(uncertainty, dtype=np.float64)
-    x = _normalise_rows(embeddings)
-    if len(u) != len(x):
-        raise ValueError(f"{len(u)} uncertainties for {len(x)} embeddings")
+    if len(u) != len(embeddings):
+        raise ValueError(f"{len(u)} uncertainties for {len(embeddings)} embeddings")
+    # Centre first: CNN features are non-negative, so raw cosine similarities all sit near 1
+    # and would hide which images are really alike.
+    labeled_raw = np.asarray(labeled_embeddings, dtype=np.float64).reshape(
+        -1, np.shape(embeddings)[1])
+    centre = np.concatenate([np.asarray(embeddings, dtype=np.float64), labeled_raw]).mean(
+        axis=0) if len(u) else 0.0
+    x = _normalise_rows(np.asarray(embeddings, dtype=np.float64) - centre)
     k = max(0, min(k, len(u)))
-    n_labeled = len(labeled_embeddings)
+    n_labeled = len(labeled_raw)
     alpha = len(u) / (len(u) + n_labeled) if len(u) + n_labeled else 1.0
     if n_labeled:
-        similarity = (x @ _normalise_rows(labeled_embeddings).T).max(axis=1)
+        similarity = (x @ _normalise_rows(labeled_raw - centre).T).max(axis=1)
     else:
         similarity = np.zeros(len(u))
     picked: list[int] = []
