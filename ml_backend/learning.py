@@ -250,8 +250,11 @@ def _fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ..
             oof = out_of_fold_logits(x, t, multiple, candidate, k, rng)
             scores[candidate] = nll(oof, y, multiple)
         l2 = min(scores, key=scores.__getitem__)
+        stats["l2_chosen_at_n"] = float(len(x))
     elif l2 is None:
         l2 = previous.l2 if previous is not None else DEFAULT_L2
+    if "l2_chosen_at_n" not in stats and previous is not None:
+        stats["l2_chosen_at_n"] = previous.stats.get("l2_chosen_at_n", 0.0)
 
     temperature = 1.0
     if calibrate and can_validate:

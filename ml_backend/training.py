@@ -244,8 +244,7 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             if not image_rows:
                 continue
             previous_head = previous_heads.get(control.name)
-            # Incremental updates reuse the regularisation chosen by the last full fit.
-            l2 = previous_head.l2 if previous_head is not None and not full else None
+            l2 = _reusable_l2(previous_head, len(image_rows)) if not full else None
             heads[control.name] = fit_head(x, y[image_rows], control.labels, control.multiple,
                                            l2=l2, previous=previous_head)
         mark("fit")
@@ -273,6 +272,16 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
                            time.perf_counter() - started, phases=phases)
     log.info("training done: %s", outcome.as_dict())
     return outcome
+
+
+def _reusable_l2(previous: LinearHead | None, n: int) -> float | None:
+    """The regularisation an incremental update reuses, or None to choose it again by
+    cross-validation: the first time, and whenever the labels have doubled since (a strength
+    chosen on 20 labels over-regularises 500)."""
+    if previous is None:
+        return None
+    chosen_at = previous.stats.get("l2_chosen_at_n", 0.0)
+    return previous.l2 if chosen_at > 0 and n < 2 * chosen_at else None
 
 
 def _holdout(task_ids: list[int]) -> np.ndarray:

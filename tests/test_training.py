@@ -124,3 +124,17 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
     assert runtime.store.latest(7).manifest["backbone"].get("file") == \
         manifest["backbone"].get("file")
     assert runtime.classifier(7).embedder.digest == model.embedder.digest
+
+
+def test_incremental_updates_rechoose_regularisation_when_labels_double() -> None:
+    from ml_backend.learning import LinearHead
+    from ml_backend.training import _reusable_l2
+
+    def head(chosen_at: float) -> LinearHead:
+        return LinearHead(("a", "b"), False, np.zeros((2, 2)), np.zeros(2), np.zeros(2),
+                          np.ones(2), l2=0.1, stats={"l2_chosen_at_n": chosen_at})
+
+    assert _reusable_l2(None, 20) is None
+    assert _reusable_l2(head(20), 39) == 0.1
+    assert _reusable_l2(head(20), 40) is None
+    assert _reusable_l2(head(0), 25) is None  # never chosen by cross-validation yet
