@@ -183,7 +183,8 @@ def embed_images(runtime: Runtime, embedder: ResNetEmbedder, images: EncodedImag
                 log.warning("training: skipping row %s: %s", images.rows[i], exc)
                 continue
         good.append(i)
-    vectors = embedder.embed([images.shas[i] for i in good], lambda j: decoded[good[j]])
+    vectors = embedder.embed([images.shas[i] for i in good], lambda j: decoded[good[j]],
+                             cached=cached)
     return [images.rows[i] for i in good], vectors
 
 

@@ -152,11 +152,12 @@ class ResNetEmbedder:
         with torch.inference_mode():
             return self.backbone(batch)
 
-    def embed(self, shas: Sequence[str], pixels_of: Callable[[int], np.ndarray]) -> np.ndarray:
+    def embed(self, shas: Sequence[str], pixels_of: Callable[[int], np.ndarray],
+              cached: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Embeddings ``(N, D)`` for images identified by content hash. Only images missing
         from the cache are materialised, through ``pixels_of(i)`` (HWC uint8 RGB), so cached
-        ones are never decoded."""
-        known = self.cache.get_many(self.digest, shas)
+        ones are never decoded. ``cached``: a lookup the caller already made, not repeated."""
+        known = dict(cached) if cached is not None else self.cache.get_many(self.digest, shas)
         todo = [i for i, sha in enumerate(shas) if sha not in known]
         if todo:
             fresh = self.embed_pixels([pixels_of(i) for i in todo])
