@@ -15,6 +15,12 @@ class BadRequest(BackendError, ValueError):
     http_status = 400
 
 
+class NotFound(BackendError):
+    """Nothing of that name exists (yet), e.g. the ranking of a project never ranked."""
+
+    http_status = 404
+
+
 class UnsupportedConfig(BadRequest):
     """The label config has nothing this backend can serve."""
 

@@ -3,7 +3,9 @@
 Jobs are named functions ``(runtime, payload) -> JSON-able result`` with JSON-able payloads.
 Submitting with a ``key`` coalesces: while a job with that key waits in the queue, further
 submissions with the same key are dropped (the queued job will read the newest data anyway,
-because training re-reads labels when it starts).
+because training re-reads labels when it starts). A job chains others by listing them under
+``next_jobs`` in its result (training does so to re-rank after a new version); both queues
+submit those, with their keys, before the job counts as done.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .runtime import Runtime
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = logging.getLogger(__name__)
 JobFunction = Callable[[Runtime, dict[str, Any]], Any]
@@ -40,12 +45,37 @@ class JobKind:
 
 
 def job_registry() -> dict[str, JobKind]:
+    from .reranking import rerank_project
     from .training import merge_train_payloads, precompute_embeddings, train_classifier
 
     def train(runtime: Runtime, payload: dict[str, Any]) -> Any:
         return train_classifier(runtime, payload).as_dict()
 
-    return {"train": JobKind(train, merge_train_payloads), "embed": JobKind(precompute_embeddings)}
+    return {"train": JobKind(train, merge_train_payloads), "embed": JobKind(precompute_embeddings),
+            "rerank": JobKind(rerank_project, merge_rerank_payloads)}
+
+
+def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    return {**new, "force": bool(queued.get("force") or new.get("force"))}
+
+
+@dataclass(frozen=True)
+class NextJob:
+    """A job another job asks for when it ends (``next_jobs`` in its result)."""
+
+    name: str
+    payload: dict[str, Any]
+    key: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def next_jobs(result: Any) -> list[NextJob]:
+    if not isinstance(result, dict):
+        return []
+    return [NextJob(item["name"], item["payload"], item.get("key"))
+            for item in result.get("next_jobs") or []]
 
 
 @dataclass
@@ -132,6 +162,8 @@ class InProcessQueue:
                 if record.key is not None:
                     self._pending.pop(record.key, None)
             execute(self.runtime, record, self.registry)
+            for job in next_jobs(record.result):
+                self.submit(job.name, job.payload, job.key)
             if self.on_done is not None:
                 try:
                     self.on_done(record)
@@ -188,6 +220,16 @@ def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> An
                      registry)
     if record.status == "failed":
         raise RuntimeError(record.error)
+    follow_ups = next_jobs(record.result)
+    if follow_ups:
+        from rq import get_current_job
+
+        job = get_current_job()
+        if job is None:
+            raise RuntimeError("next_jobs outside an RQ job")
+        queue = RQQueue(job.connection, job.origin)
+        for follow_up in follow_ups:
+            queue.submit(follow_up.name, follow_up.payload, follow_up.key)
     return record.result
 
 
@@ -202,13 +244,18 @@ def _coalesced_key(key: str) -> str:
 class RQQueue:
     """Jobs on Redis, run by `ml-backend worker` processes (possibly on other machines)."""
 
-    def __init__(self, redis_url: str, queue_name: str = QUEUE_NAME) -> None:
-        from redis import Redis
+    def __init__(self, connection: Redis, queue_name: str = QUEUE_NAME) -> None:
         from rq import Queue
 
-        self.redis = Redis.from_url(redis_url)
+        self.redis = connection
         self.queue = Queue(queue_name, connection=self.redis)
         self.registry = job_registry()
+
+    @classmethod
+    def from_url(cls, redis_url: str, queue_name: str = QUEUE_NAME) -> RQQueue:
+        from redis import Redis
+
+        return cls(Redis.from_url(redis_url), queue_name)
 
     def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
         if name not in self.registry:
@@ -259,5 +306,5 @@ class RQQueue:
 
 def make_queue(runtime: Runtime) -> JobQueue:
     if runtime.settings.redis_url:
-        return RQQueue(runtime.settings.redis_url)
+        return RQQueue.from_url(runtime.settings.redis_url)
     return InProcessQueue(runtime)

@@ -70,16 +70,70 @@ class LabelStudioAPI:
 
     def labeled_tasks(self, project: int) -> list[LabeledTask]:
         """Every annotated task of ``project`` (one export request)."""
+        return labeled_tasks_from_export(self._export(project, all_tasks=False))
+
+    def project_tasks(self, project: int) -> tuple[list[LabeledTask], list[dict[str, Any]]]:
+        """``(labeled, unlabeled)`` tasks of ``project`` from one export: unlabeled ones are
+        those without a submitted annotation (skipped tasks count as unlabeled, as in Label
+        Studio's ``total_annotations = 0`` filter)."""
+        tasks = self._export(project, all_tasks=True)
+        unlabeled = [{"id": int(t["id"]), "data": t["data"]} for t in tasks
+                     if isinstance(t.get("data"), dict)
+                     and not any(not a.get("was_cancelled") for a in t.get("annotations") or [])]
+        return labeled_tasks_from_export(tasks), unlabeled
+
+    def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
         try:
             chunks = self._client.projects.exports.download_sync(
-                id=project, export_type="JSON", download_all_tasks=False)
+                id=project, export_type="JSON", download_all_tasks=all_tasks)
             tasks = json.loads(b"".join(chunks))
         except Exception as exc:
             raise LabelStudioUnavailable(
                 f"cannot export project {project}: {_short(exc)}") from exc
         if not isinstance(tasks, list):
             raise LabelStudioUnavailable(f"export of project {project} is not a task list")
-        return labeled_tasks_from_export(tasks)
+        return [t for t in tasks if isinstance(t, dict) and "id" in t]
+
+    def import_predictions(self, project: int, predictions: list[dict[str, Any]],
+                           chunk: int = 1000) -> int:
+        """Store ``predictions`` (each with ``task``, ``result``, ``score``,
+        ``model_version``) in bulk; returns how many were created."""
+        from label_studio_sdk import PredictionRequest
+
+        created = 0
+        try:
+            for start in range(0, len(predictions), chunk):
+                batch = [PredictionRequest(**p) for p in predictions[start:start + chunk]]
+                response = self._client.projects.import_predictions(id=project, request=batch)
+                created += int(getattr(response, "created", None) or len(batch))
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot import predictions into project {project}: {_short(exc)}") from exc
+        return created
+
+    def prediction_versions(self, project: int) -> dict[str, int]:
+        """The model versions the project's predictions carry, with their counts."""
+        try:
+            response = self._client._client_wrapper.httpx_client.request(
+                f"api/projects/{project}/model-versions/", method="GET")
+            response.raise_for_status()
+            data = response.json()
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot list model versions of project {project}: {_short(exc)}") from exc
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def delete_predictions(self, project: int, version: str) -> None:
+        """Delete the project's predictions of one model version (no SDK method for it)."""
+        try:
+            response = self._client._client_wrapper.httpx_client.request(
+                f"api/projects/{project}/model-versions/", method="DELETE",
+                json={"model_version": version})
+            response.raise_for_status()
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot delete predictions {version!r} of project {project}: "
+                f"{_short(exc)}") from exc
 
     def set_model_version(self, project: int, version: str,
                           is_ours: Callable[[str], bool]) -> None:

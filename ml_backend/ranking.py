@@ -69,12 +69,33 @@ def entropy(proba: np.ndarray, multiple: bool = False) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=1) / np.log(c) if c > 1 else np.zeros(len(p))
 
 
-UNCERTAINTY: dict[Strategy, Callable[[np.ndarray, bool], np.ndarray]] = {
-    Strategy.LEAST_CONFIDENCE: least_confidence,
-    Strategy.MARGIN: margin,
-    Strategy.ENTROPY: entropy,
-    Strategy.RANKED_BATCH: margin,
+SCORES: dict[str, Callable[[np.ndarray, bool], np.ndarray]] = {
+    Strategy.LEAST_CONFIDENCE.value: least_confidence,
+    Strategy.MARGIN.value: margin,
+    Strategy.ENTROPY.value: entropy,
 }
+# The uncertainty each strategy ranks by (and writes as ``score = 1 - uncertainty``): ranked
+# batch adds diversity to margin; random order still writes margin scores for inspection.
+SCORE_OF: dict[Strategy, str] = {
+    Strategy.LEAST_CONFIDENCE: "least_confidence",
+    Strategy.MARGIN: "margin",
+    Strategy.ENTROPY: "entropy",
+    Strategy.RANKED_BATCH: "margin",
+    Strategy.RANDOM: "margin",
+}
+
+
+def uncertainty_table(proba: np.ndarray, multiple: bool = False) -> dict[str, np.ndarray]:
+    """Every uncertainty score of each row of ``proba (N, C)``, by name (each ``(N,)``)."""
+    return {name: fn(proba, multiple) for name, fn in SCORES.items()}
+
+
+def task_uncertainty(strategy: Strategy, tables: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """One uncertainty per task from its controls' tables: the least certain control decides
+    how informative the task is."""
+    if not tables:
+        raise ValueError("no control to score")
+    return np.max([table[SCORE_OF[strategy]] for table in tables], axis=0)
 
 
 def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -161,10 +182,19 @@ def select(strategy: Strategy, uncertainty: np.ndarray, k: int, rng: np.random.G
     return chosen.astype(np.int64)
 
 
-def order_scores(order: np.ndarray, n: int) -> np.ndarray:
-    """Scores in [0, 1) that sort ascending in ``order`` (first picked = lowest), with every
-    task not in ``order`` after them: Label Studio's Data Manager then lists tasks in the
-    selector's order when sorted by prediction score."""
-    scores = np.ones(n, dtype=np.float64)
-    scores[np.asarray(order, dtype=np.int64)] = np.arange(len(order)) / max(n, 1)
+def queue_scores(first: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+    """The scores to write so that sorting ascending (Label Studio's Data Manager) lists the
+    selected batch ``first`` in the selector's order, then every other task by ``confidence``.
+
+    The others keep their confidence (clipped to [floor, 1]); the batch gets evenly spaced
+    values in ``[0, floor)``, where floor is the lowest confidence among the others."""
+    scores = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
+    first = np.asarray(first, dtype=np.int64)
+    if len(np.unique(first)) != len(first):
+        raise ValueError("the batch lists a task twice")
+    rest = np.ones(len(scores), dtype=bool)
+    rest[first] = False
+    floor = max(float(scores[rest].min()) if rest.any() else 1.0, 1e-6)
+    scores[rest] = np.maximum(scores[rest], floor)
+    scores[first] = floor * np.arange(len(first)) / max(len(first), 1)
     return scores

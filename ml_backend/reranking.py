@@ -1,33 +1,54 @@
-"""Score and order a project's unlabeled tasks with its current model.
+"""Score and order a project's unlabeled tasks with its current model, and write the queue to
+Label Studio.
 
-Used by the learning-efficiency benchmark now, and the basis of the re-ranking job (issue:
-active learning): one function that turns tasks into predictions plus a selector order.
+``rank_tasks`` turns tasks into predictions plus the selector's order (the learning benchmark
+calls it directly); ``rerank_project`` is the background job that runs after every new
+version: it re-scores all unlabeled tasks, writes the predictions in bulk with scores that
+sort in the selector's order, makes the version the project's, and deletes the predictions of
+older versions so Label Studio does not accumulate one prediction per task per version.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .label_config import ModelFamily, parse_label_config
+from .errors import BackendError
+from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .ls_api import LabeledTask
-from .ranking import UNCERTAINTY, Strategy, select
-from .results import Classification, task_prediction
-from .runtime import Runtime
-from .training import embed_images, fetch_images
+from .ranking import Strategy, queue_scores, select, task_uncertainty, uncertainty_table
+from .results import classification_predictions, empty_prediction
+from .runtime import Runtime, version_index
+from .training import announce, embed_images, fetch_images
+
+log = logging.getLogger(__name__)
+RANKING_STATE = "ranking"
+STATE_TOP = 2000  # tasks whose uncertainties the backend keeps for GET /ranking
 
 
 @dataclass(frozen=True)
 class RankedTasks:
-    """``order``: task ids, most informative first; ``predictions`` and ``uncertainty`` by
-    task id (tasks whose image failed are absent)."""
+    """``order``: every scored task id, most informative first; its first ``batch`` ids are
+    the selector's pick. ``predictions`` (with scores that sort in ``order``) and
+    ``uncertainty`` (every strategy's score) are by task id; tasks whose image failed are in
+    ``failed`` only."""
 
     version: str
+    strategy: Strategy
     order: list[int]
+    batch: list[int]
     predictions: dict[int, dict[str, Any]]
-    uncertainty: dict[int, float]
+    uncertainty: dict[int, dict[str, float]]
+    failed: list[int]
+
+
+def _as_tasks(items: list[dict[str, Any]]) -> list[LabeledTask]:
+    return [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in items]
 
 
 def rank_tasks(runtime: Runtime, project: int, label_config: str,
@@ -35,41 +56,117 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
                strategy: Strategy, batch_size: int, random_share: float,
                rng: np.random.Generator) -> RankedTasks:
     """Predict ``candidates`` (Label Studio tasks) and order them: the first ``batch_size`` by
-    ``strategy`` (with a ``random_share`` hedge), the rest by uncertainty."""
+    ``strategy`` (with a ``random_share`` hedge), the rest by uncertainty. ``labeled`` tasks
+    only matter to the diversity term of ranked batch sampling."""
     model = runtime.classifier(project)
     if model is None:
-        raise RuntimeError(f"project {project} has no trained model to rank with")
-    controls = [c for c in parse_label_config(label_config).for_family(ModelFamily.CLASSIFIER)
-                if c.name in model.heads and model.heads[c.name].labels == c.labels]
+        raise BackendError(f"project {project} has no trained model to rank with")
+    controls: list[ControlSpec] = [
+        c for c in parse_label_config(label_config).for_family(ModelFamily.CLASSIFIER)
+        if c.name in model.heads and model.heads[c.name].labels == c.labels]
     if not controls:
-        raise RuntimeError(f"project {project}: no trained head matches the label config")
+        raise BackendError(f"project {project}: no trained head matches the label config")
+    # Every control is scored; the image of the first one carries the diversity term.
     key = controls[0].value_key
-
-    def as_tasks(items: list[dict[str, Any]]) -> list[LabeledTask]:
-        return [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in items]
-
-    images = fetch_images(runtime, as_tasks(candidates), key)
+    images = fetch_images(runtime, _as_tasks(candidates), key)
     rows, x = embed_images(runtime, model.embedder, images)
     ids = [int(candidates[r]["id"]) for r in rows]
+    failed = sorted({int(t["id"]) for t in candidates} - set(ids))
+    if not ids:
+        return RankedTasks(model.version, strategy, [], [], {}, {}, failed)
     probas = {c.name: model.heads[c.name].predict_proba(x) for c in controls}
-    if strategy is Strategy.RANDOM:
-        uncertainty = np.zeros(len(ids))
-    else:
-        uncertainty = np.mean([UNCERTAINTY[strategy](probas[c.name], c.multiple)
-                               for c in controls], axis=0)
+    tables = [uncertainty_table(probas[c.name], c.multiple) for c in controls]
+    uncertainty = task_uncertainty(strategy, tables)
     labeled_x = None
     if strategy is Strategy.RANKED_BATCH and labeled:
         _, labeled_x = embed_images(runtime, model.embedder,
-                              fetch_images(runtime, as_tasks(labeled), key))
+                                    fetch_images(runtime, _as_tasks(labeled), key))
     first = select(strategy, uncertainty, batch_size, rng, embeddings=x,
                    labeled_embeddings=labeled_x, random_share=random_share)
     rest = np.setdiff1d(np.arange(len(ids)), first)
-    rest = rest[np.argsort(-uncertainty[rest], kind="stable")] if strategy is not \
-        Strategy.RANDOM else rng.permutation(rest)
-    order = [ids[i] for i in np.concatenate([first, rest]).astype(int)]
-    predictions = {}
-    for j, task_id in enumerate(ids):
-        outputs = [Classification(c, probas[c.name][j]) for c in controls]
-        predictions[task_id] = task_prediction(outputs, model.version)
-    return RankedTasks(model.version, order, predictions,
-                       {task_id: float(u) for task_id, u in zip(ids, uncertainty, strict=True)})
+    rest = rest[np.argsort(-uncertainty[rest], kind="stable")]
+    order = np.concatenate([first, rest]).astype(np.int64)
+    scores = queue_scores(first, 1.0 - uncertainty)
+    predictions = classification_predictions(controls, probas, model.version, strategy, scores)
+    per_task = {
+        task_id: {name: float(np.max([t[name][j] for t in tables])) for name in tables[0]}
+        for j, task_id in enumerate(ids)}
+    return RankedTasks(version=model.version, strategy=strategy,
+                       order=[ids[i] for i in order], batch=[ids[i] for i in first],
+                       predictions={ids[j]: p for j, p in enumerate(predictions)},
+                       uncertainty=per_task, failed=failed)
+
+
+def _seed(version: str) -> int:
+    """The random share of a batch is reproducible per version."""
+    return int(hashlib.sha256(version.encode()).hexdigest()[:8], 16)
+
+
+def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+    """Job entry: ``payload = {"project": int, "force": bool}``. Skips a version already
+    ranked unless forced."""
+    started = time.perf_counter()
+    project = int(payload["project"])
+    if runtime.ls_api is None:
+        raise BackendError("re-ranking needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    latest = runtime.store.latest(project)
+    if latest is None:
+        return {"project": project, "status": "no-model"}
+    state = runtime.store.read_state(project, RANKING_STATE)
+    if state is not None and state.get("version") == latest.name and not payload.get("force"):
+        return {"project": project, "status": "skipped", "version": latest.name,
+                "detail": "this version already ranked the queue"}
+    settings = runtime.settings
+    phases: dict[str, float] = {}
+
+    def mark(phase: str) -> None:
+        phases[phase] = round(time.perf_counter() - started, 3)
+
+    config = runtime.ls_api.label_config(project)
+    labeled, unlabeled = runtime.ls_api.project_tasks(project)
+    mark("read")
+    ranked = rank_tasks(runtime, project, config, unlabeled,
+                        [{"id": t.task_id, "data": t.data} for t in labeled],
+                        settings.ranking_strategy, settings.ranking_batch_size,
+                        settings.ranking_random_share, np.random.default_rng(_seed(latest.name)))
+    mark("score")
+    rows = [{"task": task_id, **ranked.predictions[task_id]} for task_id in ranked.order]
+    # A task whose image fails gets an empty prediction that sorts last (score 1.0).
+    rows += [{"task": task_id, **empty_prediction(ranked.version)} for task_id in ranked.failed]
+    created = runtime.ls_api.import_predictions(project, rows) if rows else 0
+    mark("write")
+    announce(runtime, project, ranked.version)
+    current = version_index(ranked.version)
+    deleted = []
+    for version in runtime.ls_api.prediction_versions(project):
+        index = version_index(version)
+        # Only this backend's older versions: a newer one may have been saved meanwhile.
+        if runtime.is_our_version(version) and index is not None and current is not None \
+                and index < current:
+            runtime.ls_api.delete_predictions(project, version)
+            deleted.append(version)
+    mark("cleanup")
+    top = ranked.order[:STATE_TOP]
+    runtime.store.write_state(project, RANKING_STATE, {
+        "version": ranked.version, "strategy": ranked.strategy.value, "ranked_at": time.time(),
+        "batch": ranked.batch, "n_unlabeled": len(unlabeled), "failed": ranked.failed,
+        "top": [{"task": task_id, "score": ranked.predictions[task_id]["score"],
+                 "uncertainty": {k: round(v, 4) for k, v in ranked.uncertainty[task_id].items()}}
+                for task_id in top],
+    })
+    result = {"project": project, "status": "ranked", "version": ranked.version,
+              "strategy": ranked.strategy.value, "scored": len(ranked.order),
+              "failed": len(ranked.failed), "written": created, "batch": ranked.batch,
+              "deleted_versions": deleted, "seconds": round(time.perf_counter() - started, 3),
+              "phases": phases}
+    log.info("re-ranked project %s: %s", project, {k: v for k, v in result.items()
+                                                  if k != "batch"})
+    return result
+
+
+def ranking_state(runtime: Runtime, project: int, limit: int) -> dict[str, Any] | None:
+    """The last ranking of ``project`` for inspection (GET /ranking/<project>)."""
+    state = runtime.store.read_state(project, RANKING_STATE)
+    if state is None:
+        return None
+    return {**state, "top": state["top"][:limit]}

@@ -41,6 +41,13 @@ def resolve_device(device: Device) -> torch.device:
     return torch.device(device.value)
 
 
+def version_index(name: str) -> int | None:
+    """The ``n`` of a version named ``{arch}-v{n}-{time}`` (versions of one project count
+    up), or None for other names."""
+    match = re.fullmatch(r"[\w.]+-v(\d+)-\w+", name)
+    return int(match.group(1)) if match else None
+
+
 @dataclass(frozen=True)
 class ClassifierModel:
     """What predicting with one classifier version needs: the embedder and its heads."""

@@ -43,7 +43,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     metrics = Metrics()
     if jobs is None:
         if settings.redis_url:
-            jobs = RQQueue(settings.redis_url)
+            jobs = RQQueue.from_url(settings.redis_url)
         else:
             def on_done(record: JobRecord) -> None:
                 metrics.jobs.labels(name=record.name, status=record.status).inc()
@@ -125,6 +125,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     @app.get("/versions")
     def versions() -> Response:
         return jsonify(backend.versions(parse_project_id(request.args.get("project"))))
+
+    @app.get("/ranking/<int:project>")
+    def ranking(project: int) -> Response:
+        return jsonify(backend.ranking(project, request.args.get("limit", 50, type=int)))
+
+    @app.post("/ranking/<int:project>")
+    def rerank(project: int) -> Response:
+        return jsonify(backend.rerank(project))
 
     @app.get("/jobs")
     def job_list() -> Response:

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, ImageError, LabelStudioUnavailable
+from .errors import BadRequest, ImageError, LabelStudioUnavailable, NotFound
 from .images import LoadedImage
 from .jobs import JobQueue
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .metrics import Metrics
-from .results import Classification, empty_prediction, task_prediction
+from .reranking import ranking_state
+from .results import classification_predictions, empty_prediction
 from .runtime import ClassifierModel, Runtime
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,22 @@ class Backend:
         projects = [project] if project is not None else store.projects()
         names = [name for p in projects for name in reversed(store.versions(p))]
         return {"versions": [*names, self.runtime.untrained_version()]}
+
+    # --- GET/POST /ranking/<project> --------------------------------------------------------
+    def ranking(self, project: int, limit: int = 50) -> dict[str, Any]:
+        state = ranking_state(self.runtime, project, max(0, min(limit, 2000)))
+        if state is None:
+            raise NotFound(f"project {project} has not been ranked yet (it needs a trained "
+                           "model and LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)")
+        return state
+
+    def rerank(self, project: int) -> dict[str, Any]:
+        if self.runtime.ls_api is None:
+            raise BadRequest("re-ranking writes to Label Studio: set LABEL_STUDIO_URL and "
+                             "LABEL_STUDIO_API_KEY")
+        job = self.jobs.submit("rerank", {"project": project, "force": True},
+                               key=f"rerank:{project}")
+        return {"status": "queued", "job": job}
 
     # --- POST /setup -------------------------------------------------------------------------
     def setup(self, body: Any) -> dict[str, Any]:
@@ -159,21 +176,17 @@ class Backend:
                             _task_id(tasks[i]), item[1])
         if waiting:
             embed_waiting()
-        shas = list(vectors)
-        row_of = {sha: row for row, sha in enumerate(shas)}
-        proba = {}
-        if shas:
-            matrix = np.stack([vectors[sha] for sha in shas])
+        ok = [i for i in range(len(tasks)) if i not in failed] if usable else []
+        out = [empty_prediction(model.version) for _ in tasks]
+        if ok:
+            probas = {}
             for control in usable:
-                proba[control.name] = model.heads[control.name].predict_proba(matrix)
-        out = []
-        for i in range(len(tasks)):
-            if i in failed or not usable:
-                out.append(empty_prediction(model.version))
-                continue
-            outputs = [Classification(c, proba[c.name][row_of[sha_of[(i, c.value_key)]]])
-                       for c in usable]
-            out.append(task_prediction(outputs, model.version))
+                matrix = np.stack([vectors[sha_of[(i, control.value_key)]] for i in ok])
+                probas[control.name] = model.heads[control.name].predict_proba(matrix)
+            predictions = classification_predictions(
+                usable, probas, model.version, self.runtime.settings.ranking_strategy)
+            for i, prediction in zip(ok, predictions, strict=True):
+                out[i] = prediction
         return out
 
     def _load(self, task: Any, key: str) -> LoadedImage | tuple[str, str]:
@@ -229,8 +242,10 @@ class Backend:
         if action == "TASKS_CREATED":
             if not isinstance(config, str) or not isinstance(body.get("tasks"), list):
                 return {"status": "ignored", "action": action}
+            # Embedding new tasks' images now makes their first /predict fast; the job then
+            # re-ranks the queue so the new tasks take their place in it.
             job = self.jobs.submit("embed", {"project": project, "tasks": body["tasks"],
-                                             "label_config": config})
+                                             "label_config": config, "rerank": True})
             return {"status": "queued", "action": action, "job": job}
         payload: dict[str, Any] = {"project": project,
                                    "mode": "full" if action == "START_TRAINING" else "incremental",

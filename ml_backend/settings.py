@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 
+from .ranking import Strategy
+
 
 class Device(str, Enum):
     CPU = "cpu"
@@ -60,6 +62,13 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         raise ValueError(f"{name}={raw!r} is not a number") from None
     if value < minimum:
         raise ValueError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if value > 1.0:
+        raise ValueError(f"{name}={value} must be a share between 0 and 1")
     return value
 
 
@@ -126,6 +135,16 @@ class Settings:
     # Write new predictions' version into the project so Data Manager scores show
     # (UPDATE_PROJECT_MODEL_VERSION).
     update_project_model_version: bool = True
+    # Which task to label next (RANKING_STRATEGY: margin, least_confidence, entropy,
+    # ranked_batch, random; margin needed the fewest labels in the learning benchmark), how
+    # many of them form the top of the queue (RANKING_BATCH_SIZE) and which share of that
+    # batch is drawn at random (RANKING_RANDOM_SHARE, a hedge against a biased model).
+    ranking_strategy: Strategy = Strategy.MARGIN
+    ranking_batch_size: int = 10
+    ranking_random_share: float = 0.1
+    # After each new version, re-score every unlabeled task and write the predictions to
+    # Label Studio in bulk (RERANK_AFTER_TRAINING; needs LABEL_STUDIO_URL and an API key).
+    rerank_after_training: bool = True
     log_level: str = "INFO"
 
     @classmethod
@@ -165,6 +184,12 @@ class Settings:
             image_cache_bytes=_int(env, "IMAGE_CACHE_BYTES", defaults.image_cache_bytes),
             full_sync_interval_s=_float(env, "FULL_SYNC_INTERVAL_S", 30.0),
             update_project_model_version=_bool(env, "UPDATE_PROJECT_MODEL_VERSION", True),
+            ranking_strategy=_parse_enum(  # type: ignore[arg-type]
+                Strategy, "RANKING_STRATEGY", env.get("RANKING_STRATEGY", "margin")),
+            ranking_batch_size=_int(env, "RANKING_BATCH_SIZE", defaults.ranking_batch_size, 1),
+            ranking_random_share=_share(env, "RANKING_RANDOM_SHARE",
+                                        defaults.ranking_random_share),
+            rerank_after_training=_bool(env, "RERANK_AFTER_TRAINING", True),
             log_level=(_opt_str(env, "LOG_LEVEL") or "INFO").upper(),
         )
 

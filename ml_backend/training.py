@@ -42,6 +42,7 @@ class TrainOutcome:
     seconds: float
     detail: str = ""
     phases: dict[str, float] = field(default_factory=dict)
+    next_jobs: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -268,9 +269,16 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             "backbone": backbone_meta,
         })
     mark("saved")
-    _announce(runtime, project, version.name)
+    follow_ups = []
+    if settings.rerank_after_training and runtime.ls_api is not None:
+        # The re-ranking job announces the version once its predictions are written, so
+        # Data Manager never shows a version whose scores are not there yet.
+        follow_ups.append({"name": "rerank", "payload": {"project": project},
+                           "key": f"rerank:{project}"})
+    else:
+        announce(runtime, project, version.name)
     outcome = TrainOutcome(project, "trained", version.name, len(labeled),
-                           time.perf_counter() - started, phases=phases)
+                           time.perf_counter() - started, phases=phases, next_jobs=follow_ups)
     log.info("training done: %s", outcome.as_dict())
     return outcome
 
@@ -335,7 +343,7 @@ def _finetune_if_better(runtime: Runtime, base: ResNetEmbedder, control: Control
     return tuned_embedder, {"file": "backbone.pt", "digest": digest, "finetune": report}
 
 
-def _announce(runtime: Runtime, project: int, version: str) -> None:
+def announce(runtime: Runtime, project: int, version: str) -> None:
     """Tell Label Studio the project's current version so its scores show in Data Manager."""
     if runtime.ls_api is None or not runtime.settings.update_project_model_version:
         return
@@ -358,5 +366,11 @@ def precompute_embeddings(runtime: Runtime, payload: dict[str, Any]) -> dict[str
     for key in keys:
         rows, _ = embed_images(runtime, embedder, fetch_images(runtime, fake, key))
         done += len(rows)
-    return {"embedded": done}
+    result: dict[str, Any] = {"embedded": done}
+    project = int(payload["project"])
+    if (payload.get("rerank") and runtime.settings.rerank_after_training
+            and runtime.ls_api is not None and runtime.store.latest(project) is not None):
+        result["next_jobs"] = [{"name": "rerank", "payload": {"project": project, "force": True},
+                                "key": f"rerank:{project}"}]
+    return result
 

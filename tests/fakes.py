@@ -24,6 +24,8 @@ class FakeLabelStudioAPI:
         self.tasks = tasks
         self.exports = 0
         self.announced: list[tuple[int, str]] = []
+        self.unlabeled: list[dict[str, Any]] = []
+        self.predictions: list[dict[str, Any]] = []
 
     def label_config(self, project: int) -> str:
         return self.config
@@ -35,3 +37,22 @@ class FakeLabelStudioAPI:
     def set_model_version(self, project: int, version: str, is_ours: Any) -> None:
         assert is_ours(version)
         self.announced.append((project, version))
+
+    def project_tasks(self, project: int) -> tuple[list[LabeledTask], list[dict[str, Any]]]:
+        self.exports += 1
+        return labeled_tasks_from_export(self.tasks), list(self.unlabeled)
+
+    def import_predictions(self, project: int, predictions: list[dict[str, Any]]) -> int:
+        known = {t["id"] for t in self.unlabeled} | {t["id"] for t in self.tasks}
+        assert all(p["task"] in known for p in predictions), "prediction for an unknown task"
+        self.predictions.extend(predictions)
+        return len(predictions)
+
+    def prediction_versions(self, project: int) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for p in self.predictions:
+            counts[p["model_version"]] = counts.get(p["model_version"], 0) + 1
+        return counts
+
+    def delete_predictions(self, project: int, version: str) -> None:
+        self.predictions = [p for p in self.predictions if p["model_version"] != version]

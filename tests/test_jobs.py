@@ -67,7 +67,7 @@ def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_setting
     runtime = Runtime(settings)
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
 
-    queue = RQQueue(redis_server)
+    queue = RQQueue.from_url(redis_server)
     first = queue.submit("train", {"project": 2, "mode": "incremental"}, key="train:2")
     duplicate = queue.submit("train", {"project": 2, "mode": "full"}, key="train:2")
     assert duplicate == first, "a queued job for the key absorbs the second request"
@@ -83,5 +83,9 @@ def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_setting
     version = runtime.store.latest(2)
     assert version is not None and version.manifest["mode"] == "full", \
         "the coalesced full request was honoured"
+    # The new version chained a re-ranking job, which a worker ran and which announced it.
+    reranks = [r for r in queue.recent() if r["name"] == "rerank"]
+    assert [r["status"] for r in reranks] == ["finished"], reranks
+    assert runtime.ls_api.announced == [(2, version.name)]
     assert queue.wait_idle(5)
     queue.close()

@@ -10,10 +10,12 @@ from ml_backend.ranking import (
     entropy,
     least_confidence,
     margin,
-    order_scores,
+    queue_scores,
     ranked_batch,
     select,
+    task_uncertainty,
     top_k,
+    uncertainty_table,
 )
 
 P = np.array([
@@ -94,8 +96,27 @@ def test_select_random_share_and_uniqueness() -> None:
         select(Strategy.RANKED_BATCH, margin(proba), 5, rng)
 
 
-def test_order_scores_sort_in_selector_order() -> None:
-    order = np.array([3, 0, 2, 1])
-    scores = order_scores(order, 4)
-    assert np.argsort(scores, kind="stable").tolist() == order.tolist()
-    assert scores.min() >= 0 and scores.max() < 1
+def test_queue_scores_sort_batch_first_then_by_confidence() -> None:
+    confidence = np.array([0.9, 0.2, 0.6, 0.4, 0.8, 0.3])
+    batch = np.array([4, 1, 0])  # the selector's pick, in its order (not by confidence)
+    scores = queue_scores(batch, confidence)
+    assert np.argsort(scores, kind="stable").tolist() == [4, 1, 0, 5, 3, 2]
+    np.testing.assert_allclose(scores[[2, 3, 5]], confidence[[2, 3, 5]])
+    assert scores.min() >= 0 and scores.max() <= 1
+    # A zero confidence outside the batch still sorts after the batch.
+    scores = queue_scores(np.array([1, 0]), np.array([0.5, 0.7, 0.0]))
+    assert np.argsort(scores, kind="stable").tolist() == [1, 0, 2]
+    with pytest.raises(ValueError, match="twice"):
+        queue_scores(np.array([1, 1]), confidence)
+
+
+def test_task_uncertainty_takes_the_least_certain_control() -> None:
+    sure = uncertainty_table(np.array([[0.99, 0.01], [0.5, 0.5]]))
+    torn = uncertainty_table(np.array([[0.5, 0.5], [0.9, 0.1]]))
+    np.testing.assert_allclose(task_uncertainty(Strategy.MARGIN, [sure, torn]), [1.0, 1.0])
+    np.testing.assert_allclose(task_uncertainty(Strategy.LEAST_CONFIDENCE, [sure]), [0.02, 1.0])
+    assert set(sure) == {"least_confidence", "margin", "entropy"}
+    # Ranked batch and random write margin scores.
+    np.testing.assert_allclose(task_uncertainty(Strategy.RANKED_BATCH, [sure]), sure["margin"])
+    with pytest.raises(ValueError):
+        task_uncertainty(Strategy.MARGIN, [])

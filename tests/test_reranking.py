@@ -1,12 +1,14 @@
-"""rank_tasks: predictions and a selector order for a project's unlabeled tasks."""
+"""rank_tasks (predictions and a selector order for a project's unlabeled tasks) and the
+re-ranking job that writes them to Label Studio."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from ml_backend.errors import BackendError
 from ml_backend.ranking import Strategy
-from ml_backend.reranking import rank_tasks
+from ml_backend.reranking import rank_tasks, rerank_project
 from ml_backend.training import train_classifier
 
 from conftest import DIGITS_CONFIG, digit_images
@@ -36,10 +38,20 @@ def test_uncertainty_order_and_predictions(trained_project) -> None:
                         0.0, np.random.default_rng(0))
     assert ranked.version == version
     assert sorted(ranked.order) == sorted(c["id"] for c in candidates)
-    u = [ranked.uncertainty[t] for t in ranked.order]
+    u = [ranked.uncertainty[t]["margin"] for t in ranked.order]
     assert u == sorted(u, reverse=True)  # margin order throughout
+    assert ranked.batch == ranked.order[:5]
+    scores = [ranked.predictions[t]["score"] for t in ranked.order]
+    assert scores == sorted(scores), "written scores sort in the selector's order"
+    # Outside the batch, the score is the model's confidence as margin measures it.
+    rest = ranked.order[5:]
+    np.testing.assert_allclose([ranked.predictions[t]["score"] for t in rest],
+                               [1 - ranked.uncertainty[t]["margin"] for t in rest], atol=1e-6)
     prediction = ranked.predictions[ranked.order[0]]
     assert prediction["model_version"] == version and prediction["result"][0]["type"] == "choices"
+    meta = prediction["result"][0]["meta"]["uncertainty"]
+    assert set(meta) == {"least_confidence", "margin", "entropy"}
+    assert meta["margin"] == pytest.approx(ranked.uncertainty[ranked.order[0]]["margin"], abs=1e-4)
 
 
 def test_ranked_batch_does_not_repeat_an_image(trained_project) -> None:
@@ -61,6 +73,64 @@ def test_ranked_batch_does_not_repeat_an_image(trained_project) -> None:
 
 def test_untrained_project_is_an_error(backend) -> None:
     _, runtime, _ = backend
-    with pytest.raises(RuntimeError, match="no trained model"):
+    with pytest.raises(BackendError, match="no trained model"):
         rank_tasks(runtime, 9, DIGITS_CONFIG, [], [], Strategy.MARGIN, 1, 0.0,
                    np.random.default_rng(0))
+
+
+def test_random_share_lands_in_the_batch(trained_project) -> None:
+    runtime, _, labeled, candidates = trained_project
+    by_margin = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, labeled, Strategy.MARGIN, 10,
+                           0.0, np.random.default_rng(0))
+    hedged = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, labeled, Strategy.MARGIN, 10,
+                        0.2, np.random.default_rng(0))
+    assert hedged.batch[:8] == by_margin.batch[:8]
+    assert not set(hedged.batch[8:]) & set(by_margin.batch[:8])
+    assert hedged.order[:10] == hedged.batch
+
+
+def test_rerank_job_writes_the_queue_and_cleans_up(trained_project, image_host) -> None:
+    runtime, version, labeled, candidates = trained_project
+    fake = runtime.ls_api
+    candidates.append({"id": 999, "data": {"image": "/data/upload/4/missing.png"}})
+    fake.unlabeled = candidates
+    # Predictions of an older version of ours and of someone else's model.
+    fake.predictions = [{"task": 21, "result": [], "score": 0.5,
+                         "model_version": "resnet18-v0-untrained"},
+                        {"task": 21, "result": [], "score": 0.5, "model_version": "manual"}]
+    outcome = rerank_project(runtime, {"project": 4})
+    assert outcome["status"] == "ranked" and outcome["version"] == version
+    assert outcome["scored"] == len(candidates) - 1 and outcome["failed"] == 1
+    assert outcome["deleted_versions"] == ["resnet18-v0-untrained"]
+    assert fake.announced[-1] == (4, version)
+    written = [p for p in fake.predictions if p["model_version"] == version]
+    assert len(written) == len(candidates)
+    by_score = [p["task"] for p in sorted(written, key=lambda p: p["score"])]
+    assert by_score[:10] == outcome["batch"], "Data Manager order = the selector's batch"
+    assert by_score[-1] == 999, "a task whose image fails sorts last"
+    assert {p["model_version"] for p in fake.predictions} == {version, "manual"}
+    state = runtime.store.read_state(4, "ranking")
+    assert state["version"] == version and [t["task"] for t in state["top"][:10]] == by_score[:10]
+
+    again = rerank_project(runtime, {"project": 4})
+    assert again["status"] == "skipped" and len(fake.predictions) == len(written) + 1
+    forced = rerank_project(runtime, {"project": 4, "force": True})
+    assert forced["status"] == "ranked"
+
+
+def test_training_chains_a_rerank_that_announces(backend, trained_project) -> None:
+    client, runtime, jobs = backend
+    fake = runtime.ls_api
+    fake.unlabeled = trained_project[3]
+    fake.tasks.append(choice_task(40, "/data/upload/4/39.png", "digit", ["3"]))
+    response = client.post("/webhook", json={"action": "START_TRAINING",
+                                             "project": {"id": 4}})
+    assert response.status_code == 200
+    assert jobs.wait_idle(60)
+    names = [(j["name"], j["status"]) for j in jobs.recent()]
+    assert ("rerank", "finished") in names, names
+    latest = runtime.store.latest(4).name
+    assert fake.announced[-1] == (4, latest)
+    ranking = client.get("/ranking/4?limit=3").get_json()
+    assert ranking["version"] == latest and len(ranking["top"]) == 3
+    assert client.get("/ranking/77").status_code == 404

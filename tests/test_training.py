@@ -54,8 +54,11 @@ def test_train_then_predict_improves_and_versions_change(backend, image_host) ->
     predicted = [int(r["result"][0]["value"]["choices"][0]) for r in after]
     accuracy = float(np.mean(np.array(predicted) == labels[80:]))
     assert accuracy > 0.5, accuracy  # random init backbone on 32 px digits, 80 labels
-    assert all(0.0 < r["score"] <= 1.0 for r in after)
-    assert fake.announced == [(7, outcome.version)]
+    assert all(0.0 <= r["score"] <= 1.0 for r in after)
+    # The re-ranking job announces the version once the queue's predictions are written.
+    assert fake.announced == []
+    assert outcome.next_jobs == [{"name": "rerank", "payload": {"project": 7},
+                                  "key": "rerank:7"}]
 
     # Nothing new: an incremental request is a no-op and keeps the version.
     again = train_classifier(runtime, {"project": 7, "mode": "incremental"})
@@ -87,9 +90,13 @@ def test_webhook_trains_in_background(backend, image_host) -> None:
                                              "project": {"id": 7}})
     assert response.status_code == 200 and response.get_json()["status"] == "queued"
     assert jobs.wait_idle(120)
-    (record,) = jobs.recent()
-    assert record["status"] == "finished", record
-    assert runtime.store.latest(7).name == record["result"]["version"]
+    records = {r["name"]: r for r in jobs.recent()}
+    assert sorted(records) == ["rerank", "train"]
+    assert records["train"]["status"] == "finished", records
+    assert runtime.store.latest(7).name == records["train"]["result"]["version"]
+    # Nothing unlabeled in this project: the queue is empty, but the version is announced.
+    assert records["rerank"]["result"]["scored"] == 0
+    assert runtime.ls_api.announced == [(7, records["train"]["result"]["version"])]
 
 
 def test_full_training_with_backbone_finetune(make_settings, image_host) -> None:
