@@ -135,7 +135,6 @@ def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     rows += [{"task": task_id, **empty_prediction(ranked.version)} for task_id in ranked.failed]
     created = runtime.ls_api.import_predictions(project, rows) if rows else 0
     mark("write")
-    announce(runtime, project, ranked.version)
     current = version_index(ranked.version)
     deleted = []
     for version in runtime.ls_api.prediction_versions(project):
@@ -145,6 +144,9 @@ def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
                 and index < current:
             runtime.ls_api.delete_predictions(project, version)
             deleted.append(version)
+    # After the deletions: Label Studio clears the project's model_version on any deletion
+    # while an ML backend is titled with it.
+    announce(runtime, project, ranked.version)
     mark("cleanup")
     top = ranked.order[:STATE_TOP]
     runtime.store.write_state(project, RANKING_STATE, {

@@ -47,16 +47,6 @@ def _median_ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 2)
 
 
-def _wait_idle(backend_url: str, timeout_s: float = 1800) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        jobs = requests.get(f"{backend_url}/jobs", timeout=5).json()["jobs"]
-        if not any(j["status"] in {"queued", "running"} for j in jobs):
-            return
-        time.sleep(0.5)
-    raise TimeoutError("backend jobs did not finish")
-
-
 def _annotate(ls_client: Any, task_id: int, label: int) -> None:
     ls_client.annotations.create(id=task_id, result=[{
         "from_name": "digit", "to_name": "image", "type": "choices",
@@ -114,7 +104,7 @@ def main() -> int:
             started = time.perf_counter()
             for task_id, label in zip(task_ids[:args.labeled], labels, strict=False):
                 _annotate(client, task_id, label)
-            _wait_idle(backend.url)
+            backend.wait_idle(1800)
             report["initial_labeling_s"] = round(time.perf_counter() - started, 1)
 
             # 2. Webhook → new model_version, one annotation at a time.
@@ -129,7 +119,7 @@ def main() -> int:
                         raise TimeoutError(backend.log_tail())
                     time.sleep(0.01)
                 delays.append(time.perf_counter() - t0)
-                _wait_idle(backend.url)
+                backend.wait_idle(1800)
             report["webhook_to_version_s"] = {
                 "median": round(statistics.median(delays), 3),
                 "samples": [round(d, 3) for d in delays], "target_max": 2.0}

@@ -60,3 +60,25 @@ class BackendProcess:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         self._log.close()
+
+    def jobs(self) -> list[dict]:
+        return requests.get(f"{self.url}/jobs", timeout=5).json()["jobs"]
+
+    def wait_idle(self, timeout_s: float = 600.0, stable_s: float = 1.5) -> None:
+        """Until no job is queued or running, and none has appeared for ``stable_s``
+        seconds (a finished job may chain another, and webhooks may still be arriving)."""
+        deadline = time.monotonic() + timeout_s
+        quiet_since: float | None = None
+        while time.monotonic() < deadline:
+            busy = any(j["status"] in {"queued", "running"} for j in self.jobs())
+            if busy:
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= stable_s:
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"backend jobs still busy after {timeout_s} s: {self.log_tail()}")
+
+    def failed_jobs(self) -> list[dict]:
+        return [j for j in self.jobs() if j["status"] == "failed"]
