@@ -51,9 +51,12 @@ def create_project(
 ) -> int:
     """Create a project with the label config read from ``label_config_path``; return its id.
 
-    ``options`` go to ``projects.create`` (e.g. ``description``, ``sampling``).
+    ``options`` go to ``projects.create`` (e.g. ``description``). ``sampling`` defaults to
+    uncertainty sampling, so Label Studio's own "Label All Tasks" stream also serves the
+    lowest prediction score (the top of the backend's queue) first.
     """
     label_config = Path(label_config_path).read_text(encoding="utf-8")
+    options.setdefault("sampling", "Uncertainty sampling")
     project = client.projects.create(title=title, label_config=label_config, **options)
     if project.id is None:
         raise RuntimeError("Label Studio returned a project without id")

@@ -32,7 +32,7 @@ def _annotate(ls_client, task_id: int, label: int) -> None:
 
 
 def _check_queue(ls_client, backend: BackendProcess, project: int, view: int,
-                 unlabeled: set[int]) -> dict:
+                 unlabeled: set[int], ls_url: str, api_key: str) -> dict:
     """Everything the annotator's queue must satisfy after a re-rank; returns the ranking."""
     backend.wait_idle(300)
     assert not backend.failed_jobs(), backend.failed_jobs()
@@ -59,6 +59,10 @@ def _check_queue(ls_client, backend: BackendProcess, project: int, view: int,
     assert set(listed) == unlabeled
     assert listed[:BATCH] == ranking["batch"]
     assert listed == [item["task"] for item in ranking["top"]]
+    # Label Studio's own labeling stream (uncertainty sampling) starts at the same task.
+    next_task = requests.get(f"{ls_url}/api/projects/{project}/next", timeout=10,
+                             headers={"Authorization": f"Token {api_key}"}).json()
+    assert next_task["id"] == ranking["batch"][0], next_task.get("id")
     return ranking
 
 
@@ -89,7 +93,8 @@ def test_queue_follows_the_selector_after_each_retrain(label_studio, ls_client,
         for task_id in task_ids[:15]:
             _annotate(ls_client, task_id, labels[task_id])
         unlabeled = set(task_ids[15:])
-        first = _check_queue(ls_client, backend, project, view, unlabeled)
+        first = _check_queue(ls_client, backend, project, view, unlabeled,
+                             label_studio.url, label_studio.api_key)
         versions = requests.get(f"{label_studio.url}/api/projects/{project}/model-versions/",
                                 headers={"Authorization": f"Token {label_studio.api_key}"},
                                 timeout=10).json()
@@ -99,7 +104,8 @@ def test_queue_follows_the_selector_after_each_retrain(label_studio, ls_client,
         for task_id in first["batch"][:3]:
             _annotate(ls_client, task_id, labels[task_id])
         unlabeled -= set(first["batch"][:3])
-        second = _check_queue(ls_client, backend, project, view, unlabeled)
+        second = _check_queue(ls_client, backend, project, view, unlabeled,
+                             label_studio.url, label_studio.api_key)
         assert second["version"] != first["version"]
         assert not set(second["batch"]) & set(first["batch"][:3])
     finally:
