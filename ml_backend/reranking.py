@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendError
+from .errors import BackendError, LabelStudioUnavailable
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .ls_api import LabeledTask
 from .ranking import Strategy, queue_scores, select, task_uncertainty, uncertainty_table
@@ -103,17 +103,24 @@ def _seed(version: str) -> int:
 
 
 def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    """Job entry: ``payload = {"project": int, "force": bool}``. Skips a version already
-    ranked unless forced."""
-    started = time.perf_counter()
+    """Job entry: ``payload = {"project": int, "force": bool}``. Skips when the newest
+    version already ranked the queue, unless forced. One re-rank per project at a time, so
+    an older version never announces itself after a newer one."""
     project = int(payload["project"])
-    if runtime.ls_api is None:
+    with runtime.store.locked(project, "ranking"):
+        return _rerank_locked(runtime, project, bool(payload.get("force")))
+
+
+def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    ls_api = runtime.ls_api
+    if ls_api is None:
         raise BackendError("re-ranking needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
     latest = runtime.store.latest(project)
     if latest is None:
         return {"project": project, "status": "no-model"}
     state = runtime.store.read_state(project, RANKING_STATE)
-    if state is not None and state.get("version") == latest.name and not payload.get("force"):
+    if state is not None and state.get("version") == latest.name and not force:
         return {"project": project, "status": "skipped", "version": latest.name,
                 "detail": "this version already ranked the queue"}
     settings = runtime.settings
@@ -122,8 +129,8 @@ def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     def mark(phase: str) -> None:
         phases[phase] = round(time.perf_counter() - started, 3)
 
-    config = runtime.ls_api.label_config(project)
-    labeled, unlabeled = runtime.ls_api.project_tasks(project)
+    config = ls_api.label_config(project)
+    labeled, unlabeled = ls_api.project_tasks(project)
     mark("read")
     ranked = rank_tasks(runtime, project, config, unlabeled,
                         [{"id": t.task_id, "data": t.data} for t in labeled],
@@ -133,16 +140,16 @@ def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     rows = [{"task": task_id, **ranked.predictions[task_id]} for task_id in ranked.order]
     # A task whose image fails gets an empty prediction that sorts last (score 1.0).
     rows += [{"task": task_id, **empty_prediction(ranked.version)} for task_id in ranked.failed]
-    created = runtime.ls_api.import_predictions(project, rows) if rows else 0
+    created = _write_predictions(runtime, project, ranked.version, rows)
     mark("write")
     current = version_index(ranked.version)
     deleted = []
-    for version in runtime.ls_api.prediction_versions(project):
+    for version in ls_api.prediction_versions(project):
         index = version_index(version)
         # Only this backend's older versions: a newer one may have been saved meanwhile.
         if runtime.is_our_version(version) and index is not None and current is not None \
                 and index < current:
-            runtime.ls_api.delete_predictions(project, version)
+            ls_api.delete_predictions(project, version)
             deleted.append(version)
     # After the deletions: Label Studio clears the project's model_version on any deletion
     # while an ML backend is titled with it.
@@ -164,6 +171,26 @@ def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
     log.info("re-ranked project %s: %s", project, {k: v for k, v in result.items()
                                                   if k != "batch"})
     return result
+
+
+def _write_predictions(runtime: Runtime, project: int, version: str,
+                       rows: list[dict[str, Any]]) -> int:
+    """Import ``rows``; if Label Studio refuses them (typically: a task deleted since the
+    export), drop what was written of this version and retry once with the tasks that still
+    exist, so a deletion during a re-rank does not cost the whole queue."""
+    assert runtime.ls_api is not None
+    if not rows:
+        return 0
+    try:
+        return runtime.ls_api.import_predictions(project, rows)
+    except LabelStudioUnavailable as exc:
+        log.warning("project %s: writing predictions failed (%s); retrying once", project, exc)
+    if version in runtime.ls_api.prediction_versions(project):
+        runtime.ls_api.delete_predictions(project, version)
+    labeled, unlabeled = runtime.ls_api.project_tasks(project)
+    present = {t.task_id for t in labeled} | {int(t["id"]) for t in unlabeled}
+    return runtime.ls_api.import_predictions(
+        project, [row for row in rows if row["task"] in present])
 
 
 def ranking_state(runtime: Runtime, project: int, limit: int) -> dict[str, Any] | None:

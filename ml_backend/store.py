@@ -92,9 +92,11 @@ class ModelStore:
         return self.root / "projects" / str(project)
 
     @contextlib.contextmanager
-    def locked(self, project: int) -> Iterator[None]:
-        """Exclusive lock on a project across processes (training, saving)."""
-        lock_path = self.project_dir(project) / ".lock"
+    def locked(self, project: int, purpose: str = "model") -> Iterator[None]:
+        """Exclusive lock on a project across processes and threads, one per ``purpose``
+        ("model": training and saving; "ranking": writing the queue to Label Studio)."""
+        lock_path = self.project_dir(project) / (".lock" if purpose == "model"
+                                                 else f".{purpose}.lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "a+") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ml_backend.errors import LabelStudioUnavailable
 from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
 
 
@@ -43,9 +44,12 @@ class FakeLabelStudioAPI:
         return labeled_tasks_from_export(self.tasks), list(self.unlabeled)
 
     def import_predictions(self, project: int, predictions: list[dict[str, Any]]) -> int:
+        # Like Label Studio on SQLite: rows before an unknown task are already stored.
         known = {t["id"] for t in self.unlabeled} | {t["id"] for t in self.tasks}
-        assert all(p["task"] in known for p in predictions), "prediction for an unknown task"
-        self.predictions.extend(predictions)
+        for row in predictions:
+            if row["task"] not in known:
+                raise LabelStudioUnavailable(f"HTTP 400: task ID {row['task']} not found")
+            self.predictions.append(row)
         return len(predictions)
 
     def prediction_versions(self, project: int) -> dict[str, int]:

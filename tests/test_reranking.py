@@ -118,6 +118,27 @@ def test_rerank_job_writes_the_queue_and_cleans_up(trained_project, image_host) 
     assert forced["status"] == "ranked"
 
 
+def test_task_deleted_during_a_rerank_costs_only_that_task(trained_project) -> None:
+    runtime, version, _, candidates = trained_project
+    fake = runtime.ls_api
+    fake.unlabeled = candidates
+    ghost = {"id": 555, "data": {"image": "/data/upload/4/25.png"}}
+    real_read = fake.project_tasks
+    reads = []
+
+    def read_then_delete(project):
+        labeled, unlabeled = real_read(project)
+        reads.append(project)
+        return (labeled, [*unlabeled, ghost]) if len(reads) == 1 else (labeled, unlabeled)
+
+    fake.project_tasks = read_then_delete
+    outcome = rerank_project(runtime, {"project": 4})
+    assert outcome["status"] == "ranked" and len(reads) == 2
+    tasks = [p["task"] for p in fake.predictions]
+    assert sorted(tasks) == sorted(c["id"] for c in candidates), "no duplicates, no ghost"
+    assert fake.announced[-1] == (4, version)
+
+
 def test_training_chains_a_rerank_that_announces(backend, trained_project) -> None:
     client, runtime, jobs = backend
     fake = runtime.ls_api
