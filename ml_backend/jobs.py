@@ -38,10 +38,12 @@ def keep_newest(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class JobKind:
-    """A job function and how two coalesced submissions' payloads combine."""
+    """A job function, how two coalesced submissions' payloads combine, and the in-process
+    lane (worker thread) it runs on."""
 
     run: JobFunction
     merge: PayloadMerge = keep_newest
+    lane: str = "models"
 
 
 def job_registry() -> dict[str, JobKind]:
@@ -52,7 +54,9 @@ def job_registry() -> dict[str, JobKind]:
         return train_classifier(runtime, payload).as_dict()
 
     return {"train": JobKind(train, merge_train_payloads), "embed": JobKind(precompute_embeddings),
-            "rerank": JobKind(rerank_project, merge_rerank_payloads)}
+            # Re-ranking waits mostly on Label Studio's API: its own lane keeps it from
+            # delaying the next training (annotation → new version stays fast).
+            "rerank": JobKind(rerank_project, merge_rerank_payloads, lane="ranking")}
 
 
 def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -120,22 +124,27 @@ class JobQueue(Protocol):
 
 
 class InProcessQueue:
-    """One worker thread in this process. Nothing to install; jobs die with the process,
-    which loses nothing because training data is re-read from Label Studio."""
+    """Worker threads in this process, one per lane (jobs of one lane run in order). Nothing
+    to install; jobs die with the process, which loses nothing because training data is
+    re-read from Label Studio."""
 
     def __init__(self, runtime: Runtime, registry: dict[str, JobKind] | None = None,
                  on_done: Callable[[JobRecord], None] | None = None) -> None:
         self.runtime = runtime
         self.registry = registry if registry is not None else job_registry()
         self.on_done = on_done
-        self._queue: queue.Queue[JobRecord | None] = queue.Queue()
         self._pending: dict[str, JobRecord] = {}
         self._history: deque[JobRecord] = deque(maxlen=200)
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._active = 0
-        self._thread = threading.Thread(target=self._work, name="ml-backend-jobs", daemon=True)
-        self._thread.start()
+        self._lanes: dict[str, tuple[queue.Queue[JobRecord | None], threading.Thread]] = {}
+        for lane in sorted({kind.lane for kind in self.registry.values()}):
+            lane_queue: queue.Queue[JobRecord | None] = queue.Queue()
+            thread = threading.Thread(target=self._work, args=(lane_queue,),
+                                      name=f"ml-backend-jobs-{lane}", daemon=True)
+            self._lanes[lane] = (lane_queue, thread)
+            thread.start()
 
     def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
         if name not in self.registry:
@@ -150,12 +159,12 @@ class InProcessQueue:
                 self._pending[key] = record
             self._history.append(record)
             self._active += 1
-        self._queue.put(record)
+        self._lanes[self.registry[name].lane][0].put(record)
         return record.id
 
-    def _work(self) -> None:
+    def _work(self, lane_queue: queue.Queue[JobRecord | None]) -> None:
         while True:
-            record = self._queue.get()
+            record = lane_queue.get()
             if record is None:
                 return
             with self._lock:
@@ -187,8 +196,10 @@ class InProcessQueue:
             return True
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=5)
+        for lane_queue, _ in self._lanes.values():
+            lane_queue.put(None)
+        for _, thread in self._lanes.values():
+            thread.join(timeout=5)
 
 
 # --- Redis + RQ ---------------------------------------------------------------------------

@@ -54,6 +54,39 @@ def test_in_process_runs_records_and_survives_failures(make_settings) -> None:
         queue.close()
 
 
+def test_in_process_lanes_and_chained_jobs(make_settings) -> None:
+    gate = threading.Event()
+    order: list[str] = []
+
+    def slow_rank(runtime: Runtime, payload: dict[str, Any]) -> Any:
+        gate.wait(10)
+        order.append(f"rank{payload['n']}")
+
+    def train(runtime: Runtime, payload: dict[str, Any]) -> Any:
+        order.append(f"train{payload['n']}")
+        return {"next_jobs": [{"name": "rank", "payload": {"n": payload["n"]}, "key": "r"}]}
+
+    queue = InProcessQueue(Runtime(make_settings()), registry={
+        "train": JobKind(train), "rank": JobKind(slow_rank, lane="ranking")})
+    try:
+        queue.submit("train", {"n": 1})
+        while not any(r["name"] == "rank" and r["status"] == "running"
+                      for r in queue.recent()):
+            pass
+        # The chained rank job blocks its own lane only: training goes on meanwhile.
+        queue.submit("train", {"n": 2})
+        queue.submit("train", {"n": 3})
+        while len(order) < 3:
+            pass
+        assert order == ["train1", "train2", "train3"]
+        gate.set()
+        assert queue.wait_idle(30)
+        # rank1 ran; the ones chained while it ran coalesced into one with the newest payload.
+        assert order[3:] == ["rank1", "rank3"]
+    finally:
+        queue.close()
+
+
 def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_settings,  # noqa: F811
                                                       image_host) -> None:
     from rq import SimpleWorker
