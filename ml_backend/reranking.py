@@ -181,6 +181,10 @@ def _write_predictions(runtime: Runtime, project: int, version: str,
     assert runtime.ls_api is not None
     if not rows:
         return 0
+    # Predictions of this version may exist already (a forced re-rank, or /predict on a task
+    # opened meanwhile): two per task would average their scores and break the order.
+    if version in runtime.ls_api.prediction_versions(project):
+        runtime.ls_api.delete_predictions(project, version)
     try:
         return runtime.ls_api.import_predictions(project, rows)
     except LabelStudioUnavailable as exc:

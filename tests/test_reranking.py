@@ -116,6 +116,8 @@ def test_rerank_job_writes_the_queue_and_cleans_up(trained_project, image_host) 
     assert again["status"] == "skipped" and len(fake.predictions) == len(written) + 1
     forced = rerank_project(runtime, {"project": 4, "force": True})
     assert forced["status"] == "ranked"
+    # Re-ranking the same version replaces its predictions instead of adding a second set.
+    assert len([p for p in fake.predictions if p["model_version"] == version]) == len(written)
 
 
 def test_task_deleted_during_a_rerank_costs_only_that_task(trained_project) -> None:

@@ -22,6 +22,7 @@ from .backend_process import BackendProcess
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 40
+N_LATER = 5  # imported after the queue exists
 BATCH = 10
 
 
@@ -69,7 +70,9 @@ def _check_queue(ls_client, backend: BackendProcess, project: int, view: int,
 @pytest.mark.integration
 def test_queue_follows_the_selector_after_each_retrain(label_studio, ls_client,
                                                        tmp_path: Path) -> None:
-    images = write_digit_pngs(tmp_path / "digits", N_IMAGES)
+    images = write_digit_pngs(tmp_path / "digits", N_IMAGES + N_LATER)
+    later = images[N_IMAGES:]
+    images = images[:N_IMAGES]
     backend = BackendProcess({
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
         "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),
@@ -108,5 +111,13 @@ def test_queue_follows_the_selector_after_each_retrain(label_studio, ls_client,
                              label_studio.url, label_studio.api_key)
         assert second["version"] != first["version"]
         assert not set(second["batch"]) & set(first["batch"][:3])
+
+        # New tasks join the queue without a retrain (TASKS_CREATED → embed → re-rank).
+        new_ids = upload_images(label_studio.url, label_studio.api_key, project,
+                                [path for path, _ in later])
+        unlabeled |= set(new_ids)
+        third = _check_queue(ls_client, backend, project, view, unlabeled,
+                             label_studio.url, label_studio.api_key)
+        assert third["version"] == second["version"] and third["n_unlabeled"] == len(unlabeled)
     finally:
         backend.stop()
