@@ -9,7 +9,8 @@ Prints one JSON document (also saved as ``<out>/bench_backend.json``, with a PNG
 - median ``/health`` and ``/setup`` latency;
 - median time from creating an annotation in Label Studio (which sends the webhook) to the new
   ``model_version`` being served by ``/setup``, with ``--labeled`` (default 500) labeled images
-  (target ≤ 2 s).
+  (target ≤ 2 s), and on to the re-ranked queue being live in Label Studio (every unlabeled
+  task re-scored and written, the project's ``model_version`` switched).
 
     .venv/bin/python scripts/bench_backend.py [--labeled 500] [--rounds 3] [--out artifacts/bench]
 """
@@ -58,6 +59,8 @@ def main() -> int:
     parser.add_argument("--labeled", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=3, help="throughput rounds of 64 images")
     parser.add_argument("--webhook-samples", type=int, default=10)
+    parser.add_argument("--unlabeled", type=int, default=500,
+                        help="unlabeled tasks that every new version re-ranks")
     parser.add_argument("--latency-samples", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=224, help="CLASSIFIER_IMAGE_SIZE")
     parser.add_argument("--out", type=Path, default=REPO / "artifacts" / "bench")
@@ -65,11 +68,15 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-backend-"))
-    n_images = args.labeled + args.webhook_samples + args.rounds * BATCH
-    images = write_digit_pngs(work / "digits", n_images, size=64, seed=1)
+    n_project = args.labeled + args.webhook_samples + args.unlabeled
+    images = write_digit_pngs(work / "digits", n_project + args.rounds * BATCH, size=64, seed=1)
+    # Throughput images live in a project of their own that the backend never sees, so the
+    # re-ranking of the main project cannot have embedded them already.
+    unseen = images[n_project:]
+    images = images[:n_project]
     report: dict[str, Any] = {"workdir": str(work), "labeled": args.labeled,
-                              "image_size": args.image_size, "batch": BATCH,
-                              "rounds": args.rounds}
+                              "unlabeled": args.unlabeled, "image_size": args.image_size,
+                              "batch": BATCH, "rounds": args.rounds}
 
     with LocalLabelStudio(work / "ls") as ls:
         from label_studio_sdk import LabelStudio
@@ -92,6 +99,10 @@ def main() -> int:
                                      "digit_classification.xml")
             task_ids = upload_images(ls.url, ls.api_key, project, [p for p, _ in images])
             labels = [label for _, label in images]
+            unseen_project = create_project(client, "bench-unseen", REPO / "labeling_configs" /
+                                            "digit_classification.xml")
+            unseen_ids = upload_images(ls.url, ls.api_key, unseen_project,
+                                       [p for p, _ in unseen])
             connect_backend(client, project, backend.url)
             schema = client.projects.get(id=project).label_config
             setup_body = {"project": f"{project}.0", "schema": schema}
@@ -107,22 +118,32 @@ def main() -> int:
             backend.wait_idle(1800)
             report["initial_labeling_s"] = round(time.perf_counter() - started, 1)
 
-            # 2. Webhook → new model_version, one annotation at a time.
-            delays = []
+            # 2. Webhook → new model_version, one annotation at a time, then → the queue
+            # re-ranked in Label Studio (the project's model_version switches last).
+            delays, queue_delays = [], []
             for k in range(args.webhook_samples):
                 i = args.labeled + k
                 before = version()
                 t0 = time.perf_counter()
                 _annotate(client, task_ids[i], labels[i])
-                while version() == before:
+                while (current := version()) == before:
                     if time.perf_counter() - t0 > 120:
                         raise TimeoutError(backend.log_tail())
                     time.sleep(0.01)
                 delays.append(time.perf_counter() - t0)
+                while client.projects.get(id=project).model_version != current:
+                    if time.perf_counter() - t0 > 300:
+                        raise TimeoutError(backend.log_tail())
+                    time.sleep(0.05)
+                queue_delays.append(time.perf_counter() - t0)
                 backend.wait_idle(1800)
             report["webhook_to_version_s"] = {
                 "median": round(statistics.median(delays), 3),
                 "samples": [round(d, 3) for d in delays], "target_max": 2.0}
+            report["webhook_to_reranked_queue_s"] = {
+                "median": round(statistics.median(queue_delays), 3),
+                "samples": [round(d, 3) for d in queue_delays],
+                "unlabeled_tasks": args.unlabeled + args.webhook_samples - 1}
 
             # 3. /health and /setup latency.
             for name, call in (("health", lambda: requests.get(f"{backend.url}/health",
@@ -144,15 +165,14 @@ def main() -> int:
                 classifier_image_size=args.image_size))
             model = direct_runtime.classifier(project)
             assert model is not None
-            tasks = client.tasks.list(project=project, fields="all", page_size=1000)
+            tasks = client.tasks.list(project=unseen_project, fields="all", page_size=1000)
             url_of = {t.id: t.data["image"] for t in tasks}
             server_s: list[float] = []
             shared_s: list[float] = []
             direct_s: list[float] = []
-            first = args.labeled + args.webhook_samples
             for r in range(args.rounds):
-                ids = task_ids[first + r * BATCH: first + (r + 1) * BATCH]
-                paths = [images[task_ids.index(t)][0] for t in ids]
+                ids = unseen_ids[r * BATCH: (r + 1) * BATCH]
+                paths = [unseen[unseen_ids.index(t)][0] for t in ids]
                 body = {"tasks": [{"id": t, "data": {"image": url_of[t]}} for t in ids],
                         "project": f"{project}.0", "label_config": schema}
 
