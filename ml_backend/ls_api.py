@@ -136,24 +136,35 @@ class LabelStudioAPI:
                 f"{_short(exc)}") from exc
 
     def set_model_version(self, project: int, version: str,
-                          is_ours: Callable[[str], bool]) -> None:
+                          is_ours: Callable[[str], bool], retitle: bool = True) -> None:
         """Make ``version`` the project's current version so Data Manager shows its scores.
 
         Label Studio accepts a project version only if an ML backend connection is titled
-        with it or predictions carry it, so the connections of this backend (recognised by
-        ``is_ours(title)``) are retitled first.
+        with it or predictions carry it. With ``retitle`` (no predictions of ``version`` yet)
+        the connections of this backend (recognised by ``is_ours(title)``) are retitled
+        first. The re-ranking job writes predictions first and does not retitle: while a
+        connection's title equals the project's version, Label Studio clears that version on
+        every prediction deletion.
         """
         try:
-            for ml_backend in self._client.ml.list(project=project):
-                if ml_backend.id is not None and is_ours(str(ml_backend.title or "")) \
-                        and ml_backend.title != version:
-                    # Label Studio 1.23 fails (500) on an update without url and project.
-                    self._client.ml.update(id=ml_backend.id, title=version,
-                                           url=ml_backend.url, project=project)
+            if retitle:
+                for ml_backend in self._client.ml.list(project=project):
+                    if ml_backend.id is not None and is_ours(str(ml_backend.title or "")) \
+                            and ml_backend.title != version:
+                        # Label Studio 1.23 fails (500) on an update without url and project.
+                        self._client.ml.update(id=ml_backend.id, title=version,
+                                               url=ml_backend.url, project=project)
             self._client.projects.update(id=project, model_version=version)
         except Exception as exc:
             raise LabelStudioUnavailable(
                 f"cannot set model_version of project {project}: {_short(exc)}") from exc
+
+    def model_version(self, project: int) -> str | None:
+        try:
+            return self._client.projects.get(id=project).model_version
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot read project {project}: {_short(exc)}") from exc
 
 
 def _short(exc: Exception) -> str:

@@ -24,6 +24,7 @@ from .ls_api import LabeledTask
 from .ranking import Strategy, queue_scores, select, task_uncertainty, uncertainty_table
 from .results import classification_predictions, empty_prediction
 from .runtime import Runtime, version_index
+from .settings import Settings
 from .training import announce, embed_images, fetch_images
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,6 @@ def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any]:
-    started = time.perf_counter()
     ls_api = runtime.ls_api
     if ls_api is None:
         raise BackendError("re-ranking needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
@@ -123,12 +123,15 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     if state is not None and state.get("version") == latest.name and not force:
         return {"project": project, "status": "skipped", "version": latest.name,
                 "detail": "this version already ranked the queue"}
-    settings = runtime.settings
+    waited = throttle_rerank(runtime.settings, state)
+    latest = runtime.store.latest(project) or latest  # newer versions saved while waiting
+    started = time.perf_counter()
     phases: dict[str, float] = {}
 
     def mark(phase: str) -> None:
         phases[phase] = round(time.perf_counter() - started, 3)
 
+    settings = runtime.settings
     config = ls_api.label_config(project)
     labeled, unlabeled = ls_api.project_tasks(project)
     mark("read")
@@ -141,7 +144,9 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     # A task whose image fails gets an empty prediction that sorts last (score 1.0).
     rows += [{"task": task_id, **empty_prediction(ranked.version)} for task_id in ranked.failed]
     created = _write_predictions(runtime, project, ranked.version, rows)
-    mark("write")
+    # The queue is live from here on; what follows is clean-up.
+    announce(runtime, project, ranked.version, retitle=False)
+    mark("live")
     current = version_index(ranked.version)
     deleted = []
     for version in ls_api.prediction_versions(project):
@@ -151,14 +156,17 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
                 and index < current:
             ls_api.delete_predictions(project, version)
             deleted.append(version)
-    # After the deletions: Label Studio clears the project's model_version on any deletion
-    # while an ML backend is titled with it.
-    announce(runtime, project, ranked.version)
+    # Label Studio clears the project's version on a deletion while a connection is titled
+    # with it (a title from before re-ranking was on): set it again then.
+    if deleted and ls_api.model_version(project) != ranked.version:
+        announce(runtime, project, ranked.version, retitle=False)
     mark("cleanup")
+    seconds = time.perf_counter() - started
     top = ranked.order[:STATE_TOP]
     runtime.store.write_state(project, RANKING_STATE, {
         "version": ranked.version, "strategy": ranked.strategy.value, "ranked_at": time.time(),
-        "batch": ranked.batch, "n_unlabeled": len(unlabeled), "failed": ranked.failed,
+        "seconds": round(seconds, 3), "batch": ranked.batch, "n_unlabeled": len(unlabeled),
+        "failed": ranked.failed,
         "top": [{"task": task_id, "score": ranked.predictions[task_id]["score"],
                  "uncertainty": {k: round(v, 4) for k, v in ranked.uncertainty[task_id].items()}}
                 for task_id in top],
@@ -166,11 +174,26 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     result = {"project": project, "status": "ranked", "version": ranked.version,
               "strategy": ranked.strategy.value, "scored": len(ranked.order),
               "failed": len(ranked.failed), "written": created, "batch": ranked.batch,
-              "deleted_versions": deleted, "seconds": round(time.perf_counter() - started, 3),
-              "phases": phases}
+              "deleted_versions": deleted, "waited_s": round(waited, 3),
+              "seconds": round(seconds, 3), "phases": phases}
     log.info("re-ranked project %s: %s", project, {k: v for k, v in result.items()
                                                   if k != "batch"})
     return result
+
+
+def throttle_rerank(settings: Settings, state: dict[str, Any] | None) -> float:
+    """Wait until ``RERANK_MIN_INTERVAL_S`` and at least the last re-rank's duration have
+    passed since it ended, so re-ranking keeps Label Studio busy half the time at most (a
+    big project's re-rank writes and deletes a prediction per unlabeled task). Training goes
+    on meanwhile: re-ranking has its own worker lane. Returns the seconds waited."""
+    if state is None or "ranked_at" not in state:
+        return 0.0
+    gap = max(settings.rerank_min_interval_s, float(state.get("seconds", 0.0)))
+    wait = state["ranked_at"] + gap - time.time()
+    if wait <= 0:
+        return 0.0
+    time.sleep(wait)
+    return wait
 
 
 def _write_predictions(runtime: Runtime, project: int, version: str,

@@ -145,6 +145,9 @@ class Settings:
     # After each new version, re-score every unlabeled task and write the predictions to
     # Label Studio in bulk (RERANK_AFTER_TRAINING; needs LABEL_STUDIO_URL and an API key).
     rerank_after_training: bool = True
+    # At least this long between two re-ranks of a project, and at least as long as the last
+    # one took (RERANK_MIN_INTERVAL_S); versions saved meanwhile are ranked together.
+    rerank_min_interval_s: float = 5.0
     log_level: str = "INFO"
 
     @classmethod
@@ -190,6 +193,8 @@ class Settings:
             ranking_random_share=_share(env, "RANKING_RANDOM_SHARE",
                                         defaults.ranking_random_share),
             rerank_after_training=_bool(env, "RERANK_AFTER_TRAINING", True),
+            rerank_min_interval_s=_float(env, "RERANK_MIN_INTERVAL_S",
+                                         defaults.rerank_min_interval_s),
             log_level=(_opt_str(env, "LOG_LEVEL") or "INFO").upper(),
         )
 

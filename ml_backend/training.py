@@ -343,12 +343,13 @@ def _finetune_if_better(runtime: Runtime, base: ResNetEmbedder, control: Control
     return tuned_embedder, {"file": "backbone.pt", "digest": digest, "finetune": report}
 
 
-def announce(runtime: Runtime, project: int, version: str) -> None:
-    """Tell Label Studio the project's current version so its scores show in Data Manager."""
+def announce(runtime: Runtime, project: int, version: str, retitle: bool = True) -> None:
+    """Tell Label Studio the project's current version so its scores show in Data Manager
+    (``retitle``: see :meth:`LabelStudioAPI.set_model_version`)."""
     if runtime.ls_api is None or not runtime.settings.update_project_model_version:
         return
     try:
-        runtime.ls_api.set_model_version(project, version, runtime.is_our_version)
+        runtime.ls_api.set_model_version(project, version, runtime.is_our_version, retitle)
     except BackendError as exc:
         log.warning("could not set project %s model_version: %s", project, exc)
 

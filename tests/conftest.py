@@ -98,7 +98,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
         values: dict[str, Any] = {
             "model_dir": tmp_path / "models", "cache_dir": tmp_path / "cache",
             "classifier_image_size": 32, "label_studio_api_key": "test-legacy-key",
-            "finetune_min_labels": 10_000,
+            "finetune_min_labels": 10_000, "rerank_min_interval_s": 0.0,
         }
         values.update(overrides)
         return Settings(**values)

@@ -35,9 +35,13 @@ class FakeLabelStudioAPI:
         self.exports += 1
         return labeled_tasks_from_export(self.tasks)
 
-    def set_model_version(self, project: int, version: str, is_ours: Any) -> None:
+    def set_model_version(self, project: int, version: str, is_ours: Any,
+                          retitle: bool = True) -> None:
         assert is_ours(version)
         self.announced.append((project, version))
+
+    def model_version(self, project: int) -> str | None:
+        return next((v for p, v in reversed(self.announced) if p == project), None)
 
     def project_tasks(self, project: int) -> tuple[list[LabeledTask], list[dict[str, Any]]]:
         self.exports += 1

@@ -8,7 +8,7 @@ import pytest
 
 from ml_backend.errors import BackendError
 from ml_backend.ranking import Strategy
-from ml_backend.reranking import rank_tasks, rerank_project
+from ml_backend.reranking import rank_tasks, rerank_project, throttle_rerank
 from ml_backend.training import train_classifier
 
 from conftest import DIGITS_CONFIG, digit_images
@@ -157,3 +157,14 @@ def test_training_chains_a_rerank_that_announces(backend, trained_project) -> No
     ranking = client.get("/ranking/4?limit=3").get_json()
     assert ranking["version"] == latest and len(ranking["top"]) == 3
     assert client.get("/ranking/77").status_code == 404
+
+
+def test_rerank_throttle_waits_for_the_interval_and_the_last_duration(make_settings) -> None:
+    import time
+
+    settings = make_settings(rerank_min_interval_s=0.2)
+    assert throttle_rerank(settings, None) == 0.0
+    assert throttle_rerank(settings, {"ranked_at": time.time() - 5, "seconds": 1.0}) == 0.0
+    assert 0.1 < throttle_rerank(settings, {"ranked_at": time.time(), "seconds": 0.0}) <= 0.2
+    # A slow last re-rank spaces the next one by its own duration.
+    assert 0.3 < throttle_rerank(settings, {"ranked_at": time.time(), "seconds": 0.4}) <= 0.4
