@@ -270,6 +270,7 @@ def run_via_label_studio(args: argparse.Namespace, work: Path, data: Dataset
         # image in a hundred, for rounds where the seeds happen to agree).
         noise = max(2.0 * float(std[k]), 0.01)
         rounds.append({"labels": n, "via_label_studio": [round(a, 4) for a in via],
+                       "in_process_per_seed": [round(float(a), 4) for a in matrix[:, k]],
                        "in_process_mean": round(float(mean[k]), 4),
                        "in_process_std": round(float(std[k]), 4),
                        "difference": round(diff, 4), "noise_2std": round(noise, 4),
