@@ -59,7 +59,7 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from redis import Redis
     from rq import Queue, SimpleWorker
 
-    from .jobs import QUEUE_NAME, bind_worker_runtime
+    from .jobs import bind_worker_runtime, lanes, rq_queue_name
     from .runtime import Runtime
 
     runtime = Runtime(settings)
@@ -67,8 +67,14 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     connection = Redis.from_url(settings.redis_url)
     # SimpleWorker runs jobs in this process: models stay loaded between jobs, and no
     # process forks after torch (or CUDA) has initialised.
-    worker = SimpleWorker([Queue(args.queue or QUEUE_NAME, connection=connection)],
-                          connection=connection)
+    known = lanes()
+    chosen = [lane.strip() for lane in args.lanes.split(",")] if args.lanes else known
+    unknown = sorted(set(chosen) - set(known))
+    if unknown:
+        print(f"unknown lanes {unknown}; known: {known}", file=sys.stderr)
+        return 2
+    worker = SimpleWorker([Queue(rq_queue_name(lane), connection=connection)
+                           for lane in chosen], connection=connection)
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 
@@ -93,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--dev", action="store_true", help="Flask's threaded dev server")
     serve.add_argument("--access-log", action="store_true")
     worker = sub.add_parser("worker", help="run an RQ worker (needs REDIS_URL)")
-    worker.add_argument("--queue", default=None)
+    worker.add_argument("--lanes", default=None,
+                        help="comma-separated job lanes to take, in priority order "
+                             "(default: all; 'models' = training and embedding, "
+                             "'ranking' = re-ranking)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     train = sub.add_parser("train", help="train a project's classifier now, in this process")
     train.add_argument("--project", type=int, required=True)

@@ -204,6 +204,16 @@ class InProcessQueue:
 
 # --- Redis + RQ ---------------------------------------------------------------------------
 QUEUE_NAME = "ml-backend"
+
+
+def rq_queue_name(lane: str) -> str:
+    """One RQ queue per lane, so a worker can be dedicated to re-ranking (whose throttle
+    sleeps) while others train: ``ml-backend worker --lanes ranking``."""
+    return QUEUE_NAME if lane == "models" else f"{QUEUE_NAME}-{lane}"
+
+
+def lanes(registry: dict[str, JobKind] | None = None) -> list[str]:
+    return sorted({kind.lane for kind in (registry or job_registry()).values()})
 _worker_runtime: Runtime | None = None
 
 
@@ -238,7 +248,7 @@ def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> An
         job = get_current_job()
         if job is None:
             raise RuntimeError("next_jobs outside an RQ job")
-        queue = RQQueue(job.connection, job.origin)
+        queue = RQQueue(job.connection)
         for follow_up in follow_ups:
             queue.submit(follow_up.name, follow_up.payload, follow_up.key)
     return record.result
@@ -255,18 +265,20 @@ def _coalesced_key(key: str) -> str:
 class RQQueue:
     """Jobs on Redis, run by `ml-backend worker` processes (possibly on other machines)."""
 
-    def __init__(self, connection: Redis, queue_name: str = QUEUE_NAME) -> None:
+    def __init__(self, connection: Redis) -> None:
         from rq import Queue
 
         self.redis = connection
-        self.queue = Queue(queue_name, connection=self.redis)
         self.registry = job_registry()
+        self.queues = {lane: Queue(rq_queue_name(lane), connection=self.redis)
+                       for lane in lanes(self.registry)}
+        self.queue = self.queues["models"]
 
     @classmethod
-    def from_url(cls, redis_url: str, queue_name: str = QUEUE_NAME) -> RQQueue:
+    def from_url(cls, redis_url: str) -> RQQueue:
         from redis import Redis
 
-        return cls(Redis.from_url(redis_url), queue_name)
+        return cls(Redis.from_url(redis_url))
 
     def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
         if name not in self.registry:
@@ -281,7 +293,8 @@ class RQQueue:
             self.redis.set(_coalesced_key(key), json.dumps(merged), ex=3600)
             existing = self.redis.get(_pending_key(key))
             return existing.decode() if existing else job_id
-        self.queue.enqueue(run_rq_job, name, payload, key, job_id=job_id,
+        self.queues[self.registry[name].lane].enqueue(run_rq_job, name, payload, key,
+                                                     job_id=job_id,
                            job_timeout=3600, result_ttl=3600, failure_ttl=86400)
         return job_id
 
@@ -289,9 +302,11 @@ class RQQueue:
         from rq.job import Job
         from rq.registry import FailedJobRegistry, FinishedJobRegistry, StartedJobRegistry
 
-        ids = list(self.queue.job_ids)
-        for registry in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
-            ids += registry(queue=self.queue).get_job_ids()[-50:]
+        ids = []
+        for lane_queue in self.queues.values():
+            ids += list(lane_queue.job_ids)
+            for registry in (StartedJobRegistry, FinishedJobRegistry, FailedJobRegistry):
+                ids += registry(queue=lane_queue).get_job_ids()[-50:]
         out = []
         for job in Job.fetch_many(ids[-100:], connection=self.redis):
             if job is not None:
@@ -306,7 +321,8 @@ class RQQueue:
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if self.queue.count == 0 and StartedJobRegistry(queue=self.queue).count == 0:
+            if all(q.count == 0 and StartedJobRegistry(queue=q).count == 0
+                   for q in self.queues.values()):
                 return True
             time.sleep(0.05)
         return False

@@ -108,7 +108,7 @@ def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_setting
     assert queue.queue.count == 2
 
     bind_worker_runtime(runtime)
-    SimpleWorker([queue.queue], connection=queue.redis).work(burst=True)
+    SimpleWorker(list(queue.queues.values()), connection=queue.redis).work(burst=True)
 
     statuses = {r["id"]: r for r in queue.recent()}
     assert statuses[first]["status"] == "finished"
