@@ -67,15 +67,23 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
         if c.name in model.heads and model.heads[c.name].labels == c.labels]
     if not controls:
         raise BackendError(f"project {project}: no trained head matches the label config")
-    # Every control is scored; the image of the first one carries the diversity term.
+    # Each control is scored on its own image; the first control's image carries the
+    # diversity term. A task is scored only if all its images could be had.
     key = controls[0].value_key
-    images = fetch_images(runtime, _as_tasks(candidates), key)
-    rows, x = embed_images(runtime, model.embedder, images)
-    ids = [int(candidates[r]["id"]) for r in rows]
+    tasks = _as_tasks(candidates)
+    by_key: dict[str, dict[int, np.ndarray]] = {}
+    for value_key in dict.fromkeys(c.value_key for c in controls):
+        rows, vectors = embed_images(runtime, model.embedder,
+                                     fetch_images(runtime, tasks, value_key))
+        by_key[value_key] = dict(zip(rows, vectors, strict=True))
+    good = sorted(set.intersection(*(set(v) for v in by_key.values())))
+    ids = [int(candidates[r]["id"]) for r in good]
     failed = sorted({int(t["id"]) for t in candidates} - set(ids))
     if not ids:
         return RankedTasks(model.version, strategy, [], [], {}, {}, failed)
-    probas = {c.name: model.heads[c.name].predict_proba(x) for c in controls}
+    x_of = {k: np.stack([v[r] for r in good]) for k, v in by_key.items()}
+    x = x_of[key]
+    probas = {c.name: model.heads[c.name].predict_proba(x_of[c.value_key]) for c in controls}
     tables = [uncertainty_table(probas[c.name], c.multiple) for c in controls]
     uncertainty = task_uncertainty(strategy, tables)
     labeled_x = None

@@ -168,3 +168,44 @@ def test_rerank_throttle_waits_for_the_interval_and_the_last_duration(make_setti
     assert 0.1 < throttle_rerank(settings, {"ranked_at": time.time(), "seconds": 0.0}) <= 0.2
     # A slow last re-rank spaces the next one by its own duration.
     assert 0.3 < throttle_rerank(settings, {"ranked_at": time.time(), "seconds": 0.4}) <= 0.4
+
+
+TWO_IMAGES = """<View>
+  <Image name="front" value="$front"/><Image name="back" value="$back"/>
+  <Choices name="front_digit" toName="front"><Choice value="low"/><Choice value="high"/></Choices>
+  <Choices name="back_digit" toName="back"><Choice value="low"/><Choice value="high"/></Choices>
+</View>"""
+
+
+def test_each_control_is_ranked_on_its_own_image(backend, image_host) -> None:
+    client, runtime, _ = backend
+    pngs, labels = digit_images(40)
+    for i, png in enumerate(pngs):
+        image_host.files[f"/data/upload/6/{i}.png"] = png
+
+    def task(i: int, j: int) -> dict:
+        return {"id": 100 + i, "data": {"front": f"/data/upload/6/{i}.png",
+                                        "back": f"/data/upload/6/{j}.png"}}
+
+    def side(k: int) -> str:
+        return "high" if labels[k] >= 5 else "low"
+
+    labeled = []
+    for i in range(24):
+        j = 39 - i
+        labeled.append({**task(i, j), "annotations": [{"id": i + 1, "updated_at": "1", "result": [
+            {"from_name": "front_digit", "to_name": "front", "type": "choices",
+             "value": {"choices": [side(i)]}},
+            {"from_name": "back_digit", "to_name": "back", "type": "choices",
+             "value": {"choices": [side(j)]}}]}]})
+    runtime.ls_api = FakeLabelStudioAPI(TWO_IMAGES, labeled)  # type: ignore[assignment]
+    assert train_classifier(runtime, {"project": 6, "mode": "full"}).status == "trained"
+    candidates = [task(i, 39 - i) for i in range(24, 32)]
+    ranked = rank_tasks(runtime, 6, TWO_IMAGES, candidates, [], Strategy.MARGIN, 3, 0.0,
+                        np.random.default_rng(0))
+    served = client.post("/predict", json={"tasks": candidates, "project": "6.1",
+                                           "label_config": TWO_IMAGES}).get_json()["results"]
+    for candidate, prediction in zip(candidates, served, strict=True):
+        queued = ranked.predictions[candidate["id"]]["result"]
+        assert [(r["from_name"], r["value"], r["score"]) for r in queued] == \
+            [(r["from_name"], r["value"], r["score"]) for r in prediction["result"]]
