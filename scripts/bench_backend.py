@@ -140,10 +140,23 @@ def main() -> int:
             report["webhook_to_version_s"] = {
                 "median": round(statistics.median(delays), 3),
                 "samples": [round(d, 3) for d in delays], "target_max": 2.0}
+            reranks = [j["result"] for j in backend.jobs()
+                       if j["name"] == "rerank" and (j.get("result") or {}).get("phases")]
+            reranks = reranks[:args.webhook_samples]  # the newest: this phase's
             report["webhook_to_reranked_queue_s"] = {
                 "median": round(statistics.median(queue_delays), 3),
                 "samples": [round(d, 3) for d in queue_delays],
-                "unlabeled_tasks": args.unlabeled + args.webhook_samples - 1}
+                "unlabeled_tasks": args.unlabeled + args.webhook_samples - 1,
+                # Of which: the deliberate spacing after the previous re-rank
+                # (RERANK_MIN_INTERVAL_S, or the previous one's duration), and the re-rank's
+                # own time until its queue was live; clean-up follows that.
+                "rerank_waited_median": round(statistics.median(
+                    r["waited_s"] for r in reranks), 3) if reranks else None,
+                "rerank_until_live_median": round(statistics.median(
+                    r["phases"]["live"] for r in reranks), 3) if reranks else None,
+                "rerank_total_median": round(statistics.median(
+                    r["seconds"] for r in reranks), 3) if reranks else None,
+            }
 
             # 3. /health and /setup latency.
             for name, call in (("health", lambda: requests.get(f"{backend.url}/health",
