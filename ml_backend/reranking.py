@@ -190,14 +190,15 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
 
 
 def throttle_rerank(settings: Settings, state: dict[str, Any] | None) -> float:
-    """Wait until ``RERANK_MIN_INTERVAL_S`` and at least the last re-rank's duration have
-    passed since it ended, so re-ranking keeps Label Studio busy half the time at most (a
-    big project's re-rank writes and deletes a prediction per unlabeled task). Training goes
-    on meanwhile: re-ranking has its own worker lane. Returns the seconds waited."""
+    """Wait until ``RERANK_MIN_INTERVAL_S`` has passed since the last re-rank ended, and
+    long enough that re-ranking keeps Label Studio busy at most ``RERANK_MAX_LOAD`` of the
+    time (a big project's re-rank writes and deletes a prediction per unlabeled task).
+    Training goes on meanwhile: re-ranking has its own worker lane. Returns the seconds
+    waited."""
     if state is None or "ranked_at" not in state:
         return 0.0
-    gap = max(settings.rerank_min_interval_s, float(state.get("seconds", 0.0)))
-    wait = state["ranked_at"] + gap - time.time()
+    idle_for_load = float(state.get("seconds", 0.0)) * (1.0 / settings.rerank_max_load - 1.0)
+    wait = state["ranked_at"] + max(settings.rerank_min_interval_s, idle_for_load) - time.time()
     if wait <= 0:
         return 0.0
     time.sleep(wait)

@@ -72,6 +72,13 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _load(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _share(env, name, default)
+    if value <= 0.0:
+        raise ValueError(f"{name}={value} must be above 0")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -145,9 +152,12 @@ class Settings:
     # After each new version, re-score every unlabeled task and write the predictions to
     # Label Studio in bulk (RERANK_AFTER_TRAINING; needs LABEL_STUDIO_URL and an API key).
     rerank_after_training: bool = True
-    # At least this long between two re-ranks of a project, and at least as long as the last
-    # one took (RERANK_MIN_INTERVAL_S); versions saved meanwhile are ranked together.
+    # At least this long between two re-ranks of a project (RERANK_MIN_INTERVAL_S), and long
+    # enough that re-ranking keeps Label Studio busy at most this share of the time
+    # (RERANK_MAX_LOAD; 0.5: idle at least as long as the last re-rank took; 1: no limit).
+    # Versions saved meanwhile are ranked together.
     rerank_min_interval_s: float = 5.0
+    rerank_max_load: float = 0.5
     log_level: str = "INFO"
 
     @classmethod
@@ -195,6 +205,7 @@ class Settings:
             rerank_after_training=_bool(env, "RERANK_AFTER_TRAINING", True),
             rerank_min_interval_s=_float(env, "RERANK_MIN_INTERVAL_S",
                                          defaults.rerank_min_interval_s),
+            rerank_max_load=_load(env, "RERANK_MAX_LOAD", defaults.rerank_max_load),
             log_level=(_opt_str(env, "LOG_LEVEL") or "INFO").upper(),
         )
 

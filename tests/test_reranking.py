@@ -166,8 +166,11 @@ def test_rerank_throttle_waits_for_the_interval_and_the_last_duration(make_setti
     assert throttle_rerank(settings, None) == 0.0
     assert throttle_rerank(settings, {"ranked_at": time.time() - 5, "seconds": 1.0}) == 0.0
     assert 0.1 < throttle_rerank(settings, {"ranked_at": time.time(), "seconds": 0.0}) <= 0.2
-    # A slow last re-rank spaces the next one by its own duration.
+    # A slow last re-rank spaces the next one by its own duration (at most half the time busy).
     assert 0.3 < throttle_rerank(settings, {"ranked_at": time.time(), "seconds": 0.4}) <= 0.4
+    # RERANK_MAX_LOAD = 1: only the minimum interval.
+    unlimited = make_settings(rerank_min_interval_s=0.0, rerank_max_load=1.0)
+    assert throttle_rerank(unlimited, {"ranked_at": time.time(), "seconds": 5.0}) == 0.0
 
 
 TWO_IMAGES = """<View>
