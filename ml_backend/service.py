@@ -18,7 +18,7 @@ from .images import LoadedImage
 from .jobs import JobQueue
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .metrics import Metrics
-from .reranking import ranking_state
+from .reranking import STATE_TOP, ranking_state
 from .results import classification_predictions, empty_prediction
 from .runtime import ClassifierModel, Runtime
 
@@ -81,7 +81,7 @@ class Backend:
 
     # --- GET/POST /ranking/<project> --------------------------------------------------------
     def ranking(self, project: int, limit: int = 50) -> dict[str, Any]:
-        state = ranking_state(self.runtime, project, max(0, min(limit, 2000)))
+        state = ranking_state(self.runtime, project, max(0, min(limit, STATE_TOP)))
         if state is None:
             raise NotFound(f"project {project} has not been ranked yet (it needs a trained "
                            "model and LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)")
