@@ -8,7 +8,7 @@ indices into the candidate arrays, most informative first, and take an explicit
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from enum import Enum
 
 import numpy as np
@@ -96,6 +96,23 @@ def task_uncertainty(strategy: Strategy, tables: list[dict[str, np.ndarray]]) ->
     if not tables:
         raise ValueError("no control to score")
     return np.max([table[SCORE_OF[strategy]] for table in tables], axis=0)
+
+
+def detection_uncertainty(box_scores: Sequence[np.ndarray], k: int = 3,
+                          confident: float = 0.5) -> np.ndarray:
+    """One uncertainty in [0, 1] per image from its boxes' confidences: the mean of the
+    ``k`` largest per-box uncertainties ``1 - |2s - 1|`` (a box at 0.5 is a coin flip). An
+    image with no box at or above ``confident`` counts as fully uncertain: the model found
+    nothing it believes in, which is what an annotator should look at."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    out = np.ones(len(box_scores))
+    for i, scores in enumerate(box_scores):
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if s.size and s.max() >= confident:
+            per_box = 1.0 - np.abs(2.0 * np.clip(s, 0.0, 1.0) - 1.0)
+            out[i] = float(np.sort(per_box)[::-1][:k].mean())
+    return out
 
 
 def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
