@@ -74,12 +74,16 @@ class LabelStudioAPI:
 
     def project_tasks(self, project: int) -> tuple[list[LabeledTask], list[dict[str, Any]]]:
         """``(labeled, unlabeled)`` tasks of ``project`` from one export: unlabeled ones are
-        those without a submitted annotation (skipped tasks count as unlabeled, as in Label
-        Studio's ``total_annotations = 0`` filter)."""
+        those without a submitted annotation, as in Label Studio's ``total_annotations = 0``
+        filter; those an annotator skipped carry ``"skipped": True``."""
         tasks = self._export(project, all_tasks=True)
-        unlabeled = [{"id": int(t["id"]), "data": t["data"]} for t in tasks
-                     if isinstance(t.get("data"), dict)
-                     and not any(not a.get("was_cancelled") for a in t.get("annotations") or [])]
+        unlabeled = []
+        for task in tasks:
+            annotations = task.get("annotations") or []
+            if isinstance(task.get("data"), dict) and all(a.get("was_cancelled")
+                                                          for a in annotations):
+                unlabeled.append({"id": int(task["id"]), "data": task["data"],
+                                  "skipped": bool(annotations)})
         return labeled_tasks_from_export(tasks), unlabeled
 
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:

@@ -143,14 +143,23 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     config = ls_api.label_config(project)
     labeled, unlabeled = ls_api.project_tasks(project)
     mark("read")
-    ranked = rank_tasks(runtime, project, config, unlabeled,
-                        [{"id": t.task_id, "data": t.data} for t in labeled],
+    labeled_tasks = [{"id": t.task_id, "data": t.data} for t in labeled]
+    rng = np.random.default_rng(_seed(latest.name))
+    ranked = rank_tasks(runtime, project, config,
+                        [t for t in unlabeled if not t.get("skipped")], labeled_tasks,
                         settings.ranking_strategy, settings.ranking_batch_size,
-                        settings.ranking_random_share, np.random.default_rng(_seed(latest.name)))
+                        settings.ranking_random_share, rng)
+    # Tasks an annotator skipped keep a prediction (for when someone opens them) but go to
+    # the end of the queue instead of topping it again.
+    skipped = rank_tasks(runtime, project, config, [t for t in unlabeled if t.get("skipped")],
+                         labeled_tasks, settings.ranking_strategy, 0, 0.0, rng)
     mark("score")
     rows = [{"task": task_id, **ranked.predictions[task_id]} for task_id in ranked.order]
+    rows += [{"task": task_id, **skipped.predictions[task_id], "score": 1.0}
+             for task_id in skipped.order]
     # A task whose image fails gets an empty prediction that sorts last (score 1.0).
-    rows += [{"task": task_id, **empty_prediction(ranked.version)} for task_id in ranked.failed]
+    rows += [{"task": task_id, **empty_prediction(ranked.version)}
+             for task_id in ranked.failed + skipped.failed]
     created = _write_predictions(runtime, project, ranked.version, rows)
     # The queue is live from here on; what follows is clean-up.
     announce(runtime, project, ranked.version, retitle=False)
@@ -174,14 +183,15 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     runtime.store.write_state(project, RANKING_STATE, {
         "version": ranked.version, "strategy": ranked.strategy.value, "ranked_at": time.time(),
         "seconds": round(seconds, 3), "batch": ranked.batch, "n_unlabeled": len(unlabeled),
-        "failed": ranked.failed,
+        "skipped": skipped.order, "failed": ranked.failed + skipped.failed,
         "top": [{"task": task_id, "score": ranked.predictions[task_id]["score"],
                  "uncertainty": {k: round(v, 4) for k, v in ranked.uncertainty[task_id].items()}}
                 for task_id in top],
     })
     result = {"project": project, "status": "ranked", "version": ranked.version,
               "strategy": ranked.strategy.value, "scored": len(ranked.order),
-              "failed": len(ranked.failed), "written": created, "batch": ranked.batch,
+              "skipped": len(skipped.order), "failed": len(ranked.failed + skipped.failed),
+              "written": created, "batch": ranked.batch,
               "deleted_versions": deleted, "waited_s": round(waited, 3),
               "seconds": round(seconds, 3), "phases": phases}
     log.info("re-ranked project %s: %s", project, {k: v for k, v in result.items()

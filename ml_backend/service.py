@@ -256,6 +256,13 @@ class Backend:
                 if isinstance(body.get(key), dict):
                     payload[key] = body[key]
         job = self.jobs.submit("train", payload, key=f"train:{project}")
+        annotation = body.get("annotation")
+        if isinstance(annotation, dict) and annotation.get("was_cancelled") \
+                and self.runtime.settings.rerank_after_training and self.runtime.ls_api:
+            # A skip changes no label (training will find nothing new) but the skipped task
+            # must leave the head of the queue.
+            self.jobs.submit("rerank", {"project": project, "force": True},
+                             key=f"rerank:{project}")
         return {"status": "queued", "action": action, "job": job}
 
 

@@ -120,6 +120,23 @@ def test_rerank_job_writes_the_queue_and_cleans_up(trained_project, image_host) 
     assert len([p for p in fake.predictions if p["model_version"] == version]) == len(written)
 
 
+def test_skipped_tasks_go_to_the_end_of_the_queue(trained_project) -> None:
+    runtime, version, _, candidates = trained_project
+    fake = runtime.ls_api
+    fake.unlabeled = candidates
+    top = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, [], Strategy.MARGIN, 10, 0.0,
+                     np.random.default_rng(0)).batch[:2]
+    fake.unlabeled = [{**c, "skipped": c["id"] in top} for c in candidates]
+    outcome = rerank_project(runtime, {"project": 4})
+    assert outcome["skipped"] == 2 and not set(top) & set(outcome["batch"])
+    written = {p["task"]: p for p in fake.predictions if p["model_version"] == version}
+    assert len(written) == len(candidates)
+    assert all(written[t]["score"] == 1.0 and written[t]["result"] for t in top)
+    others = [p["score"] for t, p in written.items() if t not in top]
+    assert max(others) <= 1.0 and sorted(written, key=lambda t: written[t]["score"])[:10] \
+        == outcome["batch"]
+
+
 def test_task_deleted_during_a_rerank_costs_only_that_task(trained_project) -> None:
     runtime, version, _, candidates = trained_project
     fake = runtime.ls_api

@@ -119,5 +119,14 @@ def test_queue_follows_the_selector_after_each_retrain(label_studio, ls_client,
         third = _check_queue(ls_client, backend, project, view, unlabeled,
                              label_studio.url, label_studio.api_key)
         assert third["version"] == second["version"] and third["n_unlabeled"] == len(unlabeled)
+
+        # Skipping the head of the queue sends that task to the end of it.
+        head = third["batch"][0]
+        ls_client.annotations.create(id=head, result=[], was_cancelled=True)
+        backend.wait_idle(300)
+        fourth = requests.get(f"{backend.url}/ranking/{project}?limit=1000", timeout=5).json()
+        assert fourth["skipped"] == [head] and head not in fourth["batch"]
+        listed = [t.id for t in ls_client.tasks.list(project=project, view=view, page_size=100)]
+        assert listed[-1] == head and listed[:BATCH] == fourth["batch"]
     finally:
         backend.stop()
