@@ -160,13 +160,16 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     # A task whose image fails gets an empty prediction that sorts last (score 1.0).
     rows += [{"task": task_id, **empty_prediction(ranked.version)}
              for task_id in ranked.failed + skipped.failed]
-    created = _write_predictions(runtime, project, ranked.version, rows)
+    # Read once: the cleanup below only needs versions older than this one, which nothing
+    # creates from here on.
+    existing = ls_api.prediction_versions(project)
+    created = _write_predictions(runtime, project, ranked.version, rows, existing)
     # The queue is live from here on; what follows is clean-up.
     announce(runtime, project, ranked.version, retitle=False)
     mark("live")
     current = version_index(ranked.version)
     deleted = []
-    for version in ls_api.prediction_versions(project):
+    for version in existing:
         index = version_index(version)
         # Only this backend's older versions: a newer one may have been saved meanwhile.
         if runtime.is_our_version(version) and index is not None and current is not None \
@@ -216,7 +219,7 @@ def throttle_rerank(settings: Settings, state: dict[str, Any] | None) -> float:
 
 
 def _write_predictions(runtime: Runtime, project: int, version: str,
-                       rows: list[dict[str, Any]]) -> int:
+                       rows: list[dict[str, Any]], existing: dict[str, int]) -> int:
     """Import ``rows``; if Label Studio refuses them (typically: a task deleted since the
     export), drop what was written of this version and retry once with the tasks that still
     exist, so a deletion during a re-rank does not cost the whole queue."""
@@ -225,7 +228,7 @@ def _write_predictions(runtime: Runtime, project: int, version: str,
         return 0
     # Predictions of this version may exist already (a forced re-rank, or /predict on a task
     # opened meanwhile): two per task would average their scores and break the order.
-    if version in runtime.ls_api.prediction_versions(project):
+    if version in existing:
         runtime.ls_api.delete_predictions(project, version)
     try:
         return runtime.ls_api.import_predictions(project, rows)
