@@ -18,10 +18,14 @@ from .errors import UnsupportedConfig
 
 class ModelFamily(str, Enum):
     CLASSIFIER = "classifier"
+    DETECTOR = "detector"
 
 
 # Control tag → model family, for controls attached to an <Image>. Later families register here.
-ROUTES: Mapping[str, ModelFamily] = MappingProxyType({"Choices": ModelFamily.CLASSIFIER})
+ROUTES: Mapping[str, ModelFamily] = MappingProxyType({
+    "Choices": ModelFamily.CLASSIFIER,
+    "RectangleLabels": ModelFamily.DETECTOR,
+})
 IMAGE_OBJECT_TAGS = frozenset({"Image"})
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .detections import Detections, xyxy_to_ls_rect
 from .label_config import ControlSpec
 from .learning import confidence
 from .ranking import Strategy, task_uncertainty, uncertainty_table
@@ -50,7 +51,42 @@ class Classification:
         return [labels[int(np.argmax(self.proba))]]
 
 
-Output = Classification
+@dataclass(frozen=True)
+class Boxes:
+    """One image's detections for one ``RectangleLabels`` control, already mapped to the
+    control's labels; ``uncertainty`` is the image's aggregated detection uncertainty."""
+
+    control: ControlSpec
+    detections: Detections
+    uncertainty: float
+
+
+Output = Classification | Boxes
+
+
+def boxes_to_regions(item: Boxes) -> list[dict[str, Any]]:
+    """One ``rectanglelabels`` region per box, in percent of the original image, with the
+    box's confidence as ``score``."""
+    det = item.detections
+    return [{
+        "id": f"{item.control.name}-{i}",
+        "from_name": item.control.name,
+        "to_name": item.control.to_name,
+        "type": item.control.result_type,
+        "original_width": det.width,
+        "original_height": det.height,
+        "image_rotation": 0,
+        "value": {**xyxy_to_ls_rect(det.xyxy[i], det.width, det.height),
+                  "rectanglelabels": [det.labels[i]]},
+        "score": round(float(det.scores[i]), 6),
+    } for i in range(len(det))]
+
+
+def output_regions(item: Output) -> list[dict[str, Any]]:
+    if isinstance(item, Boxes):
+        return boxes_to_regions(item)
+    region = classification_to_region(item)
+    return [region] if region is not None else []
 
 
 def classification_to_region(item: Classification) -> dict[str, Any] | None:
@@ -74,8 +110,20 @@ def classification_to_region(item: Classification) -> dict[str, Any] | None:
 def task_prediction(outputs: Sequence[Output], model_version: str, score: float
                     ) -> dict[str, Any]:
     """The prediction for one task: every output's regions and the task's ``score``."""
-    regions = [r for r in (classification_to_region(o) for o in outputs) if r is not None]
+    regions = [r for o in outputs for r in output_regions(o)]
     return {"result": regions, "score": round(float(score), 6), "model_version": model_version}
+
+
+def classification_outputs(controls: Sequence[ControlSpec], probas: dict[str, np.ndarray],
+                           strategy: Strategy) -> list[tuple[list[Output], float]]:
+    """Each of N tasks' outputs from each control's probabilities ``probas[name] (N, C)``,
+    with the task's uncertainty under ``strategy`` (the least certain control decides)."""
+    tables = {c.name: uncertainty_table(probas[c.name], c.multiple) for c in controls}
+    uncertainty = task_uncertainty(strategy, list(tables.values()))
+    return [([Classification(c, probas[c.name][row],
+                             {k: float(v[row]) for k, v in tables[c.name].items()})
+              for c in controls], float(uncertainty[row]))
+            for row in range(len(uncertainty))]
 
 
 def classification_predictions(controls: Sequence[ControlSpec], probas: dict[str, np.ndarray],
@@ -86,16 +134,21 @@ def classification_predictions(controls: Sequence[ControlSpec], probas: dict[str
     ``score`` defaults to ``1 - uncertainty`` under ``strategy`` (the model's confidence as
     the strategy measures it), so sorting ascending puts the most informative task first;
     the re-ranking job passes ``scores`` that also encode its batch order."""
-    tables = {c.name: uncertainty_table(probas[c.name], c.multiple) for c in controls}
+    items = classification_outputs(controls, probas, strategy)
     if scores is None:
-        scores = 1.0 - task_uncertainty(strategy, list(tables.values()))
-    out = []
-    for row, score in enumerate(scores):
-        outputs = [Classification(c, probas[c.name][row],
-                                  {k: float(v[row]) for k, v in tables[c.name].items()})
-                   for c in controls]
-        out.append(task_prediction(outputs, model_version, float(score)))
-    return out
+        scores = np.array([1.0 - u for _, u in items])
+    return [task_prediction(outputs, model_version, float(score))
+            for (outputs, _), score in zip(items, scores, strict=True)]
+
+
+def combine_outputs(parts: Sequence[tuple[list[Output], float] | None]
+                    ) -> tuple[list[Output], float] | None:
+    """One task's outputs from several model families: all regions, and the largest
+    uncertainty (the least certain family decides). None when no family had any."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    return [o for outputs, _ in present for o in outputs], max(u for _, u in present)
 
 
 def empty_prediction(model_version: str, score: float = 1.0) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from .adapters.classifier import (
     load_backbone,
     locate_weights,
 )
+from .adapters.detector import DetectorWeights, YoloDetector, locate_detector
 from .embeddings import EmbeddingCache
 from .errors import ModelUnavailable
 from .images import ImageLoader
@@ -57,6 +59,15 @@ class ClassifierModel:
     heads: dict[str, LinearHead]
 
 
+@dataclass(frozen=True)
+class DetectorModel:
+    """What predicting boxes needs: the loaded detector and the version it belongs to."""
+
+    version: str
+    detector: YoloDetector
+    digest: str
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -74,6 +85,9 @@ class Runtime:
         self._weights_error: str | None = None
         self._embedders: OrderedDict[str, ResNetEmbedder] = OrderedDict()
         self._heads: OrderedDict[str, dict[str, LinearHead]] = OrderedDict()
+        self._detectors: OrderedDict[str, YoloDetector] = OrderedDict()
+        self._detector_base: DetectorWeights | None = None
+        self._detector_error: str | None = None
 
     # --- status (cheap, never loads anything) -----------------------------------------
     def classifier_status(self) -> dict[str, Any]:
@@ -92,7 +106,67 @@ class Runtime:
                                  "RESNET_CHECKPOINT or run scripts/download_weights.py")
         return status
 
+    def detector_status(self) -> dict[str, Any]:
+        """The base detector, as /health reports it (cheap: locating reads no weights)."""
+        try:
+            base = self.detector_base()
+        except ModelUnavailable as exc:
+            return {"status": "error", "error": str(exc)}
+        if base.trained:
+            return {"status": "ready", "weights": base.source, "path": base.spec,
+                    "digest": base.digest}
+        return {"status": "untrained", "arch": base.spec,
+                "warning": "no YOLO_CHECKPOINT: no boxes until the first fine-tune trains "
+                           f"{base.spec} from scratch on the project's annotations (set "
+                           "YOLO_CHECKPOINT or run scripts/download_weights.py --yolo)"}
+
     # --- loading ------------------------------------------------------------------------
+    def detector_base(self) -> DetectorWeights:
+        """The configured starting point of every project's detector (see
+        :func:`locate_detector`); errors are remembered for /health."""
+        with self._lock:
+            if self._detector_base is not None:
+                return self._detector_base
+        try:
+            base = locate_detector(self.settings.yolo_checkpoint, self.settings.yolo_arch)
+        except ModelUnavailable as exc:
+            with self._lock:
+                self._detector_error = str(exc)
+            raise
+        with self._lock:
+            self._detector_base = base
+        return base
+
+    def detector(self, project: int | None) -> DetectorModel | None:
+        """The project's latest fine-tuned detector, else the configured checkpoint, else
+        None (untrained: only an architecture config). Loaded once per weights file."""
+        version = self.store.latest(project) if project is not None else None
+        info = version.manifest.get("detector") if version is not None else None
+        if version is not None and info:
+            name, path, digest = version.name, version.file(info["file"]), info["digest"]
+        else:
+            base = self.detector_base()
+            if not base.trained:
+                return None
+            name, path, digest = self.model_version(project), base.spec, base.digest
+        with self._lock:
+            detector = self._detectors.get(digest)
+        if detector is None:
+            with self._load_lock:
+                with self._lock:
+                    detector = self._detectors.get(digest)
+                if detector is None:
+                    detector = YoloDetector(Path(path), self.yolo_config_dir(),
+                                            str(self.device), self.settings.detector_image_size)
+                    with self._lock:
+                        self._detectors[digest] = detector
+                        while len(self._detectors) > 4:
+                            self._detectors.popitem(last=False)
+        return DetectorModel(name, detector, digest)
+
+    def yolo_config_dir(self) -> Path:
+        return self.settings.cache_dir / "ultralytics"
+
     def base_weights(self) -> BackboneWeights:
         if self._weights is not None:
             return self._weights
@@ -162,7 +236,13 @@ class Runtime:
 
     def is_our_version(self, name: str) -> bool:
         """Whether ``name`` is a version string this backend produces (for any project)."""
-        return re.fullmatch(rf"{re.escape(self.settings.resnet_arch)}-v\d+-[\w]+", name) is not None
+        prefixes = "|".join(re.escape(p) for p in (self.settings.resnet_arch,
+                                                    self.detector_prefix()))
+        return re.fullmatch(rf"(?:{prefixes})-v\d+-[\w]+", name) is not None
+
+    def detector_prefix(self) -> str:
+        """Detector versions are named after the architecture (``yolov8n-v3-…``)."""
+        return Path(self.settings.yolo_checkpoint or self.settings.yolo_arch).stem
 
     def untrained_version(self) -> str:
         return f"{self.settings.resnet_arch}-v0-untrained"

@@ -13,18 +13,27 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BadRequest, ImageError, LabelStudioUnavailable, NotFound
+from .detecting import detect_images, unmapped_controls
+from .errors import BadRequest, ImageError, LabelStudioUnavailable, ModelUnavailable, NotFound
 from .images import LoadedImage
 from .jobs import JobQueue
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .metrics import Metrics
 from .reranking import STATE_TOP, ranking_state
-from .results import classification_predictions, empty_prediction
+from .results import (
+    Output,
+    classification_outputs,
+    combine_outputs,
+    empty_prediction,
+    task_prediction,
+)
 from .runtime import ClassifierModel, Runtime
 
 log = logging.getLogger(__name__)
 
 EMBED_CHUNK = 16
+DETECT_CHUNK = 8  # images per detector call: batched, but bounded in memory
+TaskOutputs = tuple[list[Output], float]  # one task's outputs and its uncertainty
 TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
             "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
 
@@ -68,7 +77,8 @@ class Backend:
         return {
             "status": "UP",
             "model_class": "ActiveLearningBackend",
-            "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status()},
+            "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status(),
+                       ModelFamily.DETECTOR.value: self.runtime.detector_status()},
             "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
             "uptime_s": round(time.time() - self.started_at, 1),
         }
@@ -124,19 +134,38 @@ class Backend:
                                               if project is not None else None)
         if not isinstance(config, str):
             raise BadRequest("/predict needs 'label_config' (or a prior /setup of the project)")
-        controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
-        model = self.runtime.classifier(project)
-        if model is None:
-            version = self.runtime.untrained_version()
-            # Untrained: no guess is better than a random one; uniform confidence as score.
-            score = min(1.0 / max(len(c.labels), 1) for c in controls)
-            return {"results": [empty_prediction(version, score) for _ in tasks]}
-        results = self._classify(tasks, controls, model)
-        self.metrics.predictions.labels(family=ModelFamily.CLASSIFIER.value).inc(len(tasks))
+        parsed = parse_label_config(config)
+        classify = parsed.for_family(ModelFamily.CLASSIFIER)
+        detect = parsed.for_family(ModelFamily.DETECTOR)
+        version = self.runtime.model_version(project)
+        per_family: list[list[TaskOutputs | None]] = []
+        if classify:
+            model = self.runtime.classifier(project)
+            if model is not None:
+                per_family.append(self._classify(tasks, classify, model))
+                version = model.version
+                self.metrics.predictions.labels(family=ModelFamily.CLASSIFIER.value).inc(
+                    len(tasks))
+        if detect:
+            detected = self._detect_tasks(tasks, detect, project)
+            if detected is not None:
+                per_family.append(detected)
+                self.metrics.predictions.labels(family=ModelFamily.DETECTOR.value).inc(
+                    len(tasks))
+        # Untrained (nothing to show): the uniform confidence is the honest score; with
+        # boxes only, 0 (nothing known about the image).
+        untrained = min((1.0 / max(len(c.labels), 1) for c in classify), default=0.0)
+        results = []
+        for row in range(len(tasks)):
+            combined = combine_outputs([family[row] for family in per_family])
+            if combined is None:
+                results.append(empty_prediction(version, 1.0 if per_family else untrained))
+            else:
+                results.append(task_prediction(combined[0], version, 1.0 - combined[1]))
         return {"results": results}
 
     def _classify(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
-                  model: ClassifierModel) -> list[dict[str, Any]]:
+                  model: ClassifierModel) -> list[TaskOutputs | None]:
         usable = [c for c in controls
                   if c.name in model.heads and model.heads[c.name].labels == c.labels]
         if len(usable) < len(controls):
@@ -171,23 +200,60 @@ class Backend:
                     embed_waiting()
             else:
                 failed.add(i)
-                self.metrics.task_errors.labels(reason=item[0]).inc()
-                log.warning("predict: task %s gets an empty prediction: %s",
-                            _task_id(tasks[i]), item[1])
+                self._task_failed(tasks[i], item)
         if waiting:
             embed_waiting()
         ok = [i for i in range(len(tasks)) if i not in failed] if usable else []
-        out = [empty_prediction(model.version) for _ in tasks]
+        out: list[TaskOutputs | None] = [None] * len(tasks)
         if ok:
             probas = {}
             for control in usable:
                 matrix = np.stack([vectors[sha_of[(i, control.value_key)]] for i in ok])
                 probas[control.name] = model.heads[control.name].predict_proba(matrix)
-            predictions = classification_predictions(
-                usable, probas, model.version, self.runtime.settings.ranking_strategy)
-            for i, prediction in zip(ok, predictions, strict=True):
-                out[i] = prediction
+            items = classification_outputs(usable, probas, self.runtime.settings.ranking_strategy)
+            for i, item in zip(ok, items, strict=True):
+                out[i] = item
         return out
+
+    def _detect_tasks(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
+                      project: int | None) -> list[TaskOutputs | None] | None:
+        """Boxes for every task, or None when there is no detector to use (untrained, or its
+        weights are unavailable: reported in /health, the other controls still predict)."""
+        try:
+            model = self.runtime.detector(project)
+        except ModelUnavailable as exc:
+            log.error("predict: detector unavailable, no boxes: %s", exc)
+            return None
+        if model is None:
+            return None
+        unmapped = unmapped_controls(model, controls)
+        if unmapped:
+            log.warning("predict: the detector's classes match no label of %s (map them with "
+                        "predicted_values on <Label>)", unmapped)
+        out: list[TaskOutputs | None] = [None] * len(tasks)
+        threshold = self.runtime.settings.detector_min_score
+        by_key: dict[str, list[ControlSpec]] = {}
+        for control in controls:
+            by_key.setdefault(control.value_key, []).append(control)
+        for key, group in by_key.items():
+            loaded = list(self._io.map(lambda task, k=key: self._load(task, k), tasks))
+            rows = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
+            for i, item in enumerate(loaded):
+                if not isinstance(item, LoadedImage):
+                    self._task_failed(tasks[i], item)
+            for start in range(0, len(rows), DETECT_CHUNK):
+                chunk = rows[start:start + DETECT_CHUNK]
+                boxes = detect_images(model, group, [loaded[i].pixels for i in chunk],
+                                      threshold)
+                for i, outputs in zip(chunk, boxes, strict=True):
+                    out[i] = combine_outputs([out[i], (list(outputs),
+                                                       max(b.uncertainty for b in outputs))])
+        return out
+
+    def _task_failed(self, task: Any, reason: tuple[str, str]) -> None:
+        self.metrics.task_errors.labels(reason=reason[0]).inc()
+        log.warning("predict: task %s gets no prediction from this model: %s",
+                    _task_id(task), reason[1])
 
     def _load(self, task: Any, key: str) -> LoadedImage | tuple[str, str]:
         """A task's image, or ``(reason, message)`` when it cannot be had."""

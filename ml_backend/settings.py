@@ -128,6 +128,21 @@ class Settings:
     sam_checkpoint: Path | None = None
     yolo_checkpoint: str | None = None
     clipseg_model: str | None = None
+    # Detector (YOLO_CHECKPOINT above; without it YOLO_ARCH, an Ultralytics architecture
+    # config, is trained from scratch by the first fine-tune). Boxes below
+    # DETECTOR_MIN_SCORE are not shown (a control's model_score_threshold attribute
+    # overrides it); DETECTOR_IMAGE_SIZE is the inference and training size.
+    yolo_arch: str = "yolov8n.yaml"
+    detector_min_score: float = 0.25
+    detector_image_size: int = 640
+    # Fine-tuning: on START_TRAINING and after every DETECTOR_TRAIN_EVERY new annotated
+    # tasks, once DETECTOR_MIN_LABELS exist; DETECTOR_EPOCHS epochs of DETECTOR_BATCH images,
+    # in a child process at CPU niceness DETECTOR_TRAIN_NICE so serving keeps its latency.
+    detector_train_every: int = 10
+    detector_min_labels: int = 8
+    detector_epochs: int = 10
+    detector_batch: int = 16
+    detector_train_nice: int = 10
     # Limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TASKS_PER_REQUEST, MAX_REQUEST_BYTES).
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -189,6 +204,17 @@ class Settings:
             sam_checkpoint=_opt_path(env, "SAM_CHECKPOINT"),
             yolo_checkpoint=_opt_str(env, "YOLO_CHECKPOINT"),
             clipseg_model=_opt_str(env, "CLIPSEG_MODEL"),
+            yolo_arch=_opt_str(env, "YOLO_ARCH") or defaults.yolo_arch,
+            detector_min_score=_share(env, "DETECTOR_MIN_SCORE", defaults.detector_min_score),
+            detector_image_size=_int(env, "DETECTOR_IMAGE_SIZE", defaults.detector_image_size,
+                                     minimum=32),
+            detector_train_every=_int(env, "DETECTOR_TRAIN_EVERY",
+                                      defaults.detector_train_every, 1),
+            detector_min_labels=_int(env, "DETECTOR_MIN_LABELS", defaults.detector_min_labels,
+                                     1),
+            detector_epochs=_int(env, "DETECTOR_EPOCHS", defaults.detector_epochs, 1),
+            detector_batch=_int(env, "DETECTOR_BATCH", defaults.detector_batch, 1),
+            detector_train_nice=_int(env, "DETECTOR_TRAIN_NICE", defaults.detector_train_nice),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
             max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 1000, 1),

@@ -8,12 +8,14 @@ from ml_backend.label_config import ModelFamily, parse_label_config
 from conftest import load_capture
 
 
-def test_capture_config_routes_choices_on_image() -> None:
+def test_capture_config_routes_choices_and_rectangles_on_image() -> None:
     parsed = parse_label_config(load_capture("setup.json")["body"]["schema"])
     (spec,) = parsed.for_family(ModelFamily.CLASSIFIER)
     assert (spec.name, spec.to_name, spec.value_key, spec.labels, spec.multiple) == (
         "quality", "image", "image", ("good", "bad"), False)
-    assert any("RectangleLabels" in u for u in parsed.unserved)
+    (boxes,) = parsed.for_family(ModelFamily.DETECTOR)
+    assert boxes.tag == "RectangleLabels" and boxes.result_type == "rectanglelabels"
+    assert not any("RectangleLabels" in u for u in parsed.unserved)
 
 
 def test_multiple_choice_and_label_attrs() -> None:
