@@ -47,6 +47,7 @@ class JobKind:
 
 
 def job_registry() -> dict[str, JobKind]:
+    from .detector_training import train_detector_job
     from .reranking import rerank_project
     from .training import merge_train_payloads, precompute_embeddings, train_classifier
 
@@ -56,7 +57,11 @@ def job_registry() -> dict[str, JobKind]:
     return {"train": JobKind(train, merge_train_payloads), "embed": JobKind(precompute_embeddings),
             # Re-ranking waits mostly on Label Studio's API: its own lane keeps it from
             # delaying the next training (annotation → new version stays fast).
-            "rerank": JobKind(rerank_project, merge_rerank_payloads, lane="ranking")}
+            "rerank": JobKind(rerank_project, merge_rerank_payloads, lane="ranking"),
+            # A detector fine-tune takes minutes: its own lane keeps classifier updates (and
+            # other projects' jobs) from queueing behind it.
+            "train_detector": JobKind(train_detector_job, merge_train_payloads,
+                                      lane="detector")}
 
 
 def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,14 @@ from typing import Any
 import numpy as np
 
 from .detecting import detect_images, unmapped_controls
-from .errors import BadRequest, ImageError, LabelStudioUnavailable, ModelUnavailable, NotFound
+from .errors import (
+    BackendError,
+    BadRequest,
+    ImageError,
+    LabelStudioUnavailable,
+    ModelUnavailable,
+    NotFound,
+)
 from .images import LoadedImage
 from .jobs import JobQueue
 from .label_config import ControlSpec, ModelFamily, parse_label_config
@@ -321,7 +328,9 @@ class Backend:
             for key in ("task", "annotation"):
                 if isinstance(body.get(key), dict):
                     payload[key] = body[key]
-        job = self.jobs.submit("train", payload, key=f"train:{project}")
+        jobs = [self.jobs.submit(name, payload, key=f"{name}:{project}")
+                for name in self._trainers(project)]
+        job = jobs[0]
         annotation = body.get("annotation")
         if isinstance(annotation, dict) and annotation.get("was_cancelled") \
                 and self.runtime.settings.rerank_after_training and self.runtime.ls_api:
@@ -329,7 +338,22 @@ class Backend:
             # must leave the head of the queue.
             self.jobs.submit("rerank", {"project": project, "force": True},
                              key=f"rerank:{project}")
-        return {"status": "queued", "action": action, "job": job}
+        return {"status": "queued", "action": action, "job": job, "jobs": jobs}
+
+    def _trainers(self, project: int) -> list[str]:
+        """The training jobs a project's config needs; both when its config is unknown (the
+        jobs read it from Label Studio and skip what does not apply)."""
+        config = self._configs.get(project)
+        try:
+            parsed = parse_label_config(config) if config else None
+        except BackendError:
+            parsed = None
+        names = []
+        if parsed is None or parsed.for_family(ModelFamily.CLASSIFIER):
+            names.append("train")
+        if parsed is None or parsed.for_family(ModelFamily.DETECTOR):
+            names.append("train_detector")
+        return names or ["train"]
 
 
 def _task_id(task: Any) -> Any:

@@ -28,6 +28,7 @@ from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .learning import LinearHead, fit_head
 from .ls_api import LabeledTask, labeled_tasks_from_export
 from .runtime import Runtime
+from .store import ModelVersion
 
 log = logging.getLogger(__name__)
 LEDGER = "labels"
@@ -74,11 +75,12 @@ def targets_for(control: ControlSpec, results: Sequence[list[dict[str, Any]]]
     return rows, np.array(targets, dtype=np.int64)
 
 
-def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any]
-                 ) -> tuple[str, list[LabeledTask]]:
+def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any],
+                 ledger_name: str = LEDGER) -> tuple[str, list[LabeledTask]]:
     """The project's label config and labeled tasks. Reads Label Studio's export unless the
-    event carries the changed task and the last full read is recent enough."""
-    ledger = runtime.store.read_state(project, LEDGER)
+    event carries the changed task and the last full read is recent enough. Each trainer
+    keeps its own ledger (``ledger_name``): they run concurrently."""
+    ledger = runtime.store.read_state(project, ledger_name)
     fresh = (ledger is not None and payload.get("mode") == "incremental"
              and time.time() - ledger["synced_at"] < runtime.settings.full_sync_interval_s
              and isinstance(payload.get("task"), dict)
@@ -112,7 +114,7 @@ def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any]
             {"id": t.annotation_id, "updated_at": t.updated_at, "result": t.result}]}
             for t in exported}
         synced_at = time.time()
-    runtime.store.write_state(project, LEDGER, {
+    runtime.store.write_state(project, ledger_name, {
         "synced_at": synced_at, "label_config": config,
         "tasks": {str(k): v for k, v in tasks.items()}})
     return config, labeled_tasks_from_export(list(tasks.values()))
@@ -261,7 +263,10 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             head_meta[name] = {"file": file_name, "labels": list(head.labels),
                                "multiple": head.multiple, **head.stats}
         weights = runtime.base_weights()
+        detector_files, carried = carry_over(previous, exclude="classifier")
+        files.update(detector_files)
         version = runtime.store.save(project, settings.resnet_arch, files, {
+            **carried,
             "family": ModelFamily.CLASSIFIER.value, "mode": "full" if full else "incremental",
             "fingerprint": _fingerprint(config, labeled, embedder.digest),
             "n_labeled": len(labeled), "heads": head_meta,
@@ -281,6 +286,27 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
                            time.perf_counter() - started, phases=phases, next_jobs=follow_ups)
     log.info("training done: %s", outcome.as_dict())
     return outcome
+
+
+def carry_over(version: ModelVersion | None, exclude: str
+               ) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The files and manifest entries of ``version`` that belong to the other model family
+    (``exclude`` names the family being replaced: ``detector`` or ``classifier``), so a
+    project with both keeps each family's latest model in every version."""
+    if version is None:
+        return {}, {}
+    manifest = version.manifest
+    if exclude == "detector":
+        keys = ["heads", "backbone", "fingerprint", "base_weights", "n_labeled"]
+        names = [h["file"] for h in (manifest.get("heads") or {}).values()]
+        if (manifest.get("backbone") or {}).get("file"):
+            names.append(manifest["backbone"]["file"])
+    else:
+        keys = ["detector"]
+        names = [manifest["detector"]["file"]] if manifest.get("detector") else []
+    entries = {k: manifest[k] for k in keys if k in manifest}
+    return {name: version.read_bytes(name) for name in names}, entries
+
 
 
 def _reusable_l2(previous: LinearHead | None, n: int) -> float | None:

@@ -86,8 +86,10 @@ def test_webhook_trains_in_background(backend, image_host) -> None:
     client, runtime, jobs = backend
     tasks, _ = _project(image_host, 25)
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
-    response = client.post("/webhook", json={"action": "START_TRAINING",
-                                             "project": {"id": 7}})
+    # Label Studio's webhooks carry the project's config: a Choices-only project trains
+    # only the classifier.
+    response = client.post("/webhook", json={"action": "START_TRAINING", "project": {
+        "id": 7, "label_config": DIGITS_CONFIG}})
     assert response.status_code == 200 and response.get_json()["status"] == "queued"
     assert jobs.wait_idle(120)
     records = {r["name"]: r for r in jobs.recent()}
