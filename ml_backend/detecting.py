@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 # Boxes down to this confidence inform the uncertainty even when too weak to be shown: an
 # image whose best box sits at 0.2 is one the model is unsure about, not an empty one.
 UNCERTAINTY_FLOOR = 0.05
+DETECT_CHUNK = 8  # images per detector call: batched, but bounded in memory
 # Boxes whose confidence reaches this count as found (see ranking.detection_uncertainty).
 CONFIDENT = 0.5
 

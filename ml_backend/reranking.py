@@ -18,11 +18,18 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BackendError, LabelStudioUnavailable
+from .detecting import DETECT_CHUNK, detect_images
+from .errors import BackendError, ImageError, LabelStudioUnavailable, ModelUnavailable
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .ls_api import LabeledTask
-from .ranking import Strategy, queue_scores, select, task_uncertainty, uncertainty_table
-from .results import classification_predictions, empty_prediction
+from .ranking import Strategy, queue_scores, select, uncertainty_table
+from .results import (
+    Output,
+    classification_outputs,
+    combine_outputs,
+    empty_prediction,
+    task_prediction,
+)
 from .runtime import Runtime, version_index
 from .settings import Settings
 from .training import announce, embed_images, fetch_images
@@ -52,58 +59,141 @@ def _as_tasks(items: list[dict[str, Any]]) -> list[LabeledTask]:
     return [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in items]
 
 
+@dataclass
+class _FamilyScores:
+    """One model family's view of the candidates: outputs and uncertainty by candidate row,
+    every strategy's uncertainty (for GET /ranking), and embeddings when it has them."""
+
+    outputs: dict[int, tuple[list[Output], float]]
+    details: dict[int, dict[str, float]]
+    embeddings: dict[int, np.ndarray] | None = None
+
+
 def rank_tasks(runtime: Runtime, project: int, label_config: str,
                candidates: list[dict[str, Any]], labeled: list[dict[str, Any]],
                strategy: Strategy, batch_size: int, random_share: float,
                rng: np.random.Generator) -> RankedTasks:
     """Predict ``candidates`` (Label Studio tasks) and order them: the first ``batch_size`` by
     ``strategy`` (with a ``random_share`` hedge), the rest by uncertainty. ``labeled`` tasks
-    only matter to the diversity term of ranked batch sampling."""
-    model = runtime.classifier(project)
-    if model is None:
-        raise BackendError(f"project {project} has no trained model to rank with")
-    controls: list[ControlSpec] = [
-        c for c in parse_label_config(label_config).for_family(ModelFamily.CLASSIFIER)
-        if c.name in model.heads and model.heads[c.name].labels == c.labels]
-    if not controls:
-        raise BackendError(f"project {project}: no trained head matches the label config")
-    # Each control is scored on its own image; the first control's image carries the
-    # diversity term. A task is scored only if all its images could be had.
-    key = controls[0].value_key
+    only matter to the diversity term of ranked batch sampling. With a classifier and a
+    detector, the least certain family decides a task's uncertainty."""
+    parsed = parse_label_config(label_config)
     tasks = _as_tasks(candidates)
-    by_key: dict[str, dict[int, np.ndarray]] = {}
-    for value_key in dict.fromkeys(c.value_key for c in controls):
-        rows, vectors = embed_images(runtime, model.embedder,
-                                     fetch_images(runtime, tasks, value_key))
-        by_key[value_key] = dict(zip(rows, vectors, strict=True))
-    good = sorted(set.intersection(*(set(v) for v in by_key.values())))
+    families: list[_FamilyScores] = []
+    classifier = _classifier_scores(runtime, project, parsed.for_family(ModelFamily.CLASSIFIER),
+                                    tasks, strategy)
+    if classifier is not None:
+        families.append(classifier)
+    detector = _detector_scores(runtime, project, parsed.for_family(ModelFamily.DETECTOR),
+                                tasks)
+    if detector is not None:
+        families.append(detector)
+    if not families:
+        raise BackendError(f"project {project} has no trained model for its label config")
+    version = runtime.model_version(project)
+    # A task is scored only if every family could read its images.
+    good = sorted(set.intersection(*(set(f.outputs) for f in families)))
     ids = [int(candidates[r]["id"]) for r in good]
     failed = sorted({int(t["id"]) for t in candidates} - set(ids))
     if not ids:
-        return RankedTasks(model.version, strategy, [], [], {}, {}, failed)
-    x_of = {k: np.stack([v[r] for r in good]) for k, v in by_key.items()}
-    x = x_of[key]
-    probas = {c.name: model.heads[c.name].predict_proba(x_of[c.value_key]) for c in controls}
-    tables = [uncertainty_table(probas[c.name], c.multiple) for c in controls]
-    uncertainty = task_uncertainty(strategy, tables)
-    labeled_x = None
-    if strategy is Strategy.RANKED_BATCH and labeled:
-        _, labeled_x = embed_images(runtime, model.embedder,
-                                    fetch_images(runtime, _as_tasks(labeled), key))
-    first = select(strategy, uncertainty, batch_size, rng, embeddings=x,
+        return RankedTasks(version, strategy, [], [], {}, {}, failed)
+    combined = [combine_outputs([f.outputs[r] for f in families]) for r in good]
+    uncertainty = np.array([c[1] for c in combined if c is not None])
+    embeddings = labeled_x = None
+    effective = strategy
+    if classifier is not None and classifier.embeddings is not None:
+        embeddings = np.stack([classifier.embeddings[r] for r in good])
+        if strategy is Strategy.RANKED_BATCH and labeled:
+            model = runtime.classifier(project)
+            assert model is not None
+            key = parse_label_config(label_config).for_family(
+                ModelFamily.CLASSIFIER)[0].value_key
+            _, labeled_x = embed_images(runtime, model.embedder,
+                                        fetch_images(runtime, _as_tasks(labeled), key))
+    elif strategy is Strategy.RANKED_BATCH:
+        effective = Strategy.MARGIN  # diversity needs embeddings: plain uncertainty order
+    first = select(effective, uncertainty, batch_size, rng, embeddings=embeddings,
                    labeled_embeddings=labeled_x, random_share=random_share)
     rest = np.setdiff1d(np.arange(len(ids)), first)
     rest = rest[np.argsort(-uncertainty[rest], kind="stable")]
     order = np.concatenate([first, rest]).astype(np.int64)
     scores = queue_scores(first, 1.0 - uncertainty)
-    predictions = classification_predictions(controls, probas, model.version, strategy, scores)
-    per_task = {
-        task_id: {name: float(np.max([t[name][j] for t in tables])) for name in tables[0]}
-        for j, task_id in enumerate(ids)}
-    return RankedTasks(version=model.version, strategy=strategy,
-                       order=[ids[i] for i in order], batch=[ids[i] for i in first],
-                       predictions={ids[j]: p for j, p in enumerate(predictions)},
-                       uncertainty=per_task, failed=failed)
+    predictions = {ids[j]: task_prediction(c[0], version, float(scores[j]))
+                   for j, c in enumerate(combined) if c is not None}
+    details = {ids[j]: {k: v for f in families for k, v in f.details[r].items()}
+               for j, r in enumerate(good)}
+    return RankedTasks(version=version, strategy=strategy, order=[ids[i] for i in order],
+                       batch=[ids[i] for i in first], predictions=predictions,
+                       uncertainty=details, failed=failed)
+
+
+def _classifier_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec, ...],
+                       tasks: list[LabeledTask], strategy: Strategy) -> _FamilyScores | None:
+    if not controls:
+        return None
+    model = runtime.classifier(project)
+    if model is None:
+        return None
+    usable = [c for c in controls
+              if c.name in model.heads and model.heads[c.name].labels == c.labels]
+    if not usable:
+        log.warning("project %s: no trained head matches the label config", project)
+        return None
+    # Each control is scored on its own image; the first control's image carries the
+    # diversity term.
+    by_key: dict[str, dict[int, np.ndarray]] = {}
+    for value_key in dict.fromkeys(c.value_key for c in usable):
+        rows, vectors = embed_images(runtime, model.embedder,
+                                     fetch_images(runtime, tasks, value_key))
+        by_key[value_key] = dict(zip(rows, vectors, strict=True))
+    good = sorted(set.intersection(*(set(v) for v in by_key.values())))
+    if not good:
+        return _FamilyScores({}, {})
+    x_of = {k: np.stack([v[r] for r in good]) for k, v in by_key.items()}
+    probas = {c.name: model.heads[c.name].predict_proba(x_of[c.value_key]) for c in usable}
+    items = classification_outputs(usable, probas, strategy)
+    tables = [uncertainty_table(probas[c.name], c.multiple) for c in usable]
+    details = {r: {name: float(np.max([t[name][j] for t in tables])) for name in tables[0]}
+               for j, r in enumerate(good)}
+    first_key = usable[0].value_key
+    return _FamilyScores(dict(zip(good, items, strict=True)), details,
+                         {r: by_key[first_key][r] for r in good})
+
+
+def _detector_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec, ...],
+                     tasks: list[LabeledTask]) -> _FamilyScores | None:
+    if not controls:
+        return None
+    try:
+        model = runtime.detector(project)
+    except ModelUnavailable as exc:
+        log.error("project %s: detector unavailable, boxes not ranked: %s", project, exc)
+        return None
+    if model is None:
+        return None
+    threshold = runtime.settings.detector_min_score
+    outputs: dict[int, tuple[list[Output], float]] = {}
+    for value_key in dict.fromkeys(c.value_key for c in controls):
+        group = [c for c in controls if c.value_key == value_key]
+        images = fetch_images(runtime, tasks, value_key)
+        seen: set[int] = set()
+        for start in range(0, len(images.rows), DETECT_CHUNK):
+            chunk, pixels = [], []
+            for i in range(start, min(start + DETECT_CHUNK, len(images.rows))):
+                try:
+                    pixels.append(images.pixels(i, runtime.settings.max_image_pixels))
+                except ImageError as exc:
+                    log.warning("ranking: skipping task row %s: %s", images.rows[i], exc)
+                    continue
+                chunk.append(images.rows[i])
+            for row, boxes in zip(chunk, detect_images(model, group, pixels, threshold),
+                                  strict=True):
+                seen.add(row)
+                outputs[row] = combine_outputs([  # type: ignore[assignment]
+                    outputs.get(row), (list(boxes), max(b.uncertainty for b in boxes))])
+        # A task must have every image to be scored.
+        outputs = {r: o for r, o in outputs.items() if r in seen}
+    return _FamilyScores(outputs, {r: {"detection": o[1]} for r, o in outputs.items()})
 
 
 def _seed(version: str) -> int:

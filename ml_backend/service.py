@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .detecting import detect_images, unmapped_controls
+from .detecting import DETECT_CHUNK, detect_images, unmapped_controls
 from .errors import (
     BackendError,
     BadRequest,
@@ -39,7 +39,6 @@ from .runtime import ClassifierModel, Runtime
 log = logging.getLogger(__name__)
 
 EMBED_CHUNK = 16
-DETECT_CHUNK = 8  # images per detector call: batched, but bounded in memory
 TaskOutputs = tuple[list[Output], float]  # one task's outputs and its uncertainty
 TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
             "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
