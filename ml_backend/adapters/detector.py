@@ -186,11 +186,14 @@ def train_detector(start: str, data_yaml: Path, out_dir: Path, config_dir: Path,
                    seed: int = 0) -> TrainedDetector:
     """Train ``start`` (a weights file or an architecture config) on ``data_yaml`` for
     ``epochs`` and validate it on the dataset's val split. A warm start skips the learning-rate
-    warm-up: the weights are already trained, a ramp from zero would waste short rounds."""
+    warm-up: the weights are already trained, a ramp from zero would waste short rounds.
+    One optimizer step per batch (``nbs=batch``): Ultralytics otherwise accumulates gradients
+    to 64 images, which leaves a 200-image round with three updates per epoch."""
     yolo = ultralytics_module(config_dir).YOLO
     model = yolo(start, task="detect")
     args: dict[str, Any] = dict(
-        data=str(data_yaml), epochs=epochs, imgsz=image_size, batch=batch, device=device,
+        data=str(data_yaml), epochs=epochs, imgsz=image_size, batch=batch, nbs=batch,
+        device=device,
         project=str(out_dir), name="run", exist_ok=True, workers=0, plots=False,
         verbose=False, amp=False, seed=seed, deterministic=False, patience=epochs,
         close_mosaic=max(1, epochs // 4), warmup_epochs=0.0 if warm else min(3.0, epochs / 4),

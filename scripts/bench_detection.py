@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""Detection labeling-loop benchmark: synthetic shapes with exact boxes, random order vs the
+backend's uncertainty order.
+
+A simulated annotator boxes images by ground truth in rounds. After each round the detector
+fine-tunes through the production job (``train_detector_job``: YOLO dataset export with the
+split fixed by task id, warm start from the previous version, bounded epochs in a child
+process; only Label Studio's API is replaced by the annotator's answers), starting from the
+architecture config (no pretrained weights). The new version is scored on a fixed held-out
+set (Ultralytics' validator: mAP50 and mAP50-95), and the next round's images are taken
+either at random or from the top of ``rank_tasks`` (what the re-ranking job writes as the
+queue: per-image detection uncertainty, with the usual random share).
+
+Prints JSON (saved with a PNG plot): held-out mAP per round for both orders.
+
+    .venv/bin/python scripts/bench_detection.py            # full run (about an hour)
+    .venv/bin/python scripts/bench_detection.py --pool 24 --holdout 8 --start 8 --step 8 \
+        --max-labels 16 --epochs 1 --image-size 64        # smoke run (CI)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ml_backend.adapters.detector import (
+    DetectionSample,
+    ultralytics_module,
+    write_yolo_dataset,
+)
+from ml_backend.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
+from ml_backend.detections import xyxy_to_ls_rect
+from ml_backend.detector_training import train_detector_job
+from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
+from ml_backend.ranking import Strategy
+from ml_backend.reranking import rank_tasks
+from ml_backend.runtime import Runtime
+from ml_backend.settings import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = (REPO / "labeling_configs" / "shapes_detection.xml").read_text()
+ORDERS = ("random", "uncertainty")
+
+
+class SimulatedAnnotator:
+    """Stands in for Label Studio's API: the boxes drawn so far, as its export returns them."""
+
+    def __init__(self) -> None:
+        self.done: dict[int, dict[str, Any]] = {}
+
+    def label(self, task: dict[str, Any], scene: ShapeScene) -> None:
+        height, width = scene.pixels.shape[:2]
+        result = [{"from_name": "shape", "to_name": "image", "type": "rectanglelabels",
+                   "original_width": width, "original_height": height,
+                   "value": {**xyxy_to_ls_rect(box, width, height),
+                             "rectanglelabels": [label]}}
+                  for box, label in zip(scene.xyxy, scene.labels, strict=True)]
+        self.done[task["id"]] = {**task, "annotations": [{
+            "id": task["id"], "updated_at": f"{time.time():.6f}", "result": result}]}
+
+    def label_config(self, project: int) -> str:
+        return CONFIG
+
+    def labeled_tasks(self, project: int) -> list[LabeledTask]:
+        return labeled_tasks_from_export(list(self.done.values()))
+
+    def set_model_version(self, project: int, version: str, is_ours: Any,
+                          retitle: bool = True) -> None:
+        return None
+
+
+def _write_scenes(root: Path, scenes: list[ShapeScene]) -> list[dict[str, Any]]:
+    (root / "shapes").mkdir(parents=True, exist_ok=True)
+    tasks = []
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene.pixels).save(root / f"shapes/{i}.png")
+        tasks.append({"id": i + 1, "data": {"image": f"/data/local-files/?d=shapes/{i}.png"}})
+    return tasks
+
+
+def _heldout_yaml(root: Path, scenes: list[ShapeScene], docroot: Path, offset: int) -> Path:
+    samples = [DetectionSample(f"h{i}", (docroot / f"shapes/{offset + i}.png").read_bytes(),
+                               ".png", s.xyxy,
+                               np.array([SHAPE_CLASSES.index(lab) for lab in s.labels]),
+                               s.pixels.shape[1], s.pixels.shape[0])
+               for i, s in enumerate(scenes)]
+    return write_yolo_dataset(root, samples, SHAPE_CLASSES, [True] * len(samples))
+
+
+def _evaluate(runtime: Runtime, project: int, data_yaml: Path, args: argparse.Namespace
+              ) -> tuple[float, float]:
+    version = runtime.store.latest(project)
+    assert version is not None and version.manifest.get("detector")
+    yolo = ultralytics_module(runtime.yolo_config_dir()).YOLO
+    model = yolo(str(version.file(version.manifest["detector"]["file"])), task="detect")
+    metrics = model.val(data=str(data_yaml), imgsz=args.image_size, batch=16, device="cpu",
+                        workers=0, plots=False, verbose=False,
+                        project=str(runtime.settings.cache_dir / "val"), name="run",
+                        exist_ok=True)
+    return float(metrics.box.map50), float(metrics.box.map)
+
+
+def _simulate(runtime: Runtime, tasks: list[dict[str, Any]], scenes: list[ShapeScene],
+              heldout_yaml: Path, project: int, order: str, seed: int,
+              args: argparse.Namespace) -> list[dict[str, Any]]:
+    rng = np.random.default_rng(seed)
+    annotator = SimulatedAnnotator()
+    runtime.ls_api = annotator  # type: ignore[assignment]
+    pool = tasks[:args.pool]
+    for i in rng.choice(len(pool), size=args.start, replace=False):
+        annotator.label(pool[i], scenes[i])
+    rounds = []
+    while True:
+        started = time.perf_counter()
+        outcome = train_detector_job(runtime, {"project": project, "mode": "full"})
+        if outcome["status"] != "trained":
+            raise RuntimeError(f"round did not train: {outcome}")
+        trained_s = time.perf_counter() - started
+        map50, map50_95 = _evaluate(runtime, project, heldout_yaml, args)
+        meta = runtime.store.latest(project).manifest["detector"]  # type: ignore[union-attr]
+        rounds.append({"labels": len(annotator.done), "heldout_map50": round(map50, 4),
+                       "heldout_map50_95": round(map50_95, 4),
+                       "val_map50": round(meta["map50"], 4), "n_val": meta["n_val"],
+                       "train_s": round(trained_s, 1)})
+        print(f"{order} seed {seed}: {rounds[-1]}", file=sys.stderr, flush=True)
+        if len(annotator.done) >= args.max_labels:
+            return rounds
+        candidates = [t for t in pool if t["id"] not in annotator.done]
+        step = min(args.step, args.max_labels - len(annotator.done))
+        if order == "random":
+            picked = [candidates[i]["id"] for i in rng.choice(len(candidates), step,
+                                                                replace=False)]
+        else:
+            ranked = rank_tasks(runtime, project, CONFIG, candidates,
+                                list(annotator.done.values()), Strategy.MARGIN, step,
+                                args.random_share, rng)
+            picked = ranked.order[:step]
+        for task_id in picked:
+            annotator.label(tasks[task_id - 1], scenes[task_id - 1])
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    scenes = shape_scenes(args.pool + args.holdout, seed=args.data_seed)
+    docroot = work / "docroot"
+    tasks = _write_scenes(docroot, scenes)
+    heldout_yaml = _heldout_yaml(work / "heldout", scenes[args.pool:], docroot, args.pool)
+    runtime = Runtime(Settings(
+        model_dir=work / "models", cache_dir=work / "cache", local_files_document_root=docroot,
+        detector_image_size=args.image_size, detector_epochs=args.epochs,
+        detector_batch=args.batch, detector_min_labels=1, detector_train_every=1,
+        detector_train_nice=0, update_project_model_version=False,
+        rerank_after_training=False))
+    runs: dict[str, list[list[dict[str, Any]]]] = {order: [] for order in args.orders}
+    project = 0
+    for seed in range(args.seeds):
+        for order in args.orders:
+            project += 1
+            runs[order].append(_simulate(runtime, tasks, scenes, heldout_yaml, project, order,
+                                         seed, args))
+    n_objects = [len(s.labels) for s in scenes]
+    report: dict[str, Any] = {
+        "dataset": "synthetic shapes (ml_backend.datasets.shape_scenes)",
+        "classes": list(SHAPE_CLASSES), "pool": args.pool, "heldout": args.holdout,
+        "objects_per_image": [min(n_objects), max(n_objects)],
+        "objects_total": int(sum(n_objects)),
+        "image_sizes": sorted({f"{s.pixels.shape[1]}x{s.pixels.shape[0]}" for s in scenes}),
+        "start_weights": f"architecture config {runtime.settings.yolo_arch} (no pretrained "
+                         "weights)",
+        "start": args.start, "step": args.step, "max_labels": args.max_labels,
+        "epochs_per_round": args.epochs, "image_size": args.image_size, "batch": args.batch,
+        "random_share": args.random_share, "seeds": args.seeds, "orders": {},
+    }
+    for order, seeds in runs.items():
+        labels = [r["labels"] for r in seeds[0]]
+        map50 = np.array([[r["heldout_map50"] for r in rounds] for rounds in seeds])
+        map50_95 = np.array([[r["heldout_map50_95"] for r in rounds] for rounds in seeds])
+        report["orders"][order] = {
+            "labels": labels,
+            "heldout_map50": [round(v, 4) for v in map50.mean(axis=0)],
+            "heldout_map50_95": [round(v, 4) for v in map50_95.mean(axis=0)],
+            "rounds": seeds,
+        }
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in ((axes[0], "heldout_map50", "held-out mAP50"),
+                           (axes[1], "heldout_map50_95", "held-out mAP50-95")):
+        for order, data in report["orders"].items():
+            ax.plot(data["labels"], data[key], marker="o", label=order)
+        if key == "heldout_map50":
+            ax.axhline(0.8, color="grey", linestyle=":", label="target 0.8")
+        ax.set_xlabel("labeled images")
+        ax.set_title(title)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"YOLO from {report['start_weights'].split(' (')[0]}, "
+                 f"{report['epochs_per_round']} epochs per round, {report['image_size']} px")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pool", type=int, default=400, help="images to label from")
+    parser.add_argument("--holdout", type=int, default=100, help="held-out test images")
+    parser.add_argument("--start", type=int, default=50, help="random labels before round 1")
+    parser.add_argument("--step", type=int, default=50, help="labels per round")
+    parser.add_argument("--max-labels", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=20, help="fine-tune epochs per round")
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--random-share", type=float, default=0.1)
+    parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--data-seed", type=int, default=2026)
+    parser.add_argument("--orders", type=lambda s: s.split(","), default=list(ORDERS))
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "docs" / "benchmarks" / "bench_detection")
+    args = parser.parse_args(argv)
+    unknown = set(args.orders) - set(ORDERS)
+    if unknown:
+        parser.error(f"unknown orders {sorted(unknown)}; known: {list(ORDERS)}")
+    with tempfile.TemporaryDirectory(prefix="bench-detection-") as tmp:
+        report = run(args, Path(tmp))
+    text = json.dumps(report, indent=1)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(text + "\n")
+    _plot(report, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
