@@ -20,7 +20,13 @@ from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.settings import Settings
 
+import netguard
 from http_fixtures import serve_app
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    netguard.install()
+
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CAPTURES = FIXTURES / "captures"

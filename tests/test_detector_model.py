@@ -1,0 +1,192 @@
+"""The real YOLO adapter on a tiny model this test trains itself (YOLOv8n architecture, a few
+synthetic shapes, 64 px, one epoch): predictions through the Flask app, the fine-tune job,
+and a missing checkpoint that costs only the boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ml_backend.adapters.detector import DetectionSample, write_yolo_dataset
+from ml_backend.datasets import SHAPE_CLASSES, shape_scenes
+from ml_backend.detections import xyxy_to_ls_rect
+from ml_backend.detector_training import FineTuneSpec, fine_tune, train_detector_job
+from ml_backend.jobs import InProcessQueue
+from ml_backend.runtime import Runtime
+from ml_backend.server import create_app
+from ml_backend.training import train_classifier
+
+from conftest import png_bytes
+from fakes import FakeLabelStudioAPI
+
+SHAPES_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="shape" toName="image" model_score_threshold="0.0">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </RectangleLabels>
+</View>"""
+MIXED_CONFIG = SHAPES_CONFIG.replace("</View>", """  <Choices name="busy" toName="image">
+    <Choice value="one"/><Choice value="many"/>
+  </Choices>
+</View>""")
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """YOLOv8n trained for one epoch on 8 shapes images at 64 px, through the same child
+    process the fine-tune job uses."""
+    work = tmp_path_factory.mktemp("tiny-yolo")
+    scenes = shape_scenes(8, seed=3)
+    samples = [DetectionSample(f"s{i}", png_bytes(s.pixels), ".png", s.xyxy,
+                               np.array([SHAPE_CLASSES.index(lab) for lab in s.labels]),
+                               s.pixels.shape[1], s.pixels.shape[0])
+               for i, s in enumerate(scenes)]
+    data = write_yolo_dataset(work / "data", samples, SHAPE_CLASSES, [i >= 6 for i in range(8)])
+    result = fine_tune(FineTuneSpec(start="yolov8n.yaml", data_yaml=str(data),
+                                    out_dir=str(work / "runs"), config_dir=str(work / "cfg"),
+                                    epochs=1, image_size=SIZE, batch=4, device="cpu",
+                                    warm=False), work)
+    return Path(result["weights"])
+
+
+def _shape_tasks(image_host: Any, count: int, project: int = 5) -> list[dict[str, Any]]:
+    """Tasks annotated with their exact boxes, images served by the host."""
+    tasks = []
+    for i, scene in enumerate(shape_scenes(count, seed=11)):
+        path = f"/data/upload/{project}/shape{i}.png"
+        image_host.files[path] = png_bytes(scene.pixels)
+        height, width = scene.pixels.shape[:2]
+        result = [{"from_name": "shape", "to_name": "image", "type": "rectanglelabels",
+                   "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [lab]}}
+                  for box, lab in zip(scene.xyxy, scene.labels, strict=True)]
+        result.append({"from_name": "busy", "to_name": "image", "type": "choices",
+                       "value": {"choices": ["many" if len(scene.labels) > 2 else "one"]}})
+        tasks.append({"id": i + 1, "data": {"image": path}, "annotations": [{
+            "id": i + 1, "updated_at": "2026-01-01T00:00:00Z", "result": result}]})
+    return tasks
+
+
+@pytest.fixture
+def detection_backend(make_settings: Any, image_host: Any, tiny_checkpoint: Path
+                      ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+    settings = make_settings(label_studio_url=image_host.url, yolo_checkpoint=str(tiny_checkpoint),
+                             detector_image_size=SIZE, detector_epochs=1, detector_batch=4,
+                             detector_min_labels=4, detector_train_every=3,
+                             detector_train_nice=0)
+    runtime = Runtime(settings)
+    jobs = InProcessQueue(runtime)
+    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
+    yield app.test_client(), runtime, jobs
+    jobs.close()
+
+
+def _assert_valid_boxes(prediction: dict[str, Any], width: int, height: int) -> None:
+    for region in prediction["result"]:
+        assert region["type"] == "rectanglelabels" and region["from_name"] == "shape"
+        assert region["value"]["rectanglelabels"][0] in SHAPE_CLASSES
+        assert (region["original_width"], region["original_height"]) == (width, height)
+        value = region["value"]
+        assert 0 <= value["x"] <= value["x"] + value["width"] <= 100 + 1e-9
+        assert 0 <= value["y"] <= value["y"] + value["height"] <= 100 + 1e-9
+        assert 0.0 <= region["score"] <= 1.0
+
+
+def test_predict_returns_boxes_per_task_and_survives_a_bad_image(detection_backend,
+                                                                 image_host) -> None:
+    client, runtime, _ = detection_backend
+    tasks = _shape_tasks(image_host, 3)
+    body = {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks]
+            + [{"id": 99, "data": {"image": "/data/upload/5/missing.png"}}],
+            "label_config": SHAPES_CONFIG, "project": "5.1700000000"}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    results = response.get_json()["results"]
+    assert len(results) == 4
+    boxes = 0
+    for prediction, scene in zip(results[:3], shape_scenes(3, seed=11), strict=True):
+        _assert_valid_boxes(prediction, scene.pixels.shape[1], scene.pixels.shape[0])
+        assert 0.0 <= prediction["score"] <= 1.0
+        boxes += len(prediction["result"])
+    assert boxes > 0, "threshold 0 shows every box the tiny model finds"
+    assert results[3]["result"] == [] and results[3]["score"] == 1.0
+    health = client.get("/health").get_json()["models"]["detector"]
+    assert health["status"] == "ready" and health["weights"] == "checkpoint"
+
+
+def test_missing_checkpoint_costs_only_the_boxes(make_settings, image_host, tmp_path) -> None:
+    settings = make_settings(label_studio_url=image_host.url,
+                             yolo_checkpoint=str(tmp_path / "yolov8n.pt"))
+    runtime = Runtime(settings)
+    tasks = _shape_tasks(image_host, 12)
+    runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks)  # type: ignore[assignment]
+    assert train_classifier(runtime, {"project": 5, "mode": "full"}).status == "trained"
+    app = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime), warm_up=False)
+    client = app.test_client()
+    health = client.get("/health").get_json()["models"]["detector"]
+    assert health["status"] == "error" and "does not exist" in health["error"]
+    response = client.post("/predict", json={
+        "tasks": [{"id": t["id"], "data": t["data"]} for t in tasks[:2]],
+        "label_config": MIXED_CONFIG, "project": 5})
+    assert response.status_code == 200
+    for prediction in response.get_json()["results"]:
+        assert [r["type"] for r in prediction["result"]] == ["choices"]
+
+
+def test_untrained_detector_reports_itself_and_predicts_no_boxes(backend, image_host) -> None:
+    client, _, _ = backend
+    health = client.get("/health").get_json()["models"]["detector"]
+    assert health["status"] == "untrained" and "YOLO_CHECKPOINT" in health["warning"]
+    tasks = _shape_tasks(image_host, 2)
+    response = client.post("/predict", json={
+        "tasks": [{"id": t["id"], "data": t["data"]} for t in tasks],
+        "label_config": SHAPES_CONFIG, "project": 5})
+    assert [p["result"] for p in response.get_json()["results"]] == [[], []]
+
+
+def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
+        detection_backend, image_host) -> None:
+    client, runtime, _ = detection_backend
+    tasks = _shape_tasks(image_host, 10)
+    fake = FakeLabelStudioAPI(MIXED_CONFIG, tasks[:2])
+    runtime.ls_api = fake  # type: ignore[assignment]
+    assert train_classifier(runtime, {"project": 5, "mode": "full"}).status == "trained"
+    too_few = train_detector_job(runtime, {"project": 5, "mode": "full"})
+    assert too_few["status"] == "no-labels" and "DETECTOR_MIN_LABELS" in too_few["detail"]
+
+    fake.tasks = tasks[:8]
+    before = runtime.store.latest(5)
+    outcome = train_detector_job(runtime, {"project": 5, "mode": "incremental"})
+    assert outcome["status"] == "trained", outcome
+    assert outcome["next_jobs"] == [{"name": "rerank", "payload": {"project": 5},
+                                     "key": "rerank:5"}]
+    version = runtime.store.latest(5)
+    assert version is not None and version.name != before.name
+    assert version.name.startswith("tiny_checkpoint") is False
+    meta = version.manifest["detector"]
+    assert meta["start"] == "checkpoint" and meta["classes"] == list(SHAPE_CLASSES)
+    assert meta["n_train"] + meta["n_val"] >= 8 and 0.0 <= meta["map50"] <= 1.0
+    # The classifier's heads travel with the new version.
+    assert version.manifest["heads"] == before.manifest["heads"]
+    assert runtime.classifier(5) is not None and runtime.detector(5).version == version.name
+
+    # Below DETECTOR_TRAIN_EVERY new annotations an event does not retrain …
+    fake.tasks = tasks[:9]
+    waiting = train_detector_job(runtime, {"project": 5, "mode": "incremental"})
+    assert waiting["status"] == "skipped" and "1 new annotated tasks" in waiting["detail"]
+    # … and the next round warm-starts from the version just saved.
+    fake.tasks = tasks
+    again = train_detector_job(runtime, {"project": 5, "mode": "full"})
+    assert again["status"] == "trained"
+    assert runtime.store.latest(5).manifest["detector"]["start"] == f"version {version.name}"
+
+    response = client.post("/predict", json={
+        "tasks": [{"id": 1, "data": tasks[0]["data"]}], "label_config": MIXED_CONFIG,
+        "project": 5})
+    (prediction,) = response.get_json()["results"]
+    assert prediction["model_version"] == runtime.store.latest(5).name
+    assert "choices" in [r["type"] for r in prediction["result"]]
