@@ -287,9 +287,11 @@ class Backend:
         if not isinstance(config, str):
             raise BadRequest("/train needs 'label_config'")
         parse_label_config(config)
-        job = self.jobs.submit("train", {"project": project, "mode": "full", "export": export,
-                                         "label_config": config}, key=f"train:{project}")
-        return {"status": "queued", "job": job}
+        self._configs[project] = config
+        jobs = [self.jobs.submit(name, {"project": project, "mode": "full", "export": export,
+                                        "label_config": config}, key=f"{name}:{project}")
+                for name in self._trainers(project)]
+        return {"status": "queued", "job": jobs[0], "jobs": jobs}
 
     # --- POST /webhook -----------------------------------------------------------------------
     def webhook(self, body: Any) -> dict[str, Any]:
