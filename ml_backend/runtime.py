@@ -241,8 +241,10 @@ class Runtime:
         return re.fullmatch(rf"(?:{prefixes})-v\d+-[\w]+", name) is not None
 
     def detector_prefix(self) -> str:
-        """Detector versions are named after the architecture (``yolov8n-v3-…``)."""
-        return Path(self.settings.yolo_checkpoint or self.settings.yolo_arch).stem
+        """Detector versions are named after the architecture or checkpoint (``yolov8n-v3-…``),
+        in the characters version names allow."""
+        stem = Path(self.settings.yolo_checkpoint or self.settings.yolo_arch).stem
+        return re.sub(r"[^\w.]", "_", stem) or "yolo"
 
     def untrained_version(self) -> str:
         return f"{self.settings.resnet_arch}-v0-untrained"

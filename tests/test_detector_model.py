@@ -8,13 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from ml_backend.adapters.detector import DetectionSample, write_yolo_dataset
 from ml_backend.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.detections import xyxy_to_ls_rect
-from ml_backend.detector_training import FineTuneSpec, fine_tune, train_detector_job
+from ml_backend.detector_training import train_detector_job
 from ml_backend.jobs import InProcessQueue
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
@@ -22,6 +20,7 @@ from ml_backend.training import train_classifier
 
 from conftest import png_bytes
 from fakes import FakeLabelStudioAPI
+from yolo_fixture import SIZE, train_tiny_yolo
 
 SHAPES_CONFIG = """<View>
   <Image name="image" value="$image"/>
@@ -33,25 +32,11 @@ MIXED_CONFIG = SHAPES_CONFIG.replace("</View>", """  <Choices name="busy" toName
     <Choice value="one"/><Choice value="many"/>
   </Choices>
 </View>""")
-SIZE = 64
 
 
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """YOLOv8n trained for one epoch on 8 shapes images at 64 px, through the same child
-    process the fine-tune job uses."""
-    work = tmp_path_factory.mktemp("tiny-yolo")
-    scenes = shape_scenes(8, seed=3)
-    samples = [DetectionSample(f"s{i}", png_bytes(s.pixels), ".png", s.xyxy,
-                               np.array([SHAPE_CLASSES.index(lab) for lab in s.labels]),
-                               s.pixels.shape[1], s.pixels.shape[0])
-               for i, s in enumerate(scenes)]
-    data = write_yolo_dataset(work / "data", samples, SHAPE_CLASSES, [i >= 6 for i in range(8)])
-    result = fine_tune(FineTuneSpec(start="yolov8n.yaml", data_yaml=str(data),
-                                    out_dir=str(work / "runs"), config_dir=str(work / "cfg"),
-                                    epochs=1, image_size=SIZE, batch=4, device="cpu",
-                                    warm=False), work)
-    return Path(result["weights"])
+    return train_tiny_yolo(tmp_path_factory.mktemp("tiny-yolo"))
 
 
 def _shape_tasks(image_host: Any, count: int, project: int = 5) -> list[dict[str, Any]]:
@@ -166,7 +151,7 @@ def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
                                      "key": "rerank:5"}]
     version = runtime.store.latest(5)
     assert version is not None and version.name != before.name
-    assert version.name.startswith("tiny_checkpoint") is False
+    assert version.name.startswith("tiny_yolov8n-v")  # named after the checkpoint
     meta = version.manifest["detector"]
     assert meta["start"] == "checkpoint" and meta["classes"] == list(SHAPE_CLASSES)
     assert meta["n_train"] + meta["n_val"] >= 8 and 0.0 <= meta["map50"] <= 1.0

@@ -31,6 +31,7 @@ from ..errors import ModelUnavailable
 log = logging.getLogger(__name__)
 
 _IMPORT_LOCK = threading.Lock()
+MAX_BOXES = 100  # per image: more is noise to an annotator
 # Ultralytics checks for these fonts before training and downloads them when missing.
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
 
@@ -123,7 +124,7 @@ class YoloDetector:
         batch = [np.ascontiguousarray(image[..., ::-1]) for image in images]
         with self._lock:
             results = self.model.predict(batch, imgsz=self.image_size, conf=min_score,
-                                         device=self.device, verbose=False)
+                                         device=self.device, max_det=MAX_BOXES, verbose=False)
         out = []
         for image, result in zip(images, results, strict=True):
             boxes = result.boxes
