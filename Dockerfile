@@ -11,6 +11,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CACHE_DIR=/data/cache
 
 WORKDIR /app
+# OpenCV (pulled in by ultralytics) needs these shared libraries at import time.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
+ && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY ml_backend ./ml_backend
 RUN pip install . \

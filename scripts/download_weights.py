@@ -2,9 +2,11 @@
 """Download pretrained weights for users who are online (the backend itself never downloads).
 
     python scripts/download_weights.py --resnet resnet18
+    python scripts/download_weights.py --yolo yolov8n.pt --dest var/models
 
 ResNet weights go to torchvision's cache ($TORCH_HOME/hub/checkpoints), where the backend
-finds them without further settings. Other families are added as their adapters land.
+finds them without further settings. YOLO weights (Ultralytics' release assets, e.g.
+yolov8n.pt or yolo11n.pt) go to ``--dest``; point YOLO_CHECKPOINT at the printed path.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 
 def download_resnet(arch: str) -> str:
@@ -23,17 +26,35 @@ def download_resnet(arch: str) -> str:
     return f"{torch.hub.get_dir()}/checkpoints/{weights.url.rsplit('/', 1)[-1]}"
 
 
+def download_yolo(name: str, dest: Path) -> str:
+    from ultralytics.utils.downloads import attempt_download_asset
+
+    dest.mkdir(parents=True, exist_ok=True)
+    return str(Path(attempt_download_asset(str(dest / name))).resolve())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resnet", default="resnet18", help="torchvision ResNet name")
+    parser.add_argument("--resnet", default="resnet18", help="torchvision ResNet name "
+                        "('' to skip)")
+    parser.add_argument("--yolo", default="", help="Ultralytics weights to fetch, e.g. "
+                        "yolov8n.pt or yolo11n.pt")
+    parser.add_argument("--dest", type=Path, default=Path("var/models"),
+                        help="folder for YOLO weights")
     args = parser.parse_args()
-    try:
-        path = download_resnet(args.resnet)
-    except Exception as exc:  # network errors of every kind: report and fail clearly
-        print(f"download failed for {args.resnet}: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({"resnet": path}))
+    paths = {}
+    jobs = [("resnet", args.resnet, lambda: download_resnet(args.resnet)),
+            ("yolo", args.yolo, lambda: download_yolo(args.yolo, args.dest))]
+    for family, name, fetch in jobs:
+        if not name:
+            continue
+        try:
+            paths[family] = fetch()
+        except Exception as exc:  # network errors of every kind: report and fail clearly
+            print(f"download failed for {name}: {exc}", file=sys.stderr)
+            return 1
+    print(json.dumps(paths))
     return 0
 
 
