@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["SHAPE_CLASSES", "ShapeScene", "render_shape_scene", "shape_scenes", "write_digit_pngs"]
+__all__ = ["SHAPE_CLASSES", "ShapeScene", "render_shape_scene", "shape_scenes", "write_digit_pngs",
+           "write_shape_pngs"]
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +163,18 @@ def render_shape_scene(rng: np.random.Generator, width: int, height: int,
         labels.append(label)
     return ShapeScene(np.asarray(image).copy(), np.array(boxes, dtype=np.float64).reshape(-1, 4),
                       tuple(labels))
+
+
+def write_shape_pngs(out_dir: Path, count: int, seed: int = 0) -> list[tuple[Path, ShapeScene]]:
+    """Render ``count`` seeded shape scenes as ``shapes_<index>.png`` files in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for i, scene in enumerate(shape_scenes(count, seed)):
+        path = out_dir / f"shapes_{i:04d}.png"
+        Image.fromarray(scene.pixels).save(path, format="PNG")
+        written.append((path, scene))
+    return written
 
 
 def shape_scenes(count: int, seed: int = 0) -> list[ShapeScene]:

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
-"""The demo: a real Label Studio, the backend, 200 handwritten digits, ready to label.
+"""The demo: a real Label Studio, the backend, 200 handwritten digits and 100 shapes images,
+ready to label.
 
 Starts Label Studio (data kept under ``var/demo/label-studio``), starts ``ml-backend serve``
 (models and caches under ``var/demo``), renders the digits, creates the project "Digits
 (active learning)", uploads them, connects the backend, retrieves predictions and adds the
-"Most informative first" view. Then prints where to log in and runs until Ctrl-C.
+"Most informative first" view; then the same for "Shapes (detection)" (synthetic circles,
+squares and triangles to box; the detector trains from scratch on the first boxes). Then
+prints where to log in and runs until Ctrl-C.
 A second run reuses the same data dir and project.
 """
 
@@ -19,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -27,6 +30,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 PROJECT_TITLE = "Digits (active learning)"
 DIGIT_CONFIG = REPO / "labeling_configs" / "digit_classification.xml"
+SHAPES_TITLE = "Shapes (detection)"
+SHAPES_CONFIG = REPO / "labeling_configs" / "shapes_detection.xml"
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -35,6 +40,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--ls-port", type=int, default=8080, help="used when free")
     parser.add_argument("--backend-port", type=int, default=9090, help="used when free")
     parser.add_argument("--count", type=int, default=200, help="digit images to upload")
+    parser.add_argument("--shapes", type=int, default=100,
+                        help="shapes images for the detection project (0: none)")
     parser.add_argument("--exit-after-setup", action="store_true",
                         help="stop everything once the project is ready (smoke test)")
     return parser.parse_args(argv)
@@ -74,6 +81,8 @@ def _start_backend(port: int, data_dir: Path, ls: Any) -> subprocess.Popen[bytes
         CACHE_DIR=str(data_dir / "cache"),
         LOCAL_FILES_DOCUMENT_ROOT=str(ls.document_root),
         UPLOAD_DIR=str(ls.data_dir / "media" / "upload"),  # same machine: read uploads directly
+        # The shapes are at most 320 px: train and detect at that size (faster on a CPU).
+        DETECTOR_IMAGE_SIZE=env.get("DETECTOR_IMAGE_SIZE", "320"),
     )
     log = (data_dir / "backend.log").open("ab")
     return subprocess.Popen(
@@ -94,15 +103,15 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> Non
         process.wait()
 
 
-def _setup_project(client: Any, ls: Any, backend_url: str, data_dir: Path, count: int) -> int:
-    """Create (or find again) the demo project; make sure it points at ``backend_url``."""
+def _setup_project(client: Any, ls: Any, backend_url: str, title: str, config: Path,
+                   images: Callable[[], list[Path]]) -> int:
+    """Create (or find again) a demo project; make sure it points at ``backend_url``."""
     from ml_backend import project_setup as ps
-    from ml_backend.datasets import write_digit_pngs
 
-    existing = [p for p in client.projects.list() if p.title == PROJECT_TITLE]
+    existing = [p for p in client.projects.list() if p.title == title]
     if existing:
         project_id = int(existing[0].id)
-        print(f"reusing project {project_id}")
+        print(f"reusing project {project_id} ({title})")
         for backend in client.ml.list(project=project_id):
             if backend.url != backend_url:
                 client.ml.update(id=backend.id, url=backend_url)
@@ -110,10 +119,9 @@ def _setup_project(client: Any, ls: Any, backend_url: str, data_dir: Path, count
             ps.connect_backend(client, project_id, backend_url)
         return project_id
 
-    images = write_digit_pngs(data_dir / "digits", count=count, size=64, seed=0)
-    project_id = ps.create_project(client, PROJECT_TITLE, DIGIT_CONFIG)
-    task_ids = ps.upload_images(ls.url, ls.api_key, project_id, [p for p, _ in images])
-    print(f"project {project_id}: uploaded {len(task_ids)} digit images")
+    project_id = ps.create_project(client, title, config)
+    task_ids = ps.upload_images(ls.url, ls.api_key, project_id, images())
+    print(f"project {project_id} ({title}): uploaded {len(task_ids)} images")
     ps.connect_backend(client, project_id, backend_url)
     started = time.monotonic()
     try:
@@ -158,9 +166,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         _wait_health(backend_url, backend, data_dir / "backend.log", timeout=180)
         print(f"backend up on {backend_url}")
         client = LabelStudio(base_url=ls.url, api_key=ls.api_key)
-        project_id = _setup_project(client, ls, backend_url, data_dir, args.count)
+        from ml_backend.datasets import write_digit_pngs, write_shape_pngs
+
+        project_id = _setup_project(
+            client, ls, backend_url, PROJECT_TITLE, DIGIT_CONFIG,
+            lambda: [p for p, _ in write_digit_pngs(data_dir / "digits", count=args.count,
+                                                    size=64, seed=0)])
+        shapes_id = None
+        if args.shapes:
+            shapes_id = _setup_project(
+                client, ls, backend_url, SHAPES_TITLE, SHAPES_CONFIG,
+                lambda: [p for p, _ in write_shape_pngs(data_dir / "shapes", args.shapes)])
         print("\n" + "=" * 64)
         print(f"  Label Studio : {ls.url}/projects/{project_id}/data")
+        if shapes_id is not None:
+            print(f"  Detection    : {ls.url}/projects/{shapes_id}/data  (boxes appear after "
+                  "the first fine-tune: 8 boxed images)")
         print(f"  username     : {ls.username}")
         print(f"  password     : {ls.password}")
         print(f"  API key      : {ls.api_key}")
