@@ -36,7 +36,7 @@ from .errors import BackendError, ImageError, LabelStudioUnavailable
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .ls_api import LabeledTask
 from .runtime import Runtime
-from .training import TrainOutcome, _holdout, _sync_labels, announce, carry_over
+from .training import TrainOutcome, _holdout, _sync_labels, after_new_version, carry_over
 
 log = logging.getLogger(__name__)
 LEDGER = "detector-labels"
@@ -212,15 +212,9 @@ def train_detector_job(runtime: Runtime, payload: dict[str, Any]) -> dict[str, A
                     **carried, "family": ModelFamily.DETECTOR.value, "detector": meta})
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
-    follow_ups = []
-    if settings.rerank_after_training and runtime.ls_api is not None:
-        follow_ups.append({"name": "rerank", "payload": {"project": project},
-                           "key": f"rerank:{project}"})
-    else:
-        announce(runtime, project, version.name)
     return outcome("trained", version.name, len(samples),
                    f"val mAP50 {meta['map50']:.3f}, mAP50-95 {meta['map50_95']:.3f} "
-                   f"({meta['val_source']})", follow_ups)
+                   f"({meta['val_source']})", after_new_version(runtime, project, version.name))
 
 
 def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample],

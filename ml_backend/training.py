@@ -274,16 +274,9 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
             "backbone": backbone_meta,
         })
     mark("saved")
-    follow_ups = []
-    if settings.rerank_after_training and runtime.ls_api is not None:
-        # The re-ranking job announces the version once its predictions are written, so
-        # Data Manager never shows a version whose scores are not there yet.
-        follow_ups.append({"name": "rerank", "payload": {"project": project},
-                           "key": f"rerank:{project}"})
-    else:
-        announce(runtime, project, version.name)
     outcome = TrainOutcome(project, "trained", version.name, len(labeled),
-                           time.perf_counter() - started, phases=phases, next_jobs=follow_ups)
+                           time.perf_counter() - started, phases=phases,
+                           next_jobs=after_new_version(runtime, project, version.name))
     log.info("training done: %s", outcome.as_dict())
     return outcome
 
@@ -367,6 +360,16 @@ def _finetune_if_better(runtime: Runtime, base: ResNetEmbedder, control: Control
         return base, {"finetune": report}
     files["backbone.pt"] = data
     return tuned_embedder, {"file": "backbone.pt", "digest": digest, "finetune": report}
+
+
+def after_new_version(runtime: Runtime, project: int, version: str) -> list[dict[str, Any]]:
+    """What follows a saved version: the re-rank job (returned as a follow-up), which
+    announces the version once its predictions are written, so Data Manager never shows a
+    version whose scores are not there yet; without re-ranking, the announcement now."""
+    if runtime.settings.rerank_after_training and runtime.ls_api is not None:
+        return [{"name": "rerank", "payload": {"project": project}, "key": f"rerank:{project}"}]
+    announce(runtime, project, version)
+    return []
 
 
 def announce(runtime: Runtime, project: int, version: str, retitle: bool = True) -> None:

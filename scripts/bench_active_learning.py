@@ -25,7 +25,6 @@ in-process runs of the same strategy (mean and seed spread).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -35,38 +34,22 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
+from ml_backend.ls_api import LabeledTask
 from ml_backend.ranking import Strategy
 from ml_backend.reranking import rank_tasks
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 from ml_backend.training import embed_images, fetch_images, train_classifier
 
+from bench_common import SimulatedAnnotator, write_report
+
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "digit_classification.xml").read_text()
 
 
-class SimulatedAnnotator:
-    """Stands in for Label Studio's API: the labels given so far, as its export returns them."""
-
-    def __init__(self) -> None:
-        self.done: dict[int, dict[str, Any]] = {}
-
-    def label(self, task: dict[str, Any], truth: int) -> None:
-        self.done[task["id"]] = {**task, "annotations": [{
-            "id": task["id"], "updated_at": f"{time.time():.6f}", "result": [{
-                "from_name": "digit", "to_name": "image", "type": "choices",
-                "value": {"choices": [str(truth)]}}]}]}
-
-    def label_config(self, project: int) -> str:
-        return CONFIG
-
-    def labeled_tasks(self, project: int) -> list[LabeledTask]:
-        return labeled_tasks_from_export(list(self.done.values()))
-
-    def set_model_version(self, project: int, version: str, is_ours: Any,
-                          retitle: bool = True) -> None:
-        return None
+def _label(annotator: SimulatedAnnotator, task: dict[str, Any], truth: int) -> None:
+    annotator.annotate(task, [{"from_name": "digit", "to_name": "image", "type": "choices",
+                               "value": {"choices": [str(truth)]}}])
 
 
 def _write_images(root: Path, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
@@ -125,10 +108,10 @@ def _simulate(runtime: Runtime, data: Dataset, project: int, strategy: Strategy,
               args: argparse.Namespace) -> tuple[list[int], list[float]]:
     """One labeling run in process: accuracies after each round, by labels so far."""
     rng = np.random.default_rng(seed)
-    annotator = SimulatedAnnotator()
+    annotator = SimulatedAnnotator(CONFIG)
     runtime.ls_api = annotator  # type: ignore[assignment]
     for i in rng.choice(len(data.pool), size=args.start, replace=False):
-        annotator.label(data.pool[i], data.truth_of[data.pool[i]["id"]])
+        _label(annotator, data.pool[i], data.truth_of[data.pool[i]["id"]])
     sizes, accuracies = [], []
     while True:
         train_classifier(runtime, {"project": project, "mode": "incremental"})
@@ -142,7 +125,7 @@ def _simulate(runtime: Runtime, data: Dataset, project: int, strategy: Strategy,
                             args.random_share, rng)
         by_id = {t["id"]: t for t in candidates}
         for task_id in ranked.order[:args.round]:
-            annotator.label(by_id[task_id], data.truth_of[task_id])
+            _label(annotator, by_id[task_id], data.truth_of[task_id])
 
 
 def _runtime(work: Path, data: Dataset, args: argparse.Namespace, name: str) -> Runtime:
@@ -159,10 +142,10 @@ def run_in_process(args: argparse.Namespace, work: Path, data: Dataset) -> dict[
     started = time.perf_counter()
 
     # Full-data reference: every pool task labeled, trained the same way.
-    full = SimulatedAnnotator()
+    full = SimulatedAnnotator(CONFIG)
     runtime.ls_api = full  # type: ignore[assignment]
     for task in data.pool:
-        full.label(task, data.truth_of[task["id"]])
+        _label(full, task, data.truth_of[task["id"]])
     train_classifier(runtime, {"project": 1, "mode": "incremental"})
     full_accuracy = _accuracy(runtime, 1, data.heldout, data.heldout_truth)
     target = 0.95 * full_accuracy
@@ -381,10 +364,7 @@ def main() -> int:
         report = run_in_process(args, work, data)
         name = "bench_active_learning"
         plot = _plot
-    text = json.dumps(report, indent=1)
-    print(text)
-    (args.out / f"{name}.json").write_text(text)
-    plot(report, args.out / f"{name}.png")
+    write_report(report, args.out / name, plot)
     return 0
 
 

@@ -21,7 +21,6 @@ Prints JSON (saved with a PNG plot): held-out mAP per round for both orders.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -39,42 +38,26 @@ from ml_backend.adapters.detector import (
 from ml_backend.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
 from ml_backend.detections import xyxy_to_ls_rect
 from ml_backend.detector_training import train_detector_job
-from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
 from ml_backend.ranking import Strategy
 from ml_backend.reranking import rank_tasks
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
+
+from bench_common import SimulatedAnnotator, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "shapes_detection.xml").read_text()
 ORDERS = ("random", "uncertainty")
 
 
-class SimulatedAnnotator:
-    """Stands in for Label Studio's API: the boxes drawn so far, as its export returns them."""
-
-    def __init__(self) -> None:
-        self.done: dict[int, dict[str, Any]] = {}
-
-    def label(self, task: dict[str, Any], scene: ShapeScene) -> None:
-        height, width = scene.pixels.shape[:2]
-        result = [{"from_name": "shape", "to_name": "image", "type": "rectanglelabels",
-                   "original_width": width, "original_height": height,
-                   "value": {**xyxy_to_ls_rect(box, width, height),
-                             "rectanglelabels": [label]}}
-                  for box, label in zip(scene.xyxy, scene.labels, strict=True)]
-        self.done[task["id"]] = {**task, "annotations": [{
-            "id": task["id"], "updated_at": f"{time.time():.6f}", "result": result}]}
-
-    def label_config(self, project: int) -> str:
-        return CONFIG
-
-    def labeled_tasks(self, project: int) -> list[LabeledTask]:
-        return labeled_tasks_from_export(list(self.done.values()))
-
-    def set_model_version(self, project: int, version: str, is_ours: Any,
-                          retitle: bool = True) -> None:
-        return None
+def _annotate(annotator: SimulatedAnnotator, task: dict[str, Any], scene: ShapeScene) -> None:
+    """Box every object of ``scene`` exactly, as an annotator's corrected result."""
+    height, width = scene.pixels.shape[:2]
+    annotator.annotate(task, [
+        {"from_name": "shape", "to_name": "image", "type": "rectanglelabels",
+         "original_width": width, "original_height": height,
+         "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [label]}}
+        for box, label in zip(scene.xyxy, scene.labels, strict=True)])
 
 
 def _write_scenes(root: Path, scenes: list[ShapeScene]) -> list[dict[str, Any]]:
@@ -112,11 +95,11 @@ def _simulate(runtime: Runtime, tasks: list[dict[str, Any]], scenes: list[ShapeS
               heldout_yaml: Path, project: int, order: str, seed: int,
               args: argparse.Namespace) -> list[dict[str, Any]]:
     rng = np.random.default_rng(seed)
-    annotator = SimulatedAnnotator()
+    annotator = SimulatedAnnotator(CONFIG)
     runtime.ls_api = annotator  # type: ignore[assignment]
     pool = tasks[:args.pool]
     for i in rng.choice(len(pool), size=args.start, replace=False):
-        annotator.label(pool[i], scenes[i])
+        _annotate(annotator, pool[i], scenes[i])
     rounds = []
     while True:
         started = time.perf_counter()
@@ -144,7 +127,7 @@ def _simulate(runtime: Runtime, tasks: list[dict[str, Any]], scenes: list[ShapeS
                                 args.random_share, rng)
             picked = ranked.order[:step]
         for task_id in picked:
-            annotator.label(tasks[task_id - 1], scenes[task_id - 1])
+            _annotate(annotator, tasks[task_id - 1], scenes[task_id - 1])
 
 
 def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
@@ -240,11 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown orders {sorted(unknown)}; known: {list(ORDERS)}")
     with tempfile.TemporaryDirectory(prefix="bench-detection-") as tmp:
         report = run(args, Path(tmp))
-    text = json.dumps(report, indent=1)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(text + "\n")
-    _plot(report, args.out.with_suffix(".png"))
+    write_report(report, args.out, _plot)
     return 0
 
 

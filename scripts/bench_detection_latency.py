@@ -19,7 +19,6 @@ their ratio (target ≤ 2).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,8 @@ from integration.backend_process import BackendProcess  # noqa: E402
 
 from ml_backend.datasets import shape_scenes  # noqa: E402
 from ml_backend.detections import xyxy_to_ls_rect  # noqa: E402
+
+from bench_common import write_report  # noqa: E402
 
 CONFIG = (REPO / "labeling_configs" / "shapes_detection.xml").read_text()
 PROJECT = 1
@@ -191,11 +192,7 @@ def main(argv: list[str] | None = None) -> int:
               "train_images": args.train_images, "arms": arms,
               "target": "median during fine-tune <= 2 x idle",
               "seconds": round(time.perf_counter() - started, 1)}
-    text = json.dumps(report, indent=1)
-    print(text)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(text + "\n")
-    _plot(report, args.out.with_suffix(".png"))
+    write_report(report, args.out, _plot)
     return 0
 
 

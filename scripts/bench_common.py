@@ -1,0 +1,45 @@
+"""Pieces the benchmark scripts share: a simulated annotator in place of Label Studio's API,
+and writing a report (JSON on stdout and to disk, plus a plot)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
+
+
+class SimulatedAnnotator:
+    """Stands in for Label Studio's API in the training jobs: the label config, and the
+    annotations given so far as its export returns them."""
+
+    def __init__(self, label_config: str) -> None:
+        self.config = label_config
+        self.done: dict[int, dict[str, Any]] = {}
+
+    def annotate(self, task: dict[str, Any], result: list[dict[str, Any]]) -> None:
+        self.done[task["id"]] = {**task, "annotations": [{
+            "id": task["id"], "updated_at": f"{time.time():.6f}", "result": result}]}
+
+    def label_config(self, project: int) -> str:
+        return self.config
+
+    def labeled_tasks(self, project: int) -> list[LabeledTask]:
+        return labeled_tasks_from_export(list(self.done.values()))
+
+    def set_model_version(self, project: int, version: str, is_ours: Any,
+                          retitle: bool = True) -> None:
+        return None
+
+
+def write_report(report: dict[str, Any], out: Path,
+                 plot: Callable[[dict[str, Any], Path], None]) -> None:
+    """Print ``report`` as JSON and save it as ``out.json`` with ``plot``'s ``out.png``."""
+    text = json.dumps(report, indent=1)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(text + "\n")
+    plot(report, out.with_suffix(".png"))
