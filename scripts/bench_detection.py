@@ -144,7 +144,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         rerank_after_training=False))
     runs: dict[str, list[list[dict[str, Any]]]] = {order: [] for order in args.orders}
     project = 0
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for order in args.orders:
             project += 1
             runs[order].append(_simulate(runtime, tasks, scenes, heldout_yaml, project, order,
@@ -160,7 +160,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                          "weights)",
         "start": args.start, "step": args.step, "max_labels": args.max_labels,
         "epochs_per_round": args.epochs, "image_size": args.image_size, "batch": args.batch,
-        "random_share": args.random_share, "seeds": args.seeds, "orders": {},
+        "random_share": args.random_share,
+        "seeds": list(range(args.first_seed, args.first_seed + args.seeds)), "orders": {},
     }
     for order, seeds in runs.items():
         labels = [r["labels"] for r in seeds[0]]
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--random-share", type=float, default=0.1)
     parser.add_argument("--seeds", type=int, default=1)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run: first-seed … first-seed + seeds - 1")
     parser.add_argument("--data-seed", type=int, default=2026)
     parser.add_argument("--orders", type=lambda s: s.split(","), default=list(ORDERS))
     parser.add_argument("--out", type=Path,
