@@ -175,18 +175,21 @@ def _detector_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec
     outputs: dict[int, tuple[list[Output], float]] = {}
     for value_key in dict.fromkeys(c.value_key for c in controls):
         group = [c for c in controls if c.value_key == value_key]
-        images = fetch_images(runtime, tasks, value_key)
         seen: set[int] = set()
-        for start in range(0, len(images.rows), DETECT_CHUNK):
-            chunk, pixels = [], []
-            for i in range(start, min(start + DETECT_CHUNK, len(images.rows))):
+        # Fetched a chunk at a time: a project's images never sit in memory all at once.
+        for start in range(0, len(tasks), DETECT_CHUNK):
+            images = fetch_images(runtime, tasks[start:start + DETECT_CHUNK], value_key)
+            rows, pixels = [], []
+            for i, row in enumerate(images.rows):
                 try:
                     pixels.append(images.pixels(i, runtime.settings.max_image_pixels))
                 except ImageError as exc:
-                    log.warning("ranking: skipping task row %s: %s", images.rows[i], exc)
+                    log.warning("ranking: skipping task row %s: %s", start + row, exc)
                     continue
-                chunk.append(images.rows[i])
-            for row, boxes in zip(chunk, detect_images(model, group, pixels, threshold),
+                rows.append(start + row)
+            if not rows:
+                continue
+            for row, boxes in zip(rows, detect_images(model, group, pixels, threshold),
                                   strict=True):
                 seen.add(row)
                 outputs[row] = combine_outputs([  # type: ignore[assignment]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -242,16 +242,28 @@ class Backend:
         for control in controls:
             by_key.setdefault(control.value_key, []).append(control)
         for key, group in by_key.items():
-            loaded = list(self._io.map(lambda task, k=key: self._load(task, k), tasks))
-            rows = [i for i, item in enumerate(loaded) if isinstance(item, LoadedImage)]
-            for i, item in enumerate(loaded):
-                if not isinstance(item, LoadedImage):
-                    self._task_failed(tasks[i], item)
-            for start in range(0, len(rows), DETECT_CHUNK):
-                chunk = rows[start:start + DETECT_CHUNK]
-                boxes = detect_images(model, group, [loaded[i].pixels for i in chunk],
+            # Chunk by chunk, the next chunk's images loading while this one is detected:
+            # at most two chunks of decoded images are held, however large the request.
+            chunks = [range(i, min(i + DETECT_CHUNK, len(tasks)))
+                      for i in range(0, len(tasks), DETECT_CHUNK)]
+
+            def load(rows: range, k: str = key) -> list[Future[LoadedImage | tuple[str, str]]]:
+                return [self._io.submit(self._load, tasks[i], k) for i in rows]
+
+            pending = load(chunks[0]) if chunks else []
+            for n, rows in enumerate(chunks):
+                loaded = [future.result() for future in pending]
+                pending = load(chunks[n + 1]) if n + 1 < len(chunks) else []
+                good = [(i, item) for i, item in zip(rows, loaded, strict=True)
+                        if isinstance(item, LoadedImage)]
+                for i, item in zip(rows, loaded, strict=True):
+                    if not isinstance(item, LoadedImage):
+                        self._task_failed(tasks[i], item)
+                if not good:
+                    continue
+                boxes = detect_images(model, group, [item.pixels for _, item in good],
                                       threshold)
-                for i, outputs in zip(chunk, boxes, strict=True):
+                for (i, _), outputs in zip(good, boxes, strict=True):
                     out[i] = combine_outputs([out[i], (list(outputs),
                                                        max(b.uncertainty for b in outputs))])
         return out
