@@ -87,7 +87,6 @@ class Runtime:
         self._heads: OrderedDict[str, dict[str, LinearHead]] = OrderedDict()
         self._detectors: OrderedDict[str, YoloDetector] = OrderedDict()
         self._detector_base: DetectorWeights | None = None
-        self._detector_error: str | None = None
 
     # --- status (cheap, never loads anything) -----------------------------------------
     def classifier_status(self) -> dict[str, Any]:
@@ -123,16 +122,12 @@ class Runtime:
     # --- loading ------------------------------------------------------------------------
     def detector_base(self) -> DetectorWeights:
         """The configured starting point of every project's detector (see
-        :func:`locate_detector`); errors are remembered for /health."""
+        :func:`locate_detector`). A missing checkpoint is looked for again on the next call,
+        so one copied in later is picked up without a restart."""
         with self._lock:
             if self._detector_base is not None:
                 return self._detector_base
-        try:
-            base = locate_detector(self.settings.yolo_checkpoint, self.settings.yolo_arch)
-        except ModelUnavailable as exc:
-            with self._lock:
-                self._detector_error = str(exc)
-            raise
+        base = locate_detector(self.settings.yolo_checkpoint, self.settings.yolo_arch)
         with self._lock:
             self._detector_base = base
         return base
@@ -156,6 +151,11 @@ class Runtime:
                 with self._lock:
                     detector = self._detectors.get(digest)
                 if detector is None:
+                    if version is not None and info:
+                        try:  # a damaged file must not load: verify it against the manifest
+                            version.read_bytes(info["file"])
+                        except OSError as exc:
+                            raise ModelUnavailable(f"detector of {version.name}: {exc}") from exc
                     detector = YoloDetector(Path(path), self.yolo_config_dir(),
                                             str(self.device), self.settings.detector_image_size)
                     with self._lock:

@@ -175,3 +175,20 @@ def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
     (prediction,) = response.get_json()["results"]
     assert prediction["model_version"] == runtime.store.latest(5).name
     assert "choices" in [r["type"] for r in prediction["result"]]
+
+
+def test_a_damaged_detector_file_costs_only_the_boxes(detection_backend, image_host,
+                                                      caplog) -> None:
+    client, runtime, _ = detection_backend
+    tasks = _shape_tasks(image_host, 8)
+    runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks)  # type: ignore[assignment]
+    assert train_detector_job(runtime, {"project": 5, "mode": "full"})["status"] == "trained"
+    version = runtime.store.latest(5)
+    weights = version.file(version.manifest["detector"]["file"])
+    weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
+    body = {"tasks": [{"id": 1, "data": tasks[0]["data"]}], "label_config": SHAPES_CONFIG,
+            "project": 5}
+    response = client.post("/predict", json=body)
+    assert response.status_code == 200
+    assert response.get_json()["results"][0]["result"] == []
+    assert f"detector of {version.name}: checksum mismatch" in caplog.text
