@@ -116,10 +116,11 @@ class FineTuneSpec:
     seed: int = 0
 
 
-def fine_tune(spec: FineTuneSpec, work_dir: Path, nice: int = 0) -> dict[str, Any]:
+def fine_tune(spec: FineTuneSpec, work_dir: Path, nice: int = 0,
+              timeout_s: float | None = None) -> dict[str, Any]:
     """Run :func:`train_detector` in a child process (niceness ``nice``) and return its
     result: ``weights`` path, ``map50``, ``map50_95``. Raises BackendError with the end of
-    the child's log when it fails."""
+    the child's log when it fails or runs past ``timeout_s`` (the child is killed)."""
     spec_path = work_dir / "spec.json"
     result_path = work_dir / "result.json"
     log_path = work_dir / "train.log"
@@ -130,10 +131,14 @@ def fine_tune(spec: FineTuneSpec, work_dir: Path, nice: int = 0) -> dict[str, An
             os.nice(nice)
 
     with open(log_path, "wb") as log_file:
-        code = subprocess.call(
-            [sys.executable, "-m", "ml_backend.detector_training", str(spec_path),
-             str(result_path)], stdout=log_file, stderr=subprocess.STDOUT,
-            preexec_fn=lower_priority, cwd=work_dir)
+        try:
+            code = subprocess.call(
+                [sys.executable, "-m", "ml_backend.detector_training", str(spec_path),
+                 str(result_path)], stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=lower_priority, cwd=work_dir, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise BackendError(f"detector fine-tune killed after {timeout_s:.0f} s "
+                               "(DETECTOR_TRAIN_TIMEOUT_S)") from exc
     if code != 0 or not result_path.is_file():
         tail = log_path.read_text(errors="replace")[-2000:]
         raise BackendError(f"detector fine-tune failed (exit {code}): {tail}")
@@ -239,7 +244,8 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
                         epochs=settings.detector_epochs, image_size=settings.detector_image_size,
                         batch=settings.detector_batch, device=str(runtime.device),
                         warm=not start.endswith((".yaml", ".yml")))
-    result = fine_tune(spec, work_dir, settings.detector_train_nice)
+    result = fine_tune(spec, work_dir, settings.detector_train_nice,
+                       settings.detector_train_timeout_s)
     return {**result, "n_train": int((~is_val).sum()), "n_val": int(is_val.sum()),
             "val_source": val_source, "start": source}
 

@@ -137,12 +137,14 @@ class Settings:
     detector_image_size: int = 640
     # Fine-tuning: on START_TRAINING and after every DETECTOR_TRAIN_EVERY new annotated
     # tasks, once DETECTOR_MIN_LABELS exist; DETECTOR_EPOCHS epochs of DETECTOR_BATCH images,
-    # in a child process at CPU niceness DETECTOR_TRAIN_NICE so serving keeps its latency.
+    # in a child process at CPU niceness DETECTOR_TRAIN_NICE so serving keeps its latency,
+    # killed after DETECTOR_TRAIN_TIMEOUT_S.
     detector_train_every: int = 10
     detector_min_labels: int = 8
     detector_epochs: int = 10
     detector_batch: int = 16
     detector_train_nice: int = 10
+    detector_train_timeout_s: float = 4 * 3600.0
     # Limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TASKS_PER_REQUEST, MAX_REQUEST_BYTES).
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -215,6 +217,8 @@ class Settings:
             detector_epochs=_int(env, "DETECTOR_EPOCHS", defaults.detector_epochs, 1),
             detector_batch=_int(env, "DETECTOR_BATCH", defaults.detector_batch, 1),
             detector_train_nice=_int(env, "DETECTOR_TRAIN_NICE", defaults.detector_train_nice),
+            detector_train_timeout_s=_float(env, "DETECTOR_TRAIN_TIMEOUT_S",
+                                            defaults.detector_train_timeout_s, 1.0),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
             max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 1000, 1),

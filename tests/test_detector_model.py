@@ -12,7 +12,8 @@ import pytest
 
 from ml_backend.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.detections import xyxy_to_ls_rect
-from ml_backend.detector_training import train_detector_job
+from ml_backend.detector_training import FineTuneSpec, fine_tune, train_detector_job
+from ml_backend.errors import BackendError
 from ml_backend.jobs import InProcessQueue
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
@@ -192,3 +193,14 @@ def test_a_damaged_detector_file_costs_only_the_boxes(detection_backend, image_h
     assert response.status_code == 200
     assert response.get_json()["results"][0]["result"] == []
     assert f"detector of {version.name}: checksum mismatch" in caplog.text
+
+
+def test_a_fine_tune_past_its_time_limit_is_killed_and_the_store_is_untouched(
+        detection_backend, image_host, tmp_path) -> None:
+    spec = FineTuneSpec(start="yolov8n.yaml", data_yaml=str(tmp_path / "none.yaml"),
+                        out_dir=str(tmp_path), config_dir=str(tmp_path / "cfg"), epochs=1,
+                        image_size=SIZE, batch=2, device="cpu", warm=False)
+    with pytest.raises(BackendError, match="killed after"):
+        fine_tune(spec, tmp_path, timeout_s=0.5)
+    _, runtime, _ = detection_backend
+    assert runtime.store.latest(5) is None
