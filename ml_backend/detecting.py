@@ -11,7 +11,7 @@ import numpy as np
 from .detections import Detections, label_map
 from .label_config import ControlSpec
 from .ranking import detection_uncertainty
-from .results import Boxes
+from .results import Boxes, Output
 from .runtime import DetectorModel
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,12 @@ def detect_images(model: DetectorModel, controls: Sequence[ControlSpec],
     floor = min([UNCERTAINTY_FLOOR, *thresholds.values()])
     raw = model.detector.detect(images, floor)
     return [[control_boxes(c, r, thresholds[c.name]) for c in controls] for r in raw]
+
+
+def boxes_outputs(boxes: Sequence[Boxes]) -> tuple[list[Output], float]:
+    """One image's boxes over its controls as task outputs, with the least certain control's
+    uncertainty."""
+    return list(boxes), max(b.uncertainty for b in boxes)
 
 
 def unmapped_controls(model: DetectorModel, controls: Sequence[ControlSpec]

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .detecting import DETECT_CHUNK, detect_images
+from .detecting import DETECT_CHUNK, boxes_outputs, detect_images
 from .errors import BackendError, ImageError, LabelStudioUnavailable, ModelUnavailable
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .ls_api import LabeledTask
@@ -67,6 +67,7 @@ class _FamilyScores:
     outputs: dict[int, tuple[list[Output], float]]
     details: dict[int, dict[str, float]]
     embeddings: dict[int, np.ndarray] | None = None
+    embedding_key: str | None = None  # the task data key whose image gave the embeddings
 
 
 def rank_tasks(runtime: Runtime, project: int, label_config: str,
@@ -106,10 +107,9 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
         if strategy is Strategy.RANKED_BATCH and labeled:
             model = runtime.classifier(project)
             assert model is not None
-            key = parse_label_config(label_config).for_family(
-                ModelFamily.CLASSIFIER)[0].value_key
-            _, labeled_x = embed_images(runtime, model.embedder,
-                                        fetch_images(runtime, _as_tasks(labeled), key))
+            _, labeled_x = embed_images(
+                runtime, model.embedder,
+                fetch_images(runtime, _as_tasks(labeled), str(classifier.embedding_key)))
     elif strategy is Strategy.RANKED_BATCH:
         effective = Strategy.MARGIN  # diversity needs embeddings: plain uncertainty order
     first = select(effective, uncertainty, batch_size, rng, embeddings=embeddings,
@@ -157,7 +157,7 @@ def _classifier_scores(runtime: Runtime, project: int, controls: tuple[ControlSp
                for j, r in enumerate(good)}
     first_key = usable[0].value_key
     return _FamilyScores(dict(zip(good, items, strict=True)), details,
-                         {r: by_key[first_key][r] for r in good})
+                         {r: by_key[first_key][r] for r in good}, first_key)
 
 
 def _detector_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec, ...],
@@ -192,8 +192,8 @@ def _detector_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec
             for row, boxes in zip(rows, detect_images(model, group, pixels, threshold),
                                   strict=True):
                 seen.add(row)
-                outputs[row] = combine_outputs([  # type: ignore[assignment]
-                    outputs.get(row), (list(boxes), max(b.uncertainty for b in boxes))])
+                outputs[row] = combine_outputs(  # type: ignore[assignment]
+                    [outputs.get(row), boxes_outputs(boxes)])
         # A task must have every image to be scored.
         outputs = {r: o for r, o in outputs.items() if r in seen}
     return _FamilyScores(outputs, {r: {"detection": o[1]} for r, o in outputs.items()})

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .detecting import DETECT_CHUNK, detect_images, unmapped_controls
+from .detecting import DETECT_CHUNK, boxes_outputs, detect_images, unmapped_controls
 from .errors import (
     BackendError,
     BadRequest,
@@ -264,8 +264,7 @@ class Backend:
                 boxes = detect_images(model, group, [item.pixels for _, item in good],
                                       threshold)
                 for (i, _), outputs in zip(good, boxes, strict=True):
-                    out[i] = combine_outputs([out[i], (list(outputs),
-                                                       max(b.uncertainty for b in outputs))])
+                    out[i] = combine_outputs([out[i], boxes_outputs(outputs)])
         return out
 
     def _task_failed(self, task: Any, reason: tuple[str, str]) -> None:
