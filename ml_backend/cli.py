@@ -1,4 +1,5 @@
-"""`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train, jobs."""
+"""`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train,
+precompute (SAM embeddings)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,20 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _precompute(args: argparse.Namespace, settings: Settings) -> int:
+    from .errors import BackendError
+    from .runtime import Runtime
+    from .sam_precompute import precompute_project
+
+    try:
+        summary = precompute_project(Runtime(settings), args.project, args.limit)
+    except BackendError as exc:
+        print(f"precompute: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +122,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     train = sub.add_parser("train", help="train a project's classifier now, in this process")
     train.add_argument("--project", type=int, required=True)
     train.add_argument("--mode", choices=("incremental", "full"), default="full")
+    precompute = sub.add_parser(
+        "precompute", help="encode SAM embeddings of a project's unlabeled tasks now, in "
+                           "queue order, with a progress bar (needs LABEL_STUDIO_URL/_API_KEY)")
+    precompute.add_argument("--project", type=int, required=True)
+    precompute.add_argument("--limit", type=int, default=None, help="at most this many tasks")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -114,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _configure(settings)
-    handlers = {"serve": _serve, "worker": _worker, "train": _train}
+    handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute}
     return handlers[args.command](args, settings)
 
 

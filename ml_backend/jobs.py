@@ -49,6 +49,8 @@ class JobKind:
 def job_registry() -> dict[str, JobKind]:
     from .detector_training import train_detector_job
     from .reranking import rerank_project
+    from .sam_precompute import JOB as SAM_EMBED
+    from .sam_precompute import merge_precompute_payloads, precompute_sam_job
     from .training import merge_train_payloads, precompute_embeddings, train_classifier
 
     def train(runtime: Runtime, payload: dict[str, Any]) -> Any:
@@ -61,7 +63,9 @@ def job_registry() -> dict[str, JobKind]:
             # A detector fine-tune takes minutes: its own lane keeps classifier updates (and
             # other projects' jobs) from queueing behind it.
             "train_detector": JobKind(train_detector_job, merge_train_payloads,
-                                      lane="detector")}
+                                      lane="detector"),
+            # SAM encodes ahead of clicks: seconds each on a CPU, so apart from training.
+            SAM_EMBED: JobKind(precompute_sam_job, merge_precompute_payloads, lane="sam")}
 
 
 def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:

@@ -19,14 +19,20 @@ from .errors import UnsupportedConfig
 class ModelFamily(str, Enum):
     CLASSIFIER = "classifier"
     DETECTOR = "detector"
+    SEGMENTER = "segmenter"
 
 
 # Control tag → model family, for controls attached to an <Image>. Later families register here.
 ROUTES: Mapping[str, ModelFamily] = MappingProxyType({
     "Choices": ModelFamily.CLASSIFIER,
     "RectangleLabels": ModelFamily.DETECTOR,
+    "BrushLabels": ModelFamily.SEGMENTER,
+    "PolygonLabels": ModelFamily.SEGMENTER,
 })
 IMAGE_OBJECT_TAGS = frozenset({"Image"})
+# Smart tools (``smart="true"``): the annotator's clicks and boxes with these are prompts
+# for a mask, sent in the interactive /predict ``context``.
+PROMPT_TAGS = frozenset({"KeyPointLabels", "RectangleLabels"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,11 @@ class ControlSpec:
         """The ``type`` of this control's regions in Label Studio JSON (``choices`` …)."""
         return self.tag.lower()
 
+    @property
+    def smart(self) -> bool:
+        return self.attrs.get("smart", "").strip().lower() == "true" or \
+            self.attrs.get("smartOnly", "").strip().lower() == "true"
+
 
 @dataclass(frozen=True)
 class ParsedConfig:
@@ -61,6 +72,7 @@ class ParsedConfig:
     routed: Mapping[ModelFamily, tuple[ControlSpec, ...]]
     unserved: tuple[str, ...]
     digest: str
+    prompts: tuple[ControlSpec, ...] = ()  # smart tools feeding segmenter controls
 
     def for_family(self, family: ModelFamily) -> tuple[ControlSpec, ...]:
         return self.routed.get(family, ())
@@ -115,7 +127,15 @@ def parse_label_config(xml: str) -> ParsedConfig:
         controls.extend(_control_spec(control))
     routed: dict[ModelFamily, list[ControlSpec]] = {}
     unserved: list[str] = []
+    prompts: list[ControlSpec] = []
+    mask_images = {c.to_name for c in controls
+                   if ROUTES.get(c.tag) is ModelFamily.SEGMENTER and c.labels}
     for spec in controls:
+        # A smart keypoint or rectangle tool on an image that has a mask control prompts
+        # that mask (it is not a detection control to train).
+        if spec.tag in PROMPT_TAGS and spec.smart and spec.to_name in mask_images:
+            prompts.append(spec)
+            continue
         family = ROUTES.get(spec.tag)
         if family is None or spec.object_tag not in IMAGE_OBJECT_TAGS or not spec.labels:
             unserved.append(f"{spec.tag} '{spec.name}' on {spec.object_tag or '?'}")
@@ -133,4 +153,5 @@ def parse_label_config(xml: str) -> ParsedConfig:
         routed=MappingProxyType({k: tuple(v) for k, v in routed.items()}),
         unserved=tuple(unserved),
         digest=config_digest(xml),
+        prompts=tuple(prompts),
     )

@@ -22,6 +22,10 @@ class Metrics:
                                    registry=self.registry)
         self.webhooks = Counter("mlb_webhooks_total", "Webhook events received", ["action"],
                                 registry=self.registry)
+        self.sam_embeddings = Counter("mlb_sam_embeddings_total",
+                                      "SAM embeddings a click needed, by where they came from "
+                                      "(memory, disk, computed, waited)", ["source"],
+                                      registry=self.registry)
         self.jobs = Counter("mlb_jobs_total", "Background jobs finished", ["name", "status"],
                             registry=self.registry)
         self.job_seconds = Histogram("mlb_job_seconds", "Background job duration", ["name"],

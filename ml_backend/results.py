@@ -14,7 +14,9 @@ import numpy as np
 from .detections import Detections, xyxy_to_ls_rect
 from .label_config import ControlSpec
 from .learning import confidence
+from .masks import mask_to_polygons, polygon_to_percent
 from .ranking import Strategy, task_uncertainty, uncertainty_table
+from .rle import mask_to_rle
 
 MULTI_CHOICE_THRESHOLD = 0.5
 
@@ -61,7 +63,25 @@ class Boxes:
     uncertainty: float
 
 
-Output = Classification | Boxes
+@dataclass(frozen=True)
+class Mask:
+    """One labelled mask ``(H, W)`` bool for a ``BrushLabels`` or ``PolygonLabels``
+    control, with the model's confidence in it. ``polygon_tolerance_px`` is how far a
+    simplified polygon may stray from the mask's outline."""
+
+    control: ControlSpec
+    label: str
+    mask: np.ndarray
+    score: float
+    polygon_tolerance_px: float = 1.5
+
+    def __post_init__(self) -> None:
+        if self.mask.ndim != 2 or self.mask.dtype != np.bool_:
+            raise ValueError(f"mask must be a 2-D bool array, got {self.mask.shape} "
+                             f"{self.mask.dtype}")
+
+
+Output = Classification | Boxes | Mask
 
 
 def boxes_to_regions(item: Boxes) -> list[dict[str, Any]]:
@@ -82,9 +102,32 @@ def boxes_to_regions(item: Boxes) -> list[dict[str, Any]]:
     } for i in range(len(det))]
 
 
+def mask_to_regions(item: Mask) -> list[dict[str, Any]]:
+    """A ``brushlabels`` region (Label Studio RLE), or one ``polygonlabels`` region per
+    mask component (simplified outline). An empty mask gives none."""
+    height, width = item.mask.shape
+    common = {"from_name": item.control.name, "to_name": item.control.to_name,
+              "type": item.control.result_type, "original_width": width,
+              "original_height": height, "image_rotation": 0,
+              "score": round(float(item.score), 6)}
+    if not item.mask.any():
+        return []
+    if item.control.tag == "PolygonLabels":
+        polygons = mask_to_polygons(item.mask, item.polygon_tolerance_px)
+        return [{"id": f"{item.control.name}-{i}", **common,
+                 "value": {"points": polygon_to_percent(points, width, height),
+                           "closed": True, "polygonlabels": [item.label]}}
+                for i, points in enumerate(polygons)]
+    rle = mask_to_rle(item.mask.astype(np.uint8) * np.uint8(255))
+    return [{"id": f"{item.control.name}-0", **common,
+             "value": {"format": "rle", "rle": rle, "brushlabels": [item.label]}}]
+
+
 def output_regions(item: Output) -> list[dict[str, Any]]:
     if isinstance(item, Boxes):
         return boxes_to_regions(item)
+    if isinstance(item, Mask):
+        return mask_to_regions(item)
     region = classification_to_region(item)
     return [region] if region is not None else []
 

@@ -24,11 +24,13 @@ from .adapters.classifier import (
     locate_weights,
 )
 from .adapters.detector import DetectorWeights, YoloDetector, locate_detector
+from .adapters.sam import SamSegmenter, SamWeights, load_sam, locate_sam
 from .embeddings import EmbeddingCache
 from .errors import ModelUnavailable
 from .images import ImageLoader
 from .learning import LinearHead
 from .ls_api import LabelStudioAPI
+from .sam_embeddings import SamEmbeddingStore
 from .settings import Device, Settings
 from .store import ModelStore, ModelVersion
 
@@ -74,6 +76,9 @@ class Runtime:
         self.store = ModelStore(settings.model_dir)
         self.images = ImageLoader(settings)
         self.embedding_cache = EmbeddingCache(settings.cache_dir / "embeddings")
+        self.sam_embeddings = SamEmbeddingStore(settings.cache_dir / "sam",
+                                                settings.sam_embedding_memory_mb * 2**20,
+                                                settings.sam_embedding_disk_mb * 2**20)
         self.device = resolve_device(settings.device)
         self.ls_api: LabelStudioAPI | None = None
         if settings.label_studio_url and settings.label_studio_api_key:
@@ -87,6 +92,9 @@ class Runtime:
         self._heads: OrderedDict[str, dict[str, LinearHead]] = OrderedDict()
         self._detectors: OrderedDict[str, YoloDetector] = OrderedDict()
         self._detector_base: DetectorWeights | None = None
+        self._sam_lock = threading.Lock()  # SAM loads apart: a slow one blocks no classifier
+        self._sam: SamSegmenter | None = None
+        self._sam_failure: tuple[tuple[str, int, float], str] | None = None
 
     # --- status (cheap, never loads anything) -----------------------------------------
     def classifier_status(self) -> dict[str, Any]:
@@ -119,7 +127,63 @@ class Runtime:
                            f"{base.spec} from scratch on the project's annotations (set "
                            "YOLO_CHECKPOINT or run scripts/download_weights.py --yolo)"}
 
+    def sam_status(self) -> dict[str, Any]:
+        """SAM as /health reports it: only settings and a stat, never a load."""
+        with self._lock:
+            sam, failure = self._sam, self._sam_failure
+        if sam is not None:
+            return {"status": "ready", "model_type": self.settings.sam_model_type,
+                    "model_id": sam.model_id, "embeddings": self.sam_embeddings.stats()}
+        checkpoint = self.settings.sam_checkpoint
+        if checkpoint is None or not checkpoint.is_file():
+            try:
+                locate_sam(self.settings.sam_model_type, checkpoint)
+            except ModelUnavailable as exc:
+                return {"status": "error", "error": str(exc)}
+        if failure is not None:
+            return {"status": "error", "error": failure[1]}
+        return {"status": "not-loaded", "model_type": self.settings.sam_model_type,
+                "checkpoint": str(checkpoint)}
+
+    def sam_configured(self) -> bool:
+        """Whether a SAM checkpoint is set and exists (cheap: precompute jobs are only
+        queued when they can run)."""
+        checkpoint = self.settings.sam_checkpoint
+        return checkpoint is not None and checkpoint.is_file()
+
     # --- loading ------------------------------------------------------------------------
+    def segmenter(self) -> SamSegmenter:
+        """The SAM model, loaded once per process. Raises ModelUnavailable with what to set
+        when there is no usable checkpoint; a file that failed to load is not re-read until
+        it changes."""
+        with self._lock:
+            if self._sam is not None:
+                return self._sam
+        with self._sam_lock:
+            if self._sam is not None:
+                return self._sam
+            checkpoint = self.settings.sam_checkpoint
+            signature = ("", 0, 0.0)
+            if checkpoint is not None and checkpoint.is_file():
+                stat = checkpoint.stat()
+                signature = (str(checkpoint), stat.st_size, stat.st_mtime)
+                with self._lock:
+                    failure = self._sam_failure
+                if failure is not None and failure[0] == signature:
+                    raise ModelUnavailable(failure[1])
+            weights: SamWeights = locate_sam(self.settings.sam_model_type, checkpoint)
+            try:
+                model = load_sam(weights, self.device)
+            except ModelUnavailable as exc:
+                with self._lock:
+                    self._sam_failure = (signature, str(exc))
+                raise
+            sam = SamSegmenter(model, weights.model_id, self.device)
+            log.info("SAM %s loaded from %s", weights.model_id, weights.path)
+            with self._lock:
+                self._sam, self._sam_failure = sam, None
+            return sam
+
     def detector_base(self) -> DetectorWeights:
         """The configured starting point of every project's detector (see
         :func:`locate_detector`). A missing checkpoint is looked for again on the next call,
@@ -228,11 +292,17 @@ class Runtime:
         return ClassifierModel(version.name, self.embedder(version), heads)
 
     def warm_up(self) -> None:
-        """Locate weights and load the base backbone (run in a background thread)."""
+        """Locate weights and load the base backbone, and SAM when it is configured (run in
+        a background thread)."""
         try:
             self.embedder(None)
         except ModelUnavailable as exc:
             log.error("classifier unavailable: %s", exc)
+        if self.settings.sam_checkpoint is not None:
+            try:
+                self.segmenter()
+            except ModelUnavailable as exc:
+                log.error("SAM unavailable: %s", exc)
 
     def is_our_version(self, name: str) -> bool:
         """Whether ``name`` is a version string this backend produces (for any project)."""

@@ -28,6 +28,7 @@ from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .metrics import Metrics
 from .reranking import STATE_TOP, ranking_state
 from .results import (
+    Mask,
     Output,
     classification_outputs,
     combine_outputs,
@@ -35,6 +36,9 @@ from .results import (
     task_prediction,
 )
 from .runtime import ClassifierModel, Runtime
+from .sam_precompute import JOB as SAM_EMBED_JOB
+from .sam_precompute import embed_image, job_key, precompute_payload, prompt_keys
+from .segmenting import ClickRequest, click_request
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,8 @@ class Backend:
             "status": "UP",
             "model_class": "ActiveLearningBackend",
             "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status(),
-                       ModelFamily.DETECTOR.value: self.runtime.detector_status()},
+                       ModelFamily.DETECTOR.value: self.runtime.detector_status(),
+                       "sam": self.runtime.sam_status()},
             "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
             "uptime_s": round(time.time() - self.started_at, 1),
         }
@@ -141,6 +146,12 @@ class Backend:
         if not isinstance(config, str):
             raise BadRequest("/predict needs 'label_config' (or a prior /setup of the project)")
         parsed = parse_label_config(config)
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        click = click_request(params.get("context"), parsed) if parsed.prompts else None
+        if click is not None:
+            return {"results": [self._segment(tasks, click, project)]}
+        if parsed.prompts and project is not None:
+            self._precompute_sam(project, config, tasks)
         classify = parsed.for_family(ModelFamily.CLASSIFIER)
         detect = parsed.for_family(ModelFamily.DETECTOR)
         version = self.runtime.model_version(project)
@@ -169,6 +180,40 @@ class Backend:
             else:
                 results.append(task_prediction(combined[0], version, 1.0 - combined[1]))
         return {"results": results}
+
+    def _segment(self, tasks: list[Any], click: ClickRequest, project: int | None
+                 ) -> dict[str, Any]:
+        """One smart-tool request: the mask SAM draws for the clicks and box, as the one
+        prediction Label Studio shows as a suggestion. SAM being unavailable is a 503 naming
+        what to set; the other controls are untouched (they are not asked for here)."""
+        if len(tasks) != 1:
+            raise BadRequest(f"an interactive request (context with smart-tool regions) is for "
+                             f"one task, got {len(tasks)}")
+        task = tasks[0]
+        data = task.get("data") if isinstance(task, dict) else None
+        url = data.get(click.target.value_key) if isinstance(data, dict) else None
+        if not isinstance(url, str) or not url:
+            raise BadRequest(f"task data has no image URL under '{click.target.value_key}'")
+        task_id = task.get("id") if isinstance(task.get("id"), int) else None
+        segmenter = self.runtime.segmenter()
+        lookup = embed_image(self.runtime, url, task_id)
+        self.metrics.sam_embeddings.labels(source=lookup.source).inc()
+        height, width = lookup.embedding.original_size
+        found = segmenter.segment(lookup.embedding, click.prompt(width, height))
+        self.metrics.predictions.labels(family=ModelFamily.SEGMENTER.value).inc()
+        mask = Mask(click.target, click.label, found.mask, found.score,
+                    self.runtime.settings.sam_polygon_tolerance_px)
+        return task_prediction([mask], self.runtime.model_version(project), found.score)
+
+    def _precompute_sam(self, project: int, config: str, tasks: list[Any]) -> None:
+        """Tasks being pre-annotated or opened get their SAM embeddings ahead of the first
+        click (queued first: they are what an annotator is about to see)."""
+        if not self.runtime.sam_configured():
+            return
+        payload = precompute_payload(project, tasks, prompt_keys(config),
+                                     self.runtime.settings.sam_precompute_max_tasks)
+        if payload is not None:
+            self.jobs.submit(SAM_EMBED_JOB, payload, key=job_key(project))
 
     def _classify(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
                   model: ClassifierModel) -> list[TaskOutputs | None]:
@@ -327,6 +372,12 @@ class Backend:
         if action == "TASKS_CREATED":
             if not isinstance(config, str) or not isinstance(body.get("tasks"), list):
                 return {"status": "ignored", "action": action}
+            parsed = parse_label_config(config)
+            if parsed.prompts:
+                self._precompute_sam(project, config, body["tasks"])
+            if not parsed.for_family(ModelFamily.CLASSIFIER) and not parsed.for_family(
+                    ModelFamily.DETECTOR):
+                return {"status": "queued", "action": action}
             # Embedding new tasks' images now makes their first /predict fast; the job then
             # re-ranks the queue so the new tasks take their place in it.
             job = self.jobs.submit("embed", {"project": project, "tasks": body["tasks"],

@@ -145,6 +145,16 @@ class Settings:
     detector_batch: int = 16
     detector_train_nice: int = 10
     detector_train_timeout_s: float = 4 * 3600.0
+    # SAM (SAM_MODEL_TYPE, SAM_CHECKPOINT above). Image embeddings stay in memory up to
+    # SAM_EMBEDDING_MEMORY_MB and on disk up to SAM_EMBEDDING_DISK_MB (4 MB each). They are
+    # computed ahead of clicks for imported tasks (at most SAM_PRECOMPUTE_MAX_TASKS per
+    # import), for tasks being opened, and for the SAM_PRECOMPUTE_AHEAD tasks at the head of
+    # the ranked queue. Polygons follow the mask within SAM_POLYGON_TOLERANCE_PX pixels.
+    sam_embedding_memory_mb: int = 512
+    sam_embedding_disk_mb: int = 4096
+    sam_precompute_max_tasks: int = 1000
+    sam_precompute_ahead: int = 20
+    sam_polygon_tolerance_px: float = 1.5
     # Limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TASKS_PER_REQUEST, MAX_REQUEST_BYTES).
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -219,6 +229,15 @@ class Settings:
             detector_train_nice=_int(env, "DETECTOR_TRAIN_NICE", defaults.detector_train_nice),
             detector_train_timeout_s=_float(env, "DETECTOR_TRAIN_TIMEOUT_S",
                                             defaults.detector_train_timeout_s, 1.0),
+            sam_embedding_memory_mb=_int(env, "SAM_EMBEDDING_MEMORY_MB",
+                                         defaults.sam_embedding_memory_mb),
+            sam_embedding_disk_mb=_int(env, "SAM_EMBEDDING_DISK_MB",
+                                       defaults.sam_embedding_disk_mb),
+            sam_precompute_max_tasks=_int(env, "SAM_PRECOMPUTE_MAX_TASKS",
+                                          defaults.sam_precompute_max_tasks),
+            sam_precompute_ahead=_int(env, "SAM_PRECOMPUTE_AHEAD", defaults.sam_precompute_ahead),
+            sam_polygon_tolerance_px=_float(env, "SAM_POLYGON_TOLERANCE_PX",
+                                            defaults.sam_polygon_tolerance_px),
             max_image_bytes=_int(env, "MAX_IMAGE_BYTES", defaults.max_image_bytes, 1),
             max_image_pixels=_int(env, "MAX_IMAGE_PIXELS", defaults.max_image_pixels, 1),
             max_tasks_per_request=_int(env, "MAX_TASKS_PER_REQUEST", 1000, 1),

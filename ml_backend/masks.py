@@ -1,0 +1,42 @@
+"""Binary masks to Label Studio geometry: polygons in percent of the image.
+
+(Brush RLE lives in :mod:`ml_backend.rle`.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MAX_POLYGONS = 10  # components of one mask shown as polygons, largest first
+MIN_AREA_SHARE = 0.01  # components smaller than this share of the largest are noise
+
+
+def mask_to_polygons(mask: np.ndarray, tolerance_px: float) -> list[np.ndarray]:
+    """The outer contours of ``mask (H, W)``, simplified so no vertex is dropped that lies
+    more than ``tolerance_px`` from the result (Douglas-Peucker); each ``(K, 2)`` float
+    x, y in pixels, K >= 3, largest area first. Holes are not represented (a Label Studio
+    polygon has none)."""
+    import cv2  # an ultralytics dependency; imported here to keep module import light
+
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
+    binary = np.ascontiguousarray(mask.astype(np.uint8))
+    contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    shapes = []
+    for contour in contours:
+        area = float(cv2.contourArea(contour))
+        simplified = cv2.approxPolyDP(contour, float(tolerance_px), True).reshape(-1, 2)
+        if len(simplified) >= 3:
+            shapes.append((max(area, 1.0), simplified.astype(np.float64)))
+    if not shapes:
+        return []
+    shapes.sort(key=lambda item: -item[0])
+    largest = shapes[0][0]
+    return [points for area, points in shapes[:MAX_POLYGONS]
+            if area >= MIN_AREA_SHARE * largest]
+
+
+def polygon_to_percent(points: np.ndarray, width: int, height: int) -> list[list[float]]:
+    """Pixel vertices to Label Studio's percent coordinates, clipped to the image."""
+    scaled = points / np.array([width, height], dtype=np.float64) * 100.0
+    return [[round(float(x), 4), round(float(y), 4)] for x, y in np.clip(scaled, 0.0, 100.0)]

@@ -1,0 +1,294 @@
+"""Interactive segmentation through the Flask app on a tiny random-init SAM: the captured
+smart-tool bodies, what reaches the model, brush and polygon output, a missing checkpoint."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from ml_backend.jobs import InProcessQueue
+from ml_backend.label_config import ModelFamily, parse_label_config
+from ml_backend.rle import rle_to_mask
+from ml_backend.runtime import Runtime
+from ml_backend.server import create_app
+from ml_backend.settings import Settings
+from ml_backend.training import train_classifier
+
+from conftest import digit_images, load_capture, png_bytes
+from fakes import FakeLabelStudioAPI, choice_task
+from sam_fixture import TINY_SAM_TYPE, save_tiny_sam, square_scene
+
+REPO = Path(__file__).resolve().parent.parent
+SEGMENTATION_CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
+WIDTH, HEIGHT = 112, 72  # the size the captured click reports
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("sam"))
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    """Label Studio's local-files root, holding the images the captures point at."""
+    root = tmp_path / "docs"
+    (root / "set1").mkdir(parents=True)
+    for name in ("img_1.png", "img_3.png", "img_4.png"):
+        (root / "set1" / name).write_bytes(png_bytes(square_scene(WIDTH, HEIGHT)))
+    return root
+
+
+@pytest.fixture
+def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
+            ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+    settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
+                             local_files_document_root=docs)
+    runtime = Runtime(settings)
+    jobs = InProcessQueue(runtime)
+    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
+    yield app.test_client(), runtime, jobs
+    jobs.close()
+
+
+class PromptSpy:
+    """Records what SAM's prompt encoder is called with (model input coordinates)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.calls: list[dict[str, Any]] = []
+        self._handle = model.prompt_encoder.register_forward_hook(self._record,
+                                                                  with_kwargs=True)
+
+    def _record(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        points = kwargs.get("points")
+        boxes = kwargs.get("boxes")
+        self.calls.append({
+            "coords": None if points is None else points[0][0].numpy().copy(),
+            "labels": None if points is None else points[1][0].numpy().tolist(),
+            "box": None if boxes is None else boxes[0].numpy().copy()})
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+def keypoint(x: float, y: float, label: str, positive: bool = True,
+             name: str = "kp") -> dict[str, Any]:
+    return {"from_name": name, "to_name": "image", "type": "keypointlabels",
+            "is_positive": positive, "origin": "manual",
+            "original_width": WIDTH, "original_height": HEIGHT,
+            "value": {"x": x, "y": y, "width": 0.25, "keypointlabels": [label]}}
+
+
+def rectangle(x: float, y: float, w: float, h: float, label: str,
+              name: str = "box") -> dict[str, Any]:
+    return {"from_name": name, "to_name": "image", "type": "rectanglelabels",
+            "is_positive": True, "origin": "manual",
+            "original_width": WIDTH, "original_height": HEIGHT,
+            "value": {"x": x, "y": y, "width": w, "height": h, "rotation": 0,
+                      "rectanglelabels": [label]}}
+
+
+def interactive_body(config: str, context: list[dict[str, Any]],
+                     image: str = "/data/local-files/?d=set1/img_3.png") -> dict[str, Any]:
+    body = copy.deepcopy(load_capture("predict_interactive_smart_keypoint_from_ui.json")["body"])
+    body["label_config"] = config
+    body["tasks"][0]["data"]["image"] = image
+    body["params"]["context"] = {"result": context}
+    return body
+
+
+def in_model_frame(x_percent: float, y_percent: float) -> np.ndarray:
+    """Where a click at percent coordinates lands in SAM's 1024-long-side input."""
+    scale = 1024 / WIDTH
+    return np.array([x_percent / 100 * WIDTH * scale, y_percent / 100 * HEIGHT * scale])
+
+
+def test_captured_smart_keypoint_gives_a_brush_mask_of_the_image_size(sam_app) -> None:
+    client, runtime, _ = sam_app
+    body = load_capture("predict_interactive_smart_keypoint_from_ui.json")["body"]
+    spy = PromptSpy(runtime.segmenter().model)
+    try:
+        response = client.post("/predict", json=body)
+    finally:
+        spy.close()
+    assert response.status_code == 200, response.get_json()
+    (prediction,) = response.get_json()["results"]
+    (region,) = prediction["result"]
+    assert region["type"] == "brushlabels" and region["from_name"] == "mask"
+    assert region["to_name"] == "image"
+    assert region["value"]["brushlabels"] == ["Cat"] and region["value"]["format"] == "rle"
+    assert (region["original_width"], region["original_height"]) == (WIDTH, HEIGHT)
+    mask = rle_to_mask(region["value"]["rle"], HEIGHT, WIDTH)
+    assert mask.shape == (HEIGHT, WIDTH) and set(np.unique(mask)) <= {0, 255}
+    assert 0.0 <= region["score"] == prediction["score"]
+    # The click reached the model at its place in the model's frame, as a positive point.
+    (call,) = spy.calls
+    click = body["params"]["context"]["result"][0]["value"]
+    np.testing.assert_allclose(call["coords"][0], in_model_frame(click["x"], click["y"]),
+                               atol=1.0)
+    assert call["labels"] == [1] and call["box"] is None
+
+
+def test_positive_and_negative_points_and_a_box_reach_the_model(sam_app) -> None:
+    client, runtime, _ = sam_app
+    context = [keypoint(60, 50, "Object"), keypoint(10, 10, "Object", positive=False),
+               keypoint(90, 90, "Background"),  # another label: not part of this prompt
+               rectangle(40, 20, 30, 55, "Object"), keypoint(70, 40, "Object")]
+    spy = PromptSpy(runtime.segmenter().model)
+    try:
+        response = client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, context))
+    finally:
+        spy.close()
+    assert response.status_code == 200, response.get_json()
+    (region,) = response.get_json()["results"][0]["result"]
+    assert region["value"]["brushlabels"] == ["Object"]
+    (call,) = spy.calls
+    assert call["labels"] == [1, 0, 1]
+    expected = [in_model_frame(60, 50), in_model_frame(10, 10), in_model_frame(70, 40)]
+    np.testing.assert_allclose(call["coords"], np.stack(expected), atol=1.0)
+    corners = np.concatenate([in_model_frame(40, 20), in_model_frame(70, 75)])
+    np.testing.assert_allclose(call["box"], corners, atol=1.0)
+
+
+def test_polygon_control_gets_a_simplified_polygon(sam_app) -> None:
+    client, runtime, _ = sam_app
+    config = SEGMENTATION_CONFIG.replace("BrushLabels", "PolygonLabels")
+    response = client.post("/predict", json=interactive_body(
+        config, [rectangle(45, 20, 40, 55, "Object")]))
+    assert response.status_code == 200, response.get_json()
+    regions = response.get_json()["results"][0]["result"]
+    for region in regions:
+        assert region["type"] == "polygonlabels" and region["value"]["closed"] is True
+        assert region["value"]["polygonlabels"] == ["Object"]
+        points = np.array(region["value"]["points"])
+        assert points.shape[1] == 2 and len(points) >= 3
+        assert points.min() >= 0.0 and points.max() <= 100.0
+
+
+def test_with_brush_and_polygon_the_control_next_to_the_smart_tool_wins() -> None:
+    from ml_backend.segmenting import click_request
+
+    both = """<View><Image name="image" value="$image"/>
+      <BrushLabels name="mask" toName="image"><Label value="Cat"/></BrushLabels>
+      <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Cat"/></KeyPointLabels>
+      <PolygonLabels name="poly" toName="image"><Label value="Cat"/><Label value="Dog"/>
+      </PolygonLabels>
+      <RectangleLabels name="box" toName="image" smart="true"><Label value="Cat"/>
+      </RectangleLabels></View>"""
+    parsed = parse_label_config(both)
+    assert {c.name for c in parsed.prompts} == {"kp", "box"}
+    assert not parsed.for_family(ModelFamily.DETECTOR)  # a smart box prompts, not detects
+    # kp sits between mask and poly at equal distance: the brush wins the tie.
+    assert click_request({"result": [keypoint(5, 5, "Cat")]}, parsed).target.name == "mask"
+    # The box tool sits next to the polygon control.
+    request = click_request({"result": [rectangle(5, 5, 9, 9, "Cat")]}, parsed)
+    assert request.target.name == "poly"
+    # Only the polygon control has "Dog".
+    dog = click_request({"result": [keypoint(5, 5, "Dog")]}, parsed)
+    assert dog.target.name == "poly" and dog.label == "Dog"
+
+
+def test_smart_rectangle_without_a_mask_control_still_detects() -> None:
+    config = """<View><Image name="image" value="$image"/>
+      <RectangleLabels name="box" toName="image" smart="true"><Label value="Cat"/>
+      </RectangleLabels></View>"""
+    parsed = parse_label_config(config)
+    assert parsed.prompts == () and parsed.for_family(ModelFamily.DETECTOR)
+
+
+@pytest.mark.parametrize("context, message", [
+    ([keypoint(10, 10, "Object") | {"value": {"x": "left", "y": 3}}], "must be a number"),
+    ([keypoint(10, 10, "Unknown")], "none of the mask controls"),
+    ([rectangle(10, 10, 0, 5, "Object")], "positive width"),
+])
+def test_bad_clicks_are_clear_400s(sam_app, context: list[dict[str, Any]], message: str
+                                   ) -> None:
+    client, _, _ = sam_app
+    response = client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, context))
+    assert response.status_code == 400 and message in response.get_json()["error"]
+
+
+def test_a_broken_image_is_a_clear_error_and_the_next_click_works(sam_app, docs) -> None:
+    client, _, _ = sam_app
+    (docs / "set1" / "broken.png").write_bytes(b"not a png")
+    click = [keypoint(50, 50, "Object")]
+    broken = client.post("/predict", json=interactive_body(
+        SEGMENTATION_CONFIG, click, "/data/local-files/?d=set1/broken.png"))
+    assert broken.status_code == 422 and "decode" in broken.get_json()["error"]
+    assert client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, click)
+                       ).status_code == 200
+
+
+def test_second_click_reuses_the_embedding(sam_app) -> None:
+    client, runtime, _ = sam_app
+    click = [keypoint(50, 50, "Object")]
+    for _ in range(3):
+        assert client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, click)
+                           ).status_code == 200
+    counts = runtime.sam_embeddings.counts
+    assert counts["computed"] == 1 and counts["memory"] == 2
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'mlb_sam_embeddings_total{source="computed"} 1.0' in metrics
+
+
+MIXED_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <Choices name="digit" toName="image">
+    <Choice value="0"/><Choice value="1"/><Choice value="2"/><Choice value="3"/>
+    <Choice value="4"/><Choice value="5"/><Choice value="6"/><Choice value="7"/>
+    <Choice value="8"/><Choice value="9"/>
+  </Choices>
+  <BrushLabels name="mask" toName="image"><Label value="Digit"/></BrushLabels>
+  <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Digit"/></KeyPointLabels>
+</View>"""
+
+
+def test_missing_checkpoint_fails_sam_only(make_settings, image_host) -> None:
+    settings = make_settings(label_studio_url=image_host.url, sam_model_type="vit_b")
+    runtime = Runtime(settings)
+    jobs = InProcessQueue(runtime)
+    client = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False).test_client()
+    try:
+        pngs, labels = digit_images(60)
+        tasks = []
+        for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
+            image_host.files[f"/data/upload/7/d{i}.png"] = png
+            tasks.append(choice_task(i + 1, f"/data/upload/7/d{i}.png", "digit", [str(label)]))
+        runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks[:40])  # type: ignore[assignment]
+        assert train_classifier(runtime, {"project": 7, "mode": "full"}).status == "trained"
+
+        health = client.get("/health").get_json()["models"]["sam"]
+        assert health["status"] == "error" and "SAM_CHECKPOINT is not set" in health["error"]
+        click = {"tasks": [{"id": 41, "data": tasks[40]["data"]}], "project": "7.1",
+                 "label_config": MIXED_CONFIG,
+                 "params": {"context": {"result": [keypoint(50, 50, "Digit")]}}}
+        response = client.post("/predict", json=click)
+        assert response.status_code == 503
+        assert "SAM_CHECKPOINT is not set" in response.get_json()["error"]
+        # The classifier on the same config keeps predicting, with or without a context.
+        batch = {"tasks": [{"id": t["id"], "data": t["data"]} for t in tasks[40:]],
+                 "project": "7.1", "label_config": MIXED_CONFIG, "params": {"context": None}}
+        results = client.post("/predict", json=batch).get_json()["results"]
+        assert len(results) == 20
+        assert all(r["result"][0]["type"] == "choices" for r in results)
+    finally:
+        jobs.close()
+
+
+def test_a_checkpoint_of_another_architecture_is_a_clear_error(make_settings, tiny_sam,
+                                                               docs) -> None:
+    settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type="vit_b",
+                             local_files_document_root=docs)
+    runtime = Runtime(settings)
+    client = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime),
+                        warm_up=False).test_client()
+    response = client.post("/predict", json=interactive_body(
+        SEGMENTATION_CONFIG, [keypoint(50, 50, "Object")]))
+    assert response.status_code == 503
+    assert "does not fit SAM_MODEL_TYPE=vit_b" in response.get_json()["error"]
+    assert "does not fit" in client.get("/health").get_json()["models"]["sam"]["error"]
