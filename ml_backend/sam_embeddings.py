@@ -22,6 +22,7 @@ import os
 import re
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -155,7 +156,7 @@ class SamEmbeddingStore:
             return None
         try:
             embedding = deserialize(data)
-        except (ValueError, OSError, KeyError, EOFError) as exc:
+        except (ValueError, OSError, KeyError, EOFError, zipfile.BadZipFile) as exc:
             log.warning("dropping unreadable SAM embedding %s: %s", path, exc)
             path.unlink(missing_ok=True)
             return None

@@ -22,6 +22,7 @@ from ml_backend.settings import Settings
 
 import netguard
 from http_fixtures import serve_app
+from sam_fixture import docs, sam_app, tiny_sam  # noqa: F401  (fixtures for every module)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -3,14 +3,24 @@ checkpoint the way the released ones are (a plain state dict). No weights are do
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from ml_backend.adapters.sam import build_sam_model, sam_architecture
+from ml_backend.jobs import InProcessQueue
+from ml_backend.runtime import Runtime
+from ml_backend.server import create_app
+from ml_backend.settings import Settings
 
 TINY_SAM_TYPE = "vit:32/2/2"  # embed dim 32, 2 blocks, 2 heads
+REPO = Path(__file__).resolve().parent.parent
+SEGMENTATION_CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
+WIDTH, HEIGHT = 112, 72  # the size the captured click reports
 
 
 def save_tiny_sam(directory: Path, seed: int = 0) -> Path:
@@ -27,3 +37,32 @@ def square_scene(width: int = 112, height: int = 72) -> np.ndarray:
     pixels = np.full((height, width, 3), 40, dtype=np.uint8)
     pixels[height // 4: height // 4 + height // 2, width // 2: width // 2 + height // 2] = 220
     return pixels
+
+
+@pytest.fixture(scope="session")
+def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("sam"))
+
+
+@pytest.fixture
+def docs(tmp_path: Path) -> Path:
+    """Label Studio's local-files root, holding the images the captures point at."""
+    from conftest import png_bytes
+
+    root = tmp_path / "docs"
+    (root / "set1").mkdir(parents=True)
+    for name in ("img_1.png", "img_3.png", "img_4.png"):
+        (root / "set1" / name).write_bytes(png_bytes(square_scene(WIDTH, HEIGHT)))
+    return root
+
+
+@pytest.fixture
+def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
+            ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+    settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
+                             local_files_document_root=docs)
+    runtime = Runtime(settings)
+    jobs = InProcessQueue(runtime)
+    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
+    yield app.test_client(), runtime, jobs
+    jobs.close()

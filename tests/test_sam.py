@@ -4,8 +4,6 @@ smart-tool bodies, what reaches the model, brush and polygon output, a missing c
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,43 +15,11 @@ from ml_backend.label_config import ModelFamily, parse_label_config
 from ml_backend.rle import rle_to_mask
 from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
-from ml_backend.settings import Settings
 from ml_backend.training import train_classifier
 
-from conftest import digit_images, load_capture, png_bytes
+from conftest import digit_images, load_capture
 from fakes import FakeLabelStudioAPI, choice_task
-from sam_fixture import TINY_SAM_TYPE, save_tiny_sam, square_scene
-
-REPO = Path(__file__).resolve().parent.parent
-SEGMENTATION_CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
-WIDTH, HEIGHT = 112, 72  # the size the captured click reports
-
-
-@pytest.fixture(scope="session")
-def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_sam(tmp_path_factory.mktemp("sam"))
-
-
-@pytest.fixture
-def docs(tmp_path: Path) -> Path:
-    """Label Studio's local-files root, holding the images the captures point at."""
-    root = tmp_path / "docs"
-    (root / "set1").mkdir(parents=True)
-    for name in ("img_1.png", "img_3.png", "img_4.png"):
-        (root / "set1" / name).write_bytes(png_bytes(square_scene(WIDTH, HEIGHT)))
-    return root
-
-
-@pytest.fixture
-def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
-            ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
-    settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
-                             local_files_document_root=docs)
-    runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
-    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
-    yield app.test_client(), runtime, jobs
-    jobs.close()
+from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, WIDTH
 
 
 class PromptSpy:
