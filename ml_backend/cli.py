@@ -116,8 +116,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="run an RQ worker (needs REDIS_URL)")
     worker.add_argument("--lanes", default=None,
                         help="comma-separated job lanes to take, in priority order "
-                             "(default: all; 'models' = training and embedding, "
-                             "'ranking' = re-ranking)")
+                             "(default: all; 'models' = training and embedding, 'ranking' = "
+                             "re-ranking, 'detector' = detector fine-tunes, 'sam' = SAM "
+                             "embeddings)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     train = sub.add_parser("train", help="train a project's classifier now, in this process")
     train.add_argument("--project", type=int, required=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import LabelStudioUnavailable
+from .jsonio import plain
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,8 @@ class LabelStudioAPI:
         created = 0
         try:
             for start in range(0, len(predictions), chunk):
-                batch = [PredictionRequest(**p) for p in predictions[start:start + chunk]]
+                batch = [PredictionRequest(**plain(p))
+                         for p in predictions[start:start + chunk]]
                 response = self._client.projects.import_predictions(id=project, request=batch)
                 created += int(getattr(response, "created", None) or len(batch))
         except Exception as exc:

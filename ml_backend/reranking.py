@@ -31,8 +31,7 @@ from .results import (
     task_prediction,
 )
 from .runtime import Runtime, version_index
-from .sam_precompute import JOB as SAM_EMBED_JOB
-from .sam_precompute import job_key, precompute_payload, prompt_keys
+from .sam_precompute import queue_head_job
 from .settings import Settings
 from .training import announce, embed_images, fetch_images
 
@@ -294,24 +293,10 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
               "seconds": round(seconds, 3), "phases": phases}
     log.info("re-ranked project %s: %s", project, {k: v for k, v in result.items()
                                                   if k != "batch"})
-    ahead = _sam_ahead(runtime, project, config, ranked.order, unlabeled)
+    ahead = queue_head_job(runtime, project, config, ranked.order, unlabeled)
     if ahead is not None:
         result["next_jobs"] = [ahead]
     return result
-
-
-def _sam_ahead(runtime: Runtime, project: int, config: str, order: list[int],
-               unlabeled: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The job that encodes SAM embeddings for the head of the new queue, so the tasks
-    annotators open next are ready to click on."""
-    if not runtime.sam_configured():
-        return None
-    by_id = {int(t["id"]): t for t in unlabeled}
-    head = [by_id[i] for i in order[:runtime.settings.sam_precompute_ahead] if i in by_id]
-    payload = precompute_payload(project, head, prompt_keys(config))
-    if payload is None:
-        return None
-    return {"name": SAM_EMBED_JOB, "payload": payload, "key": job_key(project)}
 
 
 def throttle_rerank(settings: Settings, state: dict[str, Any] | None) -> float:

@@ -16,7 +16,7 @@ from .label_config import ControlSpec
 from .learning import confidence
 from .masks import mask_to_polygons, polygon_to_percent
 from .ranking import Strategy, task_uncertainty, uncertainty_table
-from .rle import mask_to_rle
+from .rle import mask_to_rle_array
 
 MULTI_CHOICE_THRESHOLD = 0.5
 
@@ -118,7 +118,8 @@ def mask_to_regions(item: Mask) -> list[dict[str, Any]]:
                  "value": {"points": polygon_to_percent(points, width, height),
                            "closed": True, "polygonlabels": [item.label]}}
                 for i, points in enumerate(polygons)]
-    rle = mask_to_rle(item.mask.astype(np.uint8) * np.uint8(255))
+    # An array, not a list: the HTTP layer writes it to JSON without a Python int per byte.
+    rle = mask_to_rle_array(item.mask.view(np.uint8) * np.uint8(255))
     return [{"id": f"{item.control.name}-0", **common,
              "value": {"format": "rle", "rle": rle, "brushlabels": [item.label]}}]
 

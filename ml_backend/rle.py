@@ -80,9 +80,14 @@ def encode_rle(values: np.ndarray, repeat: int = 1) -> np.ndarray:
 def mask_to_rle(mask: np.ndarray) -> list[int]:
     """A 2-D ``uint8`` mask as Label Studio brush RLE (the ``rle`` list of a ``brushlabels``
     value), byte-identical to ``label_studio_sdk.converter.brush.mask2rle``."""
+    return mask_to_rle_array(mask).tolist()
+
+
+def mask_to_rle_array(mask: np.ndarray) -> np.ndarray:
+    """:func:`mask_to_rle` as a ``uint8`` array (the HTTP layer writes it to JSON fast)."""
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
-    return encode_rle(mask.reshape(-1), repeat=4).tolist()
+    return encode_rle(mask.reshape(-1), repeat=4)
 
 
 class _Bits:

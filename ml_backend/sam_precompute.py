@@ -60,6 +60,21 @@ def merge_precompute_payloads(queued: dict[str, Any], new: dict[str, Any]) -> di
     return {**new, "requests": requests}
 
 
+def queue_head_job(runtime: Runtime, project: int, config: str, order: Sequence[int],
+                   tasks: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The job that encodes SAM embeddings for the first ``SAM_PRECOMPUTE_AHEAD`` tasks of
+    a new queue ``order``, so the tasks annotators open next are ready to click on; None
+    when SAM is not configured or the config has no smart tools."""
+    if not runtime.sam_configured():
+        return None
+    by_id = {int(t["id"]): t for t in tasks}
+    head = [by_id[i] for i in order[:runtime.settings.sam_precompute_ahead] if i in by_id]
+    payload = precompute_payload(project, head, prompt_keys(config))
+    if payload is None:
+        return None
+    return {"name": JOB, "payload": payload, "key": job_key(project)}
+
+
 def embed_image(runtime: Runtime, url: str, task_id: int | None) -> Lookup:
     """The SAM embedding of one task image, from the store or computed now (once, however
     many threads and processes ask at the same time)."""

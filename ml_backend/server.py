@@ -16,6 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from .errors import BackendError, BadRequest
 from .jobs import InProcessQueue, JobQueue, JobRecord, RQQueue
+from .jsonio import ArrayJSONProvider
 from .metrics import Metrics
 from .runtime import Runtime
 from .service import Backend, parse_project_id
@@ -60,6 +61,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         threading.Thread(target=runtime.warm_up, name="warm-up", daemon=True).start()
 
     app = Flask("ml_backend")
+    app.json = ArrayJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.extensions["ml_backend"] = backend
 

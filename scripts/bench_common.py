@@ -3,9 +3,11 @@ and writing a report (JSON on stdout and to disk, plus a plot)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,38 @@ def write_report(report: dict[str, Any], out: Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(text + "\n")
     plot(report, out.with_suffix(".png"))
+
+
+@contextlib.contextmanager
+def serve_loopback(app: Callable[..., Any]) -> Iterator[str]:
+    """Serve a WSGI ``app`` on 127.0.0.1 (threaded, like gunicorn's gthread workers) for the
+    duration of the block; yields its base URL."""
+    import logging
+
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              name="bench-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def save_random_sam(model_type: str, path: Path, seed: int = 0) -> Path:
+    """A randomly initialised SAM of ``model_type`` saved as a state-dict checkpoint (what
+    SAM_CHECKPOINT points at): real architecture, no downloaded weights. Timing only."""
+    import torch
+
+    from ml_backend.adapters.sam import build_sam_model, sam_architecture
+
+    if not path.is_file():
+        torch.manual_seed(seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(build_sam_model(sam_architecture(model_type)).state_dict(), path)
+    return path

@@ -3,10 +3,13 @@
 
     python scripts/download_weights.py --resnet resnet18
     python scripts/download_weights.py --yolo yolov8n.pt --dest var/models
+    python scripts/download_weights.py --sam vit_b --dest var/models
 
 ResNet weights go to torchvision's cache ($TORCH_HOME/hub/checkpoints), where the backend
 finds them without further settings. YOLO weights (Ultralytics' release assets, e.g.
 yolov8n.pt or yolo11n.pt) go to ``--dest``; point YOLO_CHECKPOINT at the printed path.
+SAM checkpoints (Meta's releases of segment-anything) go to ``--dest`` too; set
+SAM_CHECKPOINT to the printed path and SAM_MODEL_TYPE to the model type.
 """
 
 from __future__ import annotations
@@ -33,6 +36,27 @@ def download_yolo(name: str, dest: Path) -> str:
     return str(Path(attempt_download_asset(str(dest / name))).resolve())
 
 
+# The released Segment Anything checkpoints (segment-anything's README).
+SAM_URLS = {
+    "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
+    "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
+    "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+}
+
+
+def download_sam(model_type: str, dest: Path) -> str:
+    import torch
+
+    if model_type not in SAM_URLS:
+        raise ValueError(f"unknown SAM model type {model_type!r}; one of {sorted(SAM_URLS)}")
+    url = SAM_URLS[model_type]
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        torch.hub.download_url_to_file(url, str(path), progress=True)
+    return str(path.resolve())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -40,12 +64,15 @@ def main() -> int:
                         "('' to skip)")
     parser.add_argument("--yolo", default="", help="Ultralytics weights to fetch, e.g. "
                         "yolov8n.pt or yolo11n.pt")
+    parser.add_argument("--sam", default="", help="Segment Anything model type to fetch: "
+                        "vit_b (375 MB), vit_l or vit_h")
     parser.add_argument("--dest", type=Path, default=Path("var/models"),
-                        help="folder for YOLO weights")
+                        help="folder for YOLO and SAM weights")
     args = parser.parse_args()
     paths = {}
     jobs = [("resnet", args.resnet, lambda: download_resnet(args.resnet)),
-            ("yolo", args.yolo, lambda: download_yolo(args.yolo, args.dest))]
+            ("yolo", args.yolo, lambda: download_yolo(args.yolo, args.dest)),
+            ("sam", args.sam, lambda: download_sam(args.sam, args.dest))]
     for family, name, fetch in jobs:
         if not name:
             continue

@@ -1,0 +1,383 @@
+#!/usr/bin/env python3
+"""SAM click latency: what an annotator waits for after a smart-tool click, next to the time
+the model alone needs. Everything is measured in one run.
+
+An interactive click runs SAM's prompt encoder and mask decoder on the image's embedding. The
+embedding comes from the image encoder, which is the slow part. The backend caches
+embeddings, so after the first click on an image the server should add little to the
+decoder's own time. This script checks that. It runs the full-size architecture (``vit_b``
+by default) with random weights, which are fine for timing; no weights are downloaded. The
+weights are saved as a checkpoint and loaded by the backend the way a released one is. The
+backend runs as in production, ``ml-backend serve`` (gunicorn, one worker) in its own process
+on 127.0.0.1, so the client never shares its interpreter; the raw timings load the same
+checkpoint in this process, so raw and server numbers come from identical weights (and run
+while the server is idle). The picture is 1920×1080. It measures:
+
+1. encoder: ``SamSegmenter.embed`` (median of ``--encode-repeats``);
+2. decoder: ``SamSegmenter.segment`` for one click (median of ``--clicks`` click positions);
+3. warm server click: ``POST /predict`` over HTTP on 127.0.0.1 with a smart keypoint in
+   ``params.context``, with the image's embedding already cached, and the same click
+   positions as 2. It reports the median and p90. The target is
+   median ≤ 1.3 × decoder median + 20 ms;
+4. cold server click: the same request on an image whose embedding is not cached (the first
+   request on the picture, then copies of it that each have one different pixel: new bytes,
+   so a new cache key). It reports the median of ``--cold-clicks`` requests, and the first
+   request counts as one of them.
+
+The report also breaks the server's overhead down where that is simple: reading and hashing
+the image file, brush RLE encoding of the mask, and JSON encoding of the response (with the
+backend's JSON provider). It also gives the response size and the server's embedding store
+hit counts (from its ``/health``).
+
+    .venv/bin/python scripts/bench_sam_latency.py [--clicks 30] [--cold-clicks 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+import torch
+from flask import Flask
+from PIL import Image
+
+from ml_backend.adapters.sam import (
+    SamMask,
+    SamPrompt,
+    SamSegmenter,
+    build_sam_model,
+    sam_architecture,
+)
+from ml_backend.jsonio import ArrayJSONProvider
+from ml_backend.rle import mask_to_rle_array
+from ml_backend.runtime import Runtime
+from ml_backend.settings import Settings
+
+from bench_common import write_report
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
+WIDTH, HEIGHT = 1920, 1080
+PROJECT = "1.1700000000"
+SEED = 0
+TARGET_FACTOR, TARGET_SLACK_MS = 1.3, 20.0
+
+
+def _picture() -> np.ndarray:
+    """A real photo as 1920×1080 RGB: Ultralytics' bundled ``zidane.jpg`` (1280×720, so
+    16:9 already) or ``bus.jpg``. The files are found without importing ultralytics, which
+    would write its settings file."""
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("ultralytics (for its bundled sample photos) is not installed")
+    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
+    for name in ("zidane.jpg", "bus.jpg"):
+        if (assets / name).is_file():
+            with Image.open(assets / name) as image:
+                resized = image.convert("RGB").resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
+            return np.asarray(resized).copy()
+    raise SystemExit(f"no sample photo under {assets}")
+
+
+def _click_positions(count: int) -> list[tuple[float, float]]:
+    """``count`` click positions in percent of the image, spread over its middle 80 %."""
+    rng = np.random.default_rng(SEED)
+    return [(float(x), float(y)) for x, y in rng.uniform(10.0, 90.0, size=(count, 2))]
+
+
+def _body(url: str, x: float, y: float) -> dict[str, Any]:
+    """The body Label Studio sends for one positive click with the smart keypoint tool."""
+    return {"tasks": [{"id": 1, "data": {"image": url}}], "project": PROJECT,
+            "label_config": CONFIG,
+            "params": {"context": {"result": [{
+                "from_name": "kp", "to_name": "image", "type": "keypointlabels",
+                "is_positive": True, "origin": "manual",
+                "original_width": WIDTH, "original_height": HEIGHT,
+                "value": {"x": x, "y": y, "width": 0.25, "keypointlabels": ["Object"]}}]}}}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextmanager
+def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
+    """``ml-backend serve`` (gunicorn) on 127.0.0.1 in a child process, once SAM is loaded;
+    yields its URL."""
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", "--threads", "4"],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                if child.poll() is not None:
+                    raise RuntimeError(f"the backend exited: {log_path.read_text()[-2000:]}")
+                try:
+                    sam = requests.get(f"{base}/health", timeout=5).json()["models"]["sam"]
+                    if sam["status"] == "ready":
+                        break
+                    if sam["status"] == "error":
+                        raise RuntimeError(f"SAM did not load: {sam['error']}")
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the backend did not load SAM within 600 s")
+                time.sleep(0.5)
+            yield base
+        finally:
+            child.terminate()
+            child.wait(timeout=30)
+
+
+def _server_counts(session: requests.Session, base: str) -> dict[str, int]:
+    """The server's embedding lookups so far, by source (its /health)."""
+    stats = session.get(f"{base}/health", timeout=10).json()["models"]["sam"]["embeddings"]
+    return {k: int(stats[k]) for k in ("memory", "disk", "computed", "waited")}
+
+
+def _click(session: requests.Session, base: str, url: str, x: float, y: float
+           ) -> tuple[float, dict[str, Any], int]:
+    """One interactive /predict. Returns seconds, the response JSON and the body's size. It
+    fails unless the answer is one brush mask."""
+    started = time.perf_counter()
+    response = session.post(f"{base}/predict", json=_body(url, x, y), timeout=600)
+    elapsed = time.perf_counter() - started
+    if response.status_code != 200:
+        raise RuntimeError(f"/predict ({x:.1f}%, {y:.1f}%) on {url}: HTTP "
+                           f"{response.status_code}: {response.text[:500]}")
+    payload = response.json()
+    regions = payload["results"][0]["result"]
+    if not any(r.get("type") == "brushlabels" for r in regions):
+        raise RuntimeError(f"/predict ({x:.1f}%, {y:.1f}%) on {url}: no brushlabels region "
+                           f"in {json.dumps(payload)[:500]}")
+    return elapsed, payload, len(response.content)
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def _ms(seconds: float) -> float:
+    return round(1000 * seconds, 1)
+
+
+def _p90(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[int(0.9 * (len(ordered) - 1))]
+
+
+def _counts_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in after}
+
+
+def _save_checkpoint(arch_name: str, path: Path) -> float:
+    """Build a random-init SAM (seeded) and save its state dict as a checkpoint; returns
+    the checkpoint's size in MB."""
+    torch.manual_seed(SEED)
+    model = build_sam_model(sam_architecture(arch_name))
+    torch.save(model.state_dict(), path)
+    del model
+    return round(path.stat().st_size / 2**20, 1)
+
+
+def _raw(segmenter: SamSegmenter, pixels: np.ndarray, positions: list[tuple[float, float]],
+         repeats: int) -> tuple[list[float], list[float], list[SamMask]]:
+    """Encoder seconds, decoder seconds and the decoder's masks."""
+    encode, embedding = [], None
+    for _ in range(repeats):
+        elapsed, embedding = _timed(lambda: segmenter.embed(pixels))
+        encode.append(elapsed)
+    assert embedding is not None
+    decode, masks = [], []
+    for x, y in positions:
+        prompt = SamPrompt(np.array([[x * WIDTH / 100, y * HEIGHT / 100]]), np.array([True]))
+        elapsed, found = _timed(lambda p=prompt: segmenter.segment(embedding, p))
+        decode.append(elapsed)
+        masks.append(found)
+    return encode, decode, masks
+
+
+def _overheads(runtime: Runtime, url: str, masks: list[SamMask],
+               response: dict[str, Any]) -> dict[str, Any]:
+    """Medians of parts of the server's work besides the decoder, timed on their own."""
+    read = [_timed(lambda: runtime.images.load_bytes(url, task_id=1))[0] for _ in range(5)]
+    rle = [_timed(lambda m=m: mask_to_rle_array(m.mask.view(np.uint8) * np.uint8(255)))[0]
+           for m in masks]
+    provider = ArrayJSONProvider(Flask("bench"))
+    as_served = {"results": [{**response["results"][0], "result": [
+        {**r, "value": {**r["value"], "rle": np.array(r["value"]["rle"], dtype=np.uint8)}}
+        for r in response["results"][0]["result"]]}]}
+    encode = [_timed(lambda: provider.dumps(as_served))[0] for _ in range(5)]
+    return {"image_read_sha256_ms": _ms(statistics.median(read)),
+            "rle_encode_ms": _ms(statistics.median(rle)),
+            "json_encode_ms": _ms(statistics.median(encode)),
+            "mask_foreground_share_median": round(float(statistics.median(
+                float(m.mask.mean()) for m in masks)), 3)}
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    docs = work / "docs"
+    (docs / "set1").mkdir(parents=True, exist_ok=True)
+    pixels = _picture()
+    Image.fromarray(pixels).save(docs / "set1" / "img.png")
+    url = "/data/local-files/?d=set1/img.png"
+    checkpoint = work / f"sam_{args.arch.replace(':', '_').replace('/', '_')}_random.pth"
+    checkpoint_mb = _save_checkpoint(args.arch, checkpoint)
+    env = {"MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
+           "SAM_CHECKPOINT": str(checkpoint), "SAM_MODEL_TYPE": args.arch,
+           "LOCAL_FILES_DOCUMENT_ROOT": str(docs), "UPDATE_PROJECT_MODEL_VERSION": "false",
+           "RERANK_AFTER_TRAINING": "false", "LOG_LEVEL": "WARNING"}
+    settings = Settings.from_env(env)
+    runtime = Runtime(settings)  # this process's copy, for the raw timings
+    load_s, segmenter = _timed(runtime.segmenter)
+    positions = _click_positions(args.clicks)
+    with _serve(env, work / "server.log") as base, requests.Session() as session:
+        # Raw model timings while the server idles (same checkpoint, same weights).
+        encode, decode, masks = _raw(segmenter, pixels, positions, args.encode_repeats)
+        before = _server_counts(session, base)
+        first_s, _, _ = _click(session, base, url, *positions[0])  # computes and caches
+        cold = [first_s]
+        cold_counts = _counts_delta(before, _server_counts(session, base))
+        before = _server_counts(session, base)
+        warm, sizes, response = [], [], {}
+        for x, y in positions:
+            elapsed, response, size = _click(session, base, url, x, y)
+            warm.append(elapsed)
+            sizes.append(size)
+        warm_counts = _counts_delta(before, _server_counts(session, base))
+        before = _server_counts(session, base)
+        for i in range(1, args.cold_clicks):
+            changed = pixels.copy()
+            changed[i // WIDTH, i % WIDTH] ^= 0xFF  # new bytes: a new embedding key
+            Image.fromarray(changed).save(docs / "set1" / f"img-{i}.png")
+            elapsed, _, _ = _click(session, base, f"/data/local-files/?d=set1/img-{i}.png",
+                                   *positions[i % len(positions)])
+            cold.append(elapsed)
+        total = _server_counts(session, base)
+        for key, value in _counts_delta(before, total).items():
+            cold_counts[key] += value
+    if warm_counts["memory"] != len(warm) or warm_counts["computed"]:
+        raise RuntimeError(f"warm clicks did not all find the embedding in memory: "
+                           f"{warm_counts}")
+    if cold_counts["computed"] != len(cold):
+        raise RuntimeError(f"cold clicks did not all compute an embedding: {cold_counts}")
+
+    decoder_ms = _ms(statistics.median(decode))
+    warm_ms = _ms(statistics.median(warm))
+    target_ms = round(TARGET_FACTOR * decoder_ms + TARGET_SLACK_MS, 1)
+    parts = _overheads(runtime, url, masks, response)
+    accounted = decoder_ms + parts["image_read_sha256_ms"] + parts["rle_encode_ms"] \
+        + parts["json_encode_ms"]
+    return {
+        "arch": args.arch, "weights": "random init (seeded), saved as a checkpoint",
+        "server": "ml-backend serve (gunicorn, 1 worker, 4 threads) in its own process",
+        "note": "random weights draw noisy masks (see mask_foreground_share_median), so "
+                "the RLE, JSON and response size are larger than a trained SAM's smooth "
+                "masks give; encoder and decoder times do not depend on the weights",
+        "checkpoint_mb": checkpoint_mb, "model_load_s": round(load_s, 2),
+        "image_size": f"{WIDTH}x{HEIGHT}",
+        "image_png_bytes": (docs / "set1" / "img.png").stat().st_size,
+        "encoder_s": round(statistics.median(encode), 2),
+        "encoder_samples_s": [round(s, 2) for s in encode],
+        "decoder_ms": decoder_ms, "decoder_p90_ms": _ms(_p90(decode)),
+        "server_warm_ms": {"n": len(warm), "median": warm_ms, "p90": _ms(_p90(warm)),
+                           "min": _ms(min(warm)), "max": _ms(max(warm))},
+        "target": f"server warm median <= {TARGET_FACTOR} x decoder median + "
+                  f"{TARGET_SLACK_MS:g} ms",
+        "target_ms": target_ms, "target_met": warm_ms <= target_ms,
+        "server_over_decoder": round(warm_ms / decoder_ms, 3),
+        "cold_click_s": round(statistics.median(cold), 2),
+        "cold_click_samples_s": [round(s, 2) for s in cold],
+        "overhead": {**parts, "http_and_other_ms": round(warm_ms - accounted, 1)},
+        "response_bytes": int(statistics.median(sizes)),
+        "counts": {"total": total, "cold_clicks": cold_counts, "warm_clicks": warm_counts},
+        "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device": str(runtime.device), "torch": torch.__version__,
+    }
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    warm = report["server_warm_ms"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2),
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    labels = ["raw decoder\n(median)", "server click\n(median)", "server click\n(p90)"]
+    values = [report["decoder_ms"], warm["median"], warm["p90"]]
+    bars = left.bar(labels, values, color=["#7f7f7f", "#1f77b4", "#aec7e8"])
+    left.bar_label(bars, fmt="%.0f")
+    left.axhline(report["target_ms"], color="#d62728", linestyle="--",
+                 label=f"target {report['target_ms']:.0f} ms (1.3 x decoder + 20)")
+    left.set_ylabel("ms")
+    verdict = "met" if report["target_met"] else "missed"
+    left.set_title(f"click with cached embedding: target {verdict}")
+    left.legend(loc="lower right")
+    bars = right.bar(["raw encoder", "cold server click"],
+                     [report["encoder_s"], report["cold_click_s"]], color=["#7f7f7f", "#ff7f0e"])
+    right.bar_label(bars, fmt="%.1f")
+    right.set_ylabel("s (median)")
+    right.set_title("first click on an image")
+    fig.suptitle(f"SAM {report['arch']} on {report['image_size']}, CPU, "
+                 f"{report['torch_threads']} torch threads")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="vit_b",
+                        help="SAM_MODEL_TYPE: vit_b / vit_l / vit_h or vit:<dim>/<depth>/<heads>")
+    parser.add_argument("--clicks", type=int, default=30,
+                        help="click positions, timed raw and over HTTP")
+    parser.add_argument("--cold-clicks", type=int, default=2,
+                        help="requests on uncached images, the first (cache-warming) included")
+    parser.add_argument("--encode-repeats", type=int, default=2, help="timed raw encodes")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="for the checkpoint, images and caches (default: a temp dir)")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "docs" / "benchmarks" / "bench_sam_latency.json")
+    args = parser.parse_args(argv)
+    if min(args.clicks, args.cold_clicks, args.encode_repeats) < 1:
+        parser.error("--clicks, --cold-clicks and --encode-repeats must be at least 1")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
+    started = time.perf_counter()
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        report = measure(args, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-sam-latency-") as tmp:
+            report = measure(args, Path(tmp))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    write_report(report, args.out, _plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
