@@ -23,9 +23,9 @@ def _configure(settings: Settings) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from .server import create_app
-
     if args.dev:
+        from .server import create_app
+
         create_app(settings).run(host=args.host, port=args.port, threaded=True)
         return 0
     from gunicorn.app.base import BaseApplication
@@ -43,7 +43,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
                 self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            # Each worker builds its own app after forking: no torch state crosses a fork.
+            # Each worker imports torch and builds its app after forking: the arbiter never
+            # loads torch, so no torch (or OpenMP, CUDA) state crosses a fork.
+            from .server import create_app
+
             return create_app(settings)
 
     if args.workers > 1 and not settings.redis_url:

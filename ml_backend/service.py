@@ -196,14 +196,21 @@ class Backend:
             raise BadRequest(f"task data has no image URL under '{click.target.value_key}'")
         task_id = task.get("id") if isinstance(task.get("id"), int) else None
         segmenter = self.runtime.segmenter()
+        started = time.perf_counter()
         lookup = embed_image(self.runtime, url, task_id)
         self.metrics.sam_embeddings.labels(source=lookup.source).inc()
         height, width = lookup.embedding.original_size
+        embedded = time.perf_counter()
         found = segmenter.segment(lookup.embedding, click.prompt(width, height))
+        decoded = time.perf_counter()
         self.metrics.predictions.labels(family=ModelFamily.SEGMENTER.value).inc()
         mask = Mask(click.target, click.label, found.mask, found.score,
                     self.runtime.settings.sam_polygon_tolerance_px)
-        return task_prediction([mask], self.runtime.model_version(project), found.score)
+        prediction = task_prediction([mask], self.runtime.model_version(project), found.score)
+        log.debug("click: embedding %.1f ms (%s), decode %.1f ms, regions %.1f ms",
+                  1000 * (embedded - started), lookup.source, 1000 * (decoded - embedded),
+                  1000 * (time.perf_counter() - decoded))
+        return prediction
 
     def _precompute_sam(self, project: int, config: str, tasks: list[Any]) -> None:
         """Tasks being pre-annotated or opened get their SAM embeddings ahead of the first

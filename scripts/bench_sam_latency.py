@@ -14,7 +14,9 @@ checkpoint in this process, so raw and server numbers come from identical weight
 while the server is idle). The picture is 1920×1080. It measures:
 
 1. encoder: ``SamSegmenter.embed`` (median of ``--encode-repeats``);
-2. decoder: ``SamSegmenter.segment`` for one click (median of ``--clicks`` click positions);
+2. decoder: ``SamSegmenter.segment`` (the model alone, in this process) for one click
+   (median of ``--clicks`` click positions), each timed right before the server click at
+   the same position (paired samples);
 3. warm server click: ``POST /predict`` over HTTP on 127.0.0.1 with a smart keypoint in
    ``params.context``, with the image's embedding already cached, and the same click
    positions as 2. It reports the median and p90. The target is
@@ -57,6 +59,7 @@ from flask import Flask
 from PIL import Image
 
 from ml_backend.adapters.sam import (
+    SamEmbedding,
     SamMask,
     SamPrompt,
     SamSegmenter,
@@ -76,6 +79,7 @@ WIDTH, HEIGHT = 1920, 1080
 PROJECT = "1.1700000000"
 SEED = 0
 TARGET_FACTOR, TARGET_SLACK_MS = 1.3, 20.0
+IDLE_BEFORE_CLICK_S = 0.5
 
 
 def _picture() -> np.ndarray:
@@ -118,7 +122,7 @@ def _free_port() -> int:
 
 
 @contextmanager
-def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
+def _serve(env: dict[str, str], log_path: Path, serve_args: list[str]) -> Iterator[str]:
     """``ml-backend serve`` (gunicorn) on 127.0.0.1 in a child process, once SAM is loaded;
     yields its URL."""
     port = _free_port()
@@ -126,7 +130,7 @@ def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
     with open(log_path, "wb") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1", "--threads", "4"],
+             "--port", str(port), *serve_args],
             env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 600
@@ -148,6 +152,18 @@ def _serve(env: dict[str, str], log_path: Path) -> Iterator[str]:
         finally:
             child.terminate()
             child.wait(timeout=30)
+
+
+def _server_seconds(session: requests.Session, base: str) -> tuple[float, int]:
+    """Total seconds and count of /predict requests as the server timed them (its own
+    latency histogram in /metrics: from the request's arrival to the response built)."""
+    total, count = 0.0, 0
+    for line in session.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith('mlb_http_request_seconds_sum{endpoint="/predict"}'):
+            total = float(line.split()[-1])
+        elif line.startswith('mlb_http_request_seconds_count{endpoint="/predict"}'):
+            count = int(float(line.split()[-1]))
+    return total, count
 
 
 def _server_counts(session: requests.Session, base: str) -> dict[str, int]:
@@ -203,21 +219,22 @@ def _save_checkpoint(arch_name: str, path: Path) -> float:
     return round(path.stat().st_size / 2**20, 1)
 
 
-def _raw(segmenter: SamSegmenter, pixels: np.ndarray, positions: list[tuple[float, float]],
-         repeats: int) -> tuple[list[float], list[float], list[SamMask]]:
-    """Encoder seconds, decoder seconds and the decoder's masks."""
+def _encode(segmenter: SamSegmenter, pixels: np.ndarray, repeats: int
+            ) -> tuple[list[float], SamEmbedding]:
+    """Encoder seconds and the embedding."""
     encode, embedding = [], None
     for _ in range(repeats):
         elapsed, embedding = _timed(lambda: segmenter.embed(pixels))
         encode.append(elapsed)
     assert embedding is not None
-    decode, masks = [], []
-    for x, y in positions:
-        prompt = SamPrompt(np.array([[x * WIDTH / 100, y * HEIGHT / 100]]), np.array([True]))
-        elapsed, found = _timed(lambda p=prompt: segmenter.segment(embedding, p))
-        decode.append(elapsed)
-        masks.append(found)
-    return encode, decode, masks
+    return encode, embedding
+
+
+def _decode(segmenter: SamSegmenter, embedding: SamEmbedding, x: float, y: float
+            ) -> tuple[float, SamMask]:
+    """Decoder seconds for one click at (x, y) percent, and its mask."""
+    prompt = SamPrompt(np.array([[x * WIDTH / 100, y * HEIGHT / 100]]), np.array([True]))
+    return _timed(lambda: segmenter.segment(embedding, prompt))
 
 
 def _overheads(runtime: Runtime, url: str, masks: list[SamMask],
@@ -249,25 +266,38 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     env = {"MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
            "SAM_CHECKPOINT": str(checkpoint), "SAM_MODEL_TYPE": args.arch,
            "LOCAL_FILES_DOCUMENT_ROOT": str(docs), "UPDATE_PROJECT_MODEL_VERSION": "false",
-           "RERANK_AFTER_TRAINING": "false", "LOG_LEVEL": "WARNING"}
+           "RERANK_AFTER_TRAINING": "false", "LOG_LEVEL": args.server_log_level}
     settings = Settings.from_env(env)
     runtime = Runtime(settings)  # this process's copy, for the raw timings
     load_s, segmenter = _timed(runtime.segmenter)
     positions = _click_positions(args.clicks)
-    with _serve(env, work / "server.log") as base, requests.Session() as session:
+    serve_args = args.serve_args.split()
+    with _serve(env, work / "server.log", serve_args) as base, requests.Session() as session:
         # Raw model timings while the server idles (same checkpoint, same weights).
-        encode, decode, masks = _raw(segmenter, pixels, positions, args.encode_repeats)
+        encode, embedding = _encode(segmenter, pixels, args.encode_repeats)
         before = _server_counts(session, base)
         first_s, _, _ = _click(session, base, url, *positions[0])  # computes and caches
         cold = [first_s]
         cold_counts = _counts_delta(before, _server_counts(session, base))
         before = _server_counts(session, base)
+        handled_before = _server_seconds(session, base)
         warm, sizes, response = [], [], {}
+        decode, masks = [], []
         for x, y in positions:
+            # Raw decoder and server click in pairs: both see the same machine conditions.
+            elapsed, found = _decode(segmenter, embedding, x, y)
+            decode.append(elapsed)
+            masks.append(found)
+            # This process's OpenMP threads keep spinning for a while after a parallel
+            # region; let them go idle so the server gets the cores, as it would in use.
+            time.sleep(IDLE_BEFORE_CLICK_S)
             elapsed, response, size = _click(session, base, url, x, y)
             warm.append(elapsed)
             sizes.append(size)
         warm_counts = _counts_delta(before, _server_counts(session, base))
+        handled_after = _server_seconds(session, base)
+        in_server_ms = _ms((handled_after[0] - handled_before[0])
+                           / max(handled_after[1] - handled_before[1], 1))
         before = _server_counts(session, base)
         for i in range(1, args.cold_clicks):
             changed = pixels.copy()
@@ -293,7 +323,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         + parts["json_encode_ms"]
     return {
         "arch": args.arch, "weights": "random init (seeded), saved as a checkpoint",
-        "server": "ml-backend serve (gunicorn, 1 worker, 4 threads) in its own process",
+        "server": f"ml-backend serve {args.serve_args} in its own process",
         "note": "random weights draw noisy masks (see mask_foreground_share_median), so "
                 "the RLE, JSON and response size are larger than a trained SAM's smooth "
                 "masks give; encoder and decoder times do not depend on the weights",
@@ -309,9 +339,15 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                   f"{TARGET_SLACK_MS:g} ms",
         "target_ms": target_ms, "target_met": warm_ms <= target_ms,
         "server_over_decoder": round(warm_ms / decoder_ms, 3),
+        "server_over_decoder_paired_median": round(statistics.median(
+            w / d for w, d in zip(warm, decode, strict=True)), 3),
         "cold_click_s": round(statistics.median(cold), 2),
         "cold_click_samples_s": [round(s, 2) for s in cold],
         "overhead": {**parts, "http_and_other_ms": round(warm_ms - accounted, 1)},
+        # Mean time inside the server per warm click (its own clock), and what the client
+        # saw beyond that: sending the request, receiving and reading the response.
+        "server_side_mean_ms": in_server_ms,
+        "transport_mean_ms": round(_ms(statistics.mean(warm)) - in_server_ms, 1),
         "response_bytes": int(statistics.median(sizes)),
         "counts": {"total": total, "cold_clicks": cold_counts, "warm_clicks": warm_counts},
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
@@ -358,6 +394,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="click positions, timed raw and over HTTP")
     parser.add_argument("--cold-clicks", type=int, default=2,
                         help="requests on uncached images, the first (cache-warming) included")
+    parser.add_argument("--serve-args", default="--workers 1 --threads 4",
+                        help="arguments of `ml-backend serve` (e.g. --dev for Flask's server)")
+    parser.add_argument("--server-log-level", default="WARNING",
+                        help="DEBUG logs each click's phases to <workdir>/server.log")
     parser.add_argument("--encode-repeats", type=int, default=2, help="timed raw encodes")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="for the checkpoint, images and caches (default: a temp dir)")
