@@ -1,0 +1,76 @@
+"""Smart-tool clicks through the real Label Studio to a real backend process running a tiny
+random-init SAM: imported tasks get their embeddings before anyone clicks, and Label Studio's
+interactive-annotating call comes back with a brush mask."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from ml_backend.project_setup import connect_backend, create_project, upload_images
+
+from .backend_process import BackendProcess
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _sam_counts(backend: BackendProcess) -> dict[str, int]:
+    sam = requests.get(f"{backend.url}/health", timeout=10).json()["models"]["sam"]
+    return sam.get("embeddings") or {}
+
+
+@pytest.mark.integration
+def test_click_in_label_studio_gets_a_precomputed_mask(label_studio, ls_client,
+                                                       tmp_path: Path) -> None:
+    from sam_fixture import TINY_SAM_TYPE, save_tiny_sam, square_scene
+
+    paths = []
+    for i in range(3):
+        pixels = square_scene(112, 72)
+        pixels[0, i] = 255  # distinct files: one embedding each
+        paths.append(tmp_path / f"scene{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    backend = BackendProcess({
+        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
+        "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),
+        "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "",
+        "SAM_CHECKPOINT": str(save_tiny_sam(tmp_path / "sam")),
+        "SAM_MODEL_TYPE": TINY_SAM_TYPE,
+    }, tmp_path / "backend.log")
+    try:
+        backend.wait_ready()
+        project = create_project(ls_client, "sam-clicks",
+                                 REPO / "labeling_configs" / "interactive_segmentation.xml")
+        ml_id = connect_backend(ls_client, project, backend.url)
+        task_ids = upload_images(label_studio.url, label_studio.api_key, project, paths)
+
+        # TASKS_CREATED reached the backend, which encoded every image in the background.
+        deadline = time.monotonic() + 180
+        while _sam_counts(backend).get("computed", 0) < len(paths):
+            assert time.monotonic() < deadline, backend.log_tail()
+            time.sleep(0.5)
+        before = _sam_counts(backend)
+
+        # An annotator's smart keypoint, sent by Label Studio to the backend.
+        context = {"result": [{
+            "from_name": "kp", "to_name": "image", "type": "keypointlabels",
+            "is_positive": True, "origin": "manual",
+            "original_width": 112, "original_height": 72,
+            "value": {"x": 60, "y": 50, "width": 0.25, "keypointlabels": ["Object"]}}]}
+        response = requests.post(
+            f"{label_studio.url}/api/ml/{ml_id}/interactive-annotating",
+            headers={"Authorization": f"Token {label_studio.api_key}"},
+            json={"task": task_ids[1], "context": context}, timeout=120)
+        assert response.status_code == 200, response.text[:2000]
+        text = json.dumps(response.json())
+        assert '"brushlabels"' in text and '"rle"' in text, text[:2000]
+        after = _sam_counts(backend)
+        assert after["computed"] == before["computed"]  # the click found it ready
+        assert after["memory"] + after["disk"] > before["memory"] + before["disk"]
+    finally:
+        backend.stop()
