@@ -21,7 +21,6 @@ import io
 import logging
 import os
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,7 @@ from PIL import Image
 from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge
 from ml_backend.ls_auth import LabelStudioAuth, url_origin
 from ml_backend.settings import Settings
+from ml_backend.store import Countdown
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class ImageLoader:
         base = settings.label_studio_url or (auth.base_url if auth else None)
         self._ls_base = base.rstrip("/") if base else None
         self._cache_dir = settings.cache_dir / "images"
-        self._lock = threading.Lock()
-        self._writes_until_sweep = 1  # sweep on the first write, then every N writes
+        self._sweep_due = Countdown(_SWEEP_EVERY_WRITES)  # the first write, then every N
 
     def load(self, url: str, task_id: int | None = None) -> LoadedImage:
         """Fetch and decode ``url``; pixels are H x W x 3 uint8 RGB. Raises ImageError."""
@@ -333,12 +332,7 @@ class ImageLoader:
         except OSError as exc:
             log.warning("could not write image cache file %s: %s", path, exc)
             return
-        with self._lock:
-            self._writes_until_sweep -= 1
-            sweep = self._writes_until_sweep <= 0
-            if sweep:
-                self._writes_until_sweep = _SWEEP_EVERY_WRITES
-        if sweep:
+        if self._sweep_due.due():
             self._sweep_cache()
 
     def _sweep_cache(self) -> None:

@@ -15,7 +15,6 @@ under two URLs is encoded once and a new checkpoint never reads old embeddings.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import io
 import logging
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapters.sam import SamEmbedding
-from .store import atomic_write_bytes
+from .store import Countdown, atomic_write_bytes, file_lock
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class SamEmbeddingStore:
         self._memory_used = 0
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
-        self._writes_until_sweep = 1
+        self._sweep_due = Countdown(_SWEEP_EVERY_WRITES)
         self.counts = {"memory": 0, "disk": 0, "computed": 0, "waited": 0}
 
     # --- paths --------------------------------------------------------------------------
@@ -118,7 +117,8 @@ class SamEmbeddingStore:
         found = self.cached(model_id, sha256)
         if found is not None:
             return found
-        with self._key_lock((model_id, sha256)), self._file_lock(model_id, sha256):
+        lock_path = self.path(model_id, sha256).with_suffix(".lock")
+        with self._key_lock((model_id, sha256)), file_lock(lock_path, remove=True):
             # Whoever held the locks before us may have just stored it.
             found = self.cached(model_id, sha256)
             if found is not None:
@@ -139,12 +139,7 @@ class SamEmbeddingStore:
         except OSError as exc:  # a full disk costs only the sharing, not the click
             log.warning("could not store SAM embedding %s: %s", path, exc)
         self._remember((model_id, sha256), embedding)
-        with self._lock:
-            self._writes_until_sweep -= 1
-            sweep = self._writes_until_sweep <= 0
-            if sweep:
-                self._writes_until_sweep = _SWEEP_EVERY_WRITES
-        if sweep:
+        if self._sweep_due.due():
             self.sweep()
 
     # --- internals ----------------------------------------------------------------------
@@ -192,19 +187,6 @@ class SamEmbeddingStore:
                     del self._key_locks[key]
                 else:
                     self._key_locks[key] = (lock, users - 1)
-
-    @contextlib.contextmanager
-    def _file_lock(self, model_id: str, sha256: str) -> Iterator[None]:
-        lock_path = self.path(model_id, sha256).with_suffix(".lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-                with contextlib.suppress(OSError):
-                    lock_path.unlink()
 
     def sweep(self) -> int:
         """Delete least recently used files until the store fits ``disk_bytes``; returns

@@ -50,6 +50,39 @@ class ModelVersion:
         return data
 
 
+@contextlib.contextmanager
+def file_lock(path: Path, remove: bool = False) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (created if missing), across processes and threads;
+    ``remove`` deletes the file on release (for one-off locks, e.g. one per cached item)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            if remove:
+                path.unlink(missing_ok=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class Countdown:
+    """True every ``every``-th call of :meth:`due` (the first call too), thread-safe: how
+    caches decide when to sweep without scanning on every write."""
+
+    def __init__(self, every: int) -> None:
+        self.every = every
+        self._left = 1
+        self._lock = threading.Lock()
+
+    def due(self) -> bool:
+        with self._lock:
+            self._left -= 1
+            if self._left > 0:
+                return False
+            self._left = self.every
+            return True
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,13 +130,8 @@ class ModelStore:
         ("model": training and saving; "ranking": writing the queue to Label Studio)."""
         lock_path = self.project_dir(project) / (".lock" if purpose == "model"
                                                  else f".{purpose}.lock")
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(lock_path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with file_lock(lock_path):
+            yield
 
     def latest(self, project: int) -> ModelVersion | None:
         """The current version of ``project``, or None before the first save. Cheap: one stat

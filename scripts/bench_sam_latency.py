@@ -63,15 +63,13 @@ from ml_backend.adapters.sam import (
     SamMask,
     SamPrompt,
     SamSegmenter,
-    build_sam_model,
-    sam_architecture,
 )
 from ml_backend.jsonio import ArrayJSONProvider
 from ml_backend.rle import mask_to_rle_array
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 
-from bench_common import write_report
+from bench_common import save_random_sam, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
@@ -209,16 +207,6 @@ def _counts_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-def _save_checkpoint(arch_name: str, path: Path) -> float:
-    """Build a random-init SAM (seeded) and save its state dict as a checkpoint; returns
-    the checkpoint's size in MB."""
-    torch.manual_seed(SEED)
-    model = build_sam_model(sam_architecture(arch_name))
-    torch.save(model.state_dict(), path)
-    del model
-    return round(path.stat().st_size / 2**20, 1)
-
-
 def _encode(segmenter: SamSegmenter, pixels: np.ndarray, repeats: int
             ) -> tuple[list[float], SamEmbedding]:
     """Encoder seconds and the embedding."""
@@ -262,7 +250,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     Image.fromarray(pixels).save(docs / "set1" / "img.png")
     url = "/data/local-files/?d=set1/img.png"
     checkpoint = work / f"sam_{args.arch.replace(':', '_').replace('/', '_')}_random.pth"
-    checkpoint_mb = _save_checkpoint(args.arch, checkpoint)
+    save_random_sam(args.arch, checkpoint, seed=SEED)
+    checkpoint_mb = round(checkpoint.stat().st_size / 2**20, 1)
     env = {"MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
            "SAM_CHECKPOINT": str(checkpoint), "SAM_MODEL_TYPE": args.arch,
            "LOCAL_FILES_DOCUMENT_ROOT": str(docs), "UPDATE_PROJECT_MODEL_VERSION": "false",

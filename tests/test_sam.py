@@ -17,7 +17,7 @@ from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.training import train_classifier
 
-from conftest import digit_images, load_capture
+from conftest import DIGITS_CONFIG, digit_images, load_capture
 from fakes import FakeLabelStudioAPI, choice_task
 from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, WIDTH
 
@@ -202,16 +202,10 @@ def test_second_click_reuses_the_embedding(sam_app) -> None:
     assert 'mlb_sam_embeddings_total{source="computed"} 1.0' in metrics
 
 
-MIXED_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <Choices name="digit" toName="image">
-    <Choice value="0"/><Choice value="1"/><Choice value="2"/><Choice value="3"/>
-    <Choice value="4"/><Choice value="5"/><Choice value="6"/><Choice value="7"/>
-    <Choice value="8"/><Choice value="9"/>
-  </Choices>
+MIXED_CONFIG = DIGITS_CONFIG.replace("</View>", """
   <BrushLabels name="mask" toName="image"><Label value="Digit"/></BrushLabels>
   <KeyPointLabels name="kp" toName="image" smart="true"><Label value="Digit"/></KeyPointLabels>
-</View>"""
+</View>""")
 
 
 def test_missing_checkpoint_fails_sam_only(make_settings, image_host) -> None:
