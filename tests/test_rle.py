@@ -79,3 +79,21 @@ def test_bad_input_is_refused() -> None:
         rle_to_mask(mask_to_rle(np.zeros((4, 4), np.uint8)), 5, 4)
     with pytest.raises(ValueError, match="ends early"):
         decode_rle(mask_to_rle(np.eye(8, dtype=np.uint8))[:-3])
+
+
+def test_byte_arrays_are_written_as_the_same_json_as_lists() -> None:
+    import json
+
+    from flask import Flask
+
+    from ml_backend.jsonio import ArrayJSONProvider, plain, uint8_array_json
+
+    rng = np.random.default_rng(3)
+    for values in [np.array([], np.uint8), np.array([0], np.uint8),
+                   np.array([255, 10, 9, 100, 99], np.uint8),
+                   rng.integers(0, 256, 10_000).astype(np.uint8)]:
+        assert uint8_array_json(values) == json.dumps(values.tolist(), separators=(",", ":"))
+    provider = ArrayJSONProvider(Flask("t"))
+    body = {"rle": np.array([1, 200], np.uint8), "other": [np.array([7], np.uint8)], "s": "x"}
+    assert json.loads(provider.dumps(body)) == {"rle": [1, 200], "other": [[7]], "s": "x"}
+    assert plain(body) == {"rle": [1, 200], "other": [[7]], "s": "x"}
