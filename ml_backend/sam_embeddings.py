@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import threading
-import time
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -215,5 +214,4 @@ class SamEmbeddingStore:
     def stats(self) -> dict[str, object]:
         with self._lock:
             return {"in_memory": len(self._memory),
-                    "memory_mb": round(self._memory_used / 2**20, 1), **self.counts,
-                    "checked_at": round(time.time(), 3)}
+                    "memory_mb": round(self._memory_used / 2**20, 1), **self.counts}

@@ -379,7 +379,10 @@ class Backend:
         if action == "TASKS_CREATED":
             if not isinstance(config, str) or not isinstance(body.get("tasks"), list):
                 return {"status": "ignored", "action": action}
-            parsed = parse_label_config(config)
+            try:
+                parsed = parse_label_config(config)
+            except BackendError as exc:  # a project this backend cannot serve: nothing to do
+                return {"status": "ignored", "action": action, "reason": str(exc)}
             if parsed.prompts:
                 self._precompute_sam(project, config, body["tasks"])
             if not parsed.for_family(ModelFamily.CLASSIFIER) and not parsed.for_family(
