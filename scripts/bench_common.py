@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
 
 
@@ -80,3 +82,20 @@ def save_random_sam(model_type: str, path: Path, seed: int = 0) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(build_sam_model(sam_architecture(model_type)).state_dict(), path)
     return path
+
+
+def sample_photo(name: str) -> np.ndarray:
+    """One of the photos Ultralytics ships (``bus.jpg``, ``zidane.jpg``) as RGB pixels,
+    found without importing ultralytics (which would write its settings file)."""
+    import importlib.util
+
+    from PIL import Image
+
+    spec = importlib.util.find_spec("ultralytics")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("ultralytics (for its bundled sample photos) is not installed")
+    path = Path(next(iter(spec.submodule_search_locations))) / "assets" / name
+    if not path.is_file():
+        raise SystemExit(f"no sample photo {path}")
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB")).copy()

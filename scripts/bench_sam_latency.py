@@ -37,7 +37,6 @@ hit counts (from its ``/health``).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import os
@@ -69,7 +68,7 @@ from ml_backend.rle import mask_to_rle_array
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 
-from bench_common import save_random_sam, write_report
+from bench_common import sample_photo, save_random_sam, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
@@ -81,19 +80,9 @@ IDLE_BEFORE_CLICK_S = 0.5
 
 
 def _picture() -> np.ndarray:
-    """A real photo as 1920×1080 RGB: Ultralytics' bundled ``zidane.jpg`` (1280×720, so
-    16:9 already) or ``bus.jpg``. The files are found without importing ultralytics, which
-    would write its settings file."""
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit("ultralytics (for its bundled sample photos) is not installed")
-    assets = Path(next(iter(spec.submodule_search_locations))) / "assets"
-    for name in ("zidane.jpg", "bus.jpg"):
-        if (assets / name).is_file():
-            with Image.open(assets / name) as image:
-                resized = image.convert("RGB").resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
-            return np.asarray(resized).copy()
-    raise SystemExit(f"no sample photo under {assets}")
+    """A real photo as 1920×1080 RGB: Ultralytics' ``zidane.jpg`` (1280×720, 16:9 already)."""
+    image = Image.fromarray(sample_photo("zidane.jpg"))
+    return np.asarray(image.resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)).copy()
 
 
 def _click_positions(count: int) -> list[tuple[float, float]]:

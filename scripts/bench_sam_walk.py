@@ -36,7 +36,7 @@ from ml_backend.sam_precompute import queue_head_job
 from ml_backend.server import create_app
 from ml_backend.settings import Settings
 
-from bench_common import save_random_sam, serve_loopback, write_report
+from bench_common import sample_photo, save_random_sam, serve_loopback, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
@@ -47,14 +47,7 @@ TARGET_HIT_RATE = 0.9
 def pictures(count: int, seed: int) -> list[np.ndarray]:
     """``count`` distinct photos: random crops (and mirror images) of the two pictures
     ultralytics ships (``bus.jpg``, ``zidane.jpg``), resized to 1024 x 768."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("ultralytics")
-    if spec is None or spec.origin is None:
-        raise SystemExit("ultralytics (for its sample pictures) is not installed")
-    assets = Path(spec.origin).parent / "assets"
-    bases = [np.asarray(Image.open(assets / name).convert("RGB"))
-             for name in ("bus.jpg", "zidane.jpg")]
+    bases = [sample_photo(name) for name in ("bus.jpg", "zidane.jpg")]
     rng = np.random.default_rng(seed)
     out = []
     for i in range(count):
