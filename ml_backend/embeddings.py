@@ -7,13 +7,12 @@ what was computed once. Files are written atomically; a corrupt file is treated 
 from __future__ import annotations
 
 import io
-import threading
-from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from .lru import BoundedLRU
 from .store import atomic_write_bytes
 
 
@@ -21,8 +20,9 @@ class EmbeddingCache:
     def __init__(self, root: Path, max_items_in_memory: int = 20_000) -> None:
         self.root = Path(root)
         self.max_items = max_items_in_memory
-        self._memory: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
-        self._lock = threading.Lock()
+        # Counted in items (each is one small vector), not bytes.
+        self._memory: BoundedLRU[tuple[str, str], np.ndarray] = BoundedLRU(max_items_in_memory,
+                                                                     lambda _: 1)
         self.hits = 0
         self.misses = 0
 
@@ -36,10 +36,7 @@ class EmbeddingCache:
         found: dict[str, np.ndarray] = {}
         for sha in shas:
             key = (backbone, sha)
-            with self._lock:
-                vec = self._memory.get(key)
-                if vec is not None:
-                    self._memory.move_to_end(key)
+            vec = self._memory.get(key)
             if vec is None:
                 try:
                     vec = np.load(io.BytesIO(self._path(backbone, sha).read_bytes()),
@@ -47,7 +44,7 @@ class EmbeddingCache:
                 except (FileNotFoundError, ValueError, OSError):
                     vec = None
                 if vec is not None:
-                    self._remember(key, vec)
+                    self._memory.put(key, vec)
             if vec is None:
                 self.misses += 1
             else:
@@ -61,11 +58,4 @@ class EmbeddingCache:
             buffer = io.BytesIO()
             np.save(buffer, vec, allow_pickle=False)
             atomic_write_bytes(self._path(backbone, sha), buffer.getvalue())
-            self._remember((backbone, sha), vec)
-
-    def _remember(self, key: tuple[str, str], vec: np.ndarray) -> None:
-        with self._lock:
-            self._memory[key] = vec
-            self._memory.move_to_end(key)
-            while len(self._memory) > self.max_items:
-                self._memory.popitem(last=False)
+            self._memory.put((backbone, sha), vec)

@@ -21,7 +21,6 @@ import os
 import re
 import threading
 import zipfile
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .adapters.sam import SamEmbedding
+from .lru import BoundedLRU
 from .store import Countdown, atomic_write_bytes, file_lock
 
 log = logging.getLogger(__name__)
@@ -71,8 +71,8 @@ class SamEmbeddingStore:
         self.root = Path(root)
         self.memory_bytes = memory_bytes
         self.disk_bytes = disk_bytes
-        self._memory: OrderedDict[tuple[str, str], SamEmbedding] = OrderedDict()
-        self._memory_used = 0
+        self._memory: BoundedLRU[tuple[str, str], SamEmbedding] = BoundedLRU(
+            memory_bytes, lambda embedding: embedding.nbytes)
         self._lock = threading.Lock()
         self._key_locks: dict[tuple[str, str], tuple[threading.Lock, int]] = {}
         self._sweep_due = Countdown(_SWEEP_EVERY_WRITES)
@@ -88,25 +88,23 @@ class SamEmbeddingStore:
     def cached(self, model_id: str, sha256: str) -> Lookup | None:
         """From memory or disk, else None; never computes."""
         key = (model_id, sha256)
-        with self._lock:
-            embedding = self._memory.get(key)
-            if embedding is not None:
-                self._memory.move_to_end(key)
+        embedding = self._memory.get(key)
+        if embedding is not None:
+            with self._lock:
                 self.counts["memory"] += 1
-                return Lookup(embedding, "memory")
+            return Lookup(embedding, "memory")
         embedding = self._read(model_id, sha256)
         if embedding is None:
             return None
-        self._remember(key, embedding)
+        self._memory.put(key, embedding)
         with self._lock:
             self.counts["disk"] += 1
         return Lookup(embedding, "disk")
 
     def is_ready(self, model_id: str, sha256: str) -> bool:
         """Whether a click on this image would find its embedding (memory or disk)."""
-        with self._lock:
-            if (model_id, sha256) in self._memory:
-                return True
+        if (model_id, sha256) in self._memory:
+            return True
         return self.path(model_id, sha256).is_file()
 
     def get_or_compute(self, model_id: str, sha256: str,
@@ -137,7 +135,7 @@ class SamEmbeddingStore:
             atomic_write_bytes(path, serialize(embedding))
         except OSError as exc:  # a full disk costs only the sharing, not the click
             log.warning("could not store SAM embedding %s: %s", path, exc)
-        self._remember((model_id, sha256), embedding)
+        self._memory.put((model_id, sha256), embedding)
         if self._sweep_due.due():
             self.sweep()
 
@@ -157,19 +155,6 @@ class SamEmbeddingStore:
         with contextlib.suppress(OSError):
             os.utime(path)  # mtime = last use: the disk sweep evicts least recently used
         return embedding
-
-    def _remember(self, key: tuple[str, str], embedding: SamEmbedding) -> None:
-        if embedding.nbytes > self.memory_bytes:
-            return
-        with self._lock:
-            previous = self._memory.pop(key, None)
-            if previous is not None:
-                self._memory_used -= previous.nbytes
-            self._memory[key] = embedding
-            self._memory_used += embedding.nbytes
-            while self._memory_used > self.memory_bytes:
-                _, dropped = self._memory.popitem(last=False)
-                self._memory_used -= dropped.nbytes
 
     @contextlib.contextmanager
     def _key_lock(self, key: tuple[str, str]) -> Iterator[None]:
@@ -213,5 +198,6 @@ class SamEmbeddingStore:
 
     def stats(self) -> dict[str, object]:
         with self._lock:
-            return {"in_memory": len(self._memory),
-                    "memory_mb": round(self._memory_used / 2**20, 1), **self.counts}
+            counts = dict(self.counts)
+        return {"in_memory": len(self._memory),
+                "memory_mb": round(self._memory.used / 2**20, 1), **counts}
