@@ -20,6 +20,7 @@ class ModelFamily(str, Enum):
     CLASSIFIER = "classifier"
     DETECTOR = "detector"
     SEGMENTER = "segmenter"
+    TEXT_SEGMENTER = "clipseg"
 
 
 # Control tag → model family, for controls attached to an <Image>. Later families register here.
@@ -30,6 +31,9 @@ ROUTES: Mapping[str, ModelFamily] = MappingProxyType({
     "PolygonLabels": ModelFamily.SEGMENTER,
 })
 IMAGE_OBJECT_TAGS = frozenset({"Image"})
+# ``model="clipseg"`` on one of these sends it to CLIPSeg only (text-prompted zero-shot boxes
+# or masks); without it, CLIPSeg fills in where no detector is trained and pre-labels masks.
+TEXT_PROMPTED_TAGS = frozenset({"RectangleLabels", "BrushLabels", "PolygonLabels"})
 # Smart tools (``smart="true"``): the annotator's clicks and boxes with these are prompts
 # for a mask, sent in the interactive /predict ``context``.
 PROMPT_TAGS = frozenset({"KeyPointLabels", "RectangleLabels"})
@@ -59,6 +63,12 @@ class ControlSpec:
         return self.tag.lower()
 
     @property
+    def model(self) -> str:
+        """The ``model`` attribute, lower case: which family serves the control when it
+        names one (``clipseg``, ``yolo``, ``sam``), else ""."""
+        return self.attrs.get("model", "").strip().lower()
+
+    @property
     def smart(self) -> bool:
         return self.attrs.get("smart", "").strip().lower() == "true" or \
             self.attrs.get("smartOnly", "").strip().lower() == "true"
@@ -73,6 +83,7 @@ class ParsedConfig:
     unserved: tuple[str, ...]
     digest: str
     prompts: tuple[ControlSpec, ...] = ()  # smart tools feeding segmenter controls
+    text_inputs: tuple[ControlSpec, ...] = ()  # TextAreas on images: typed CLIPSeg prompts
 
     def for_family(self, family: ModelFamily) -> tuple[ControlSpec, ...]:
         return self.routed.get(family, ())
@@ -128,6 +139,7 @@ def parse_label_config(xml: str) -> ParsedConfig:
     routed: dict[ModelFamily, list[ControlSpec]] = {}
     unserved: list[str] = []
     prompts: list[ControlSpec] = []
+    text_inputs: list[ControlSpec] = []
     mask_images = {c.to_name for c in controls
                    if ROUTES.get(c.tag) is ModelFamily.SEGMENTER and c.labels}
     for spec in controls:
@@ -136,7 +148,14 @@ def parse_label_config(xml: str) -> ParsedConfig:
         if spec.tag in PROMPT_TAGS and spec.smart and spec.to_name in mask_images:
             prompts.append(spec)
             continue
+        if spec.tag == "TextArea" and spec.object_tag in IMAGE_OBJECT_TAGS:
+            text_inputs.append(spec)
+            continue
+        if spec.tag == "Number" and "threshold" in spec.name.lower():
+            continue  # a CLIPSeg threshold the annotator sets (see text_prompting)
         family = ROUTES.get(spec.tag)
+        if spec.model == "clipseg" and spec.tag in TEXT_PROMPTED_TAGS:
+            family = ModelFamily.TEXT_SEGMENTER
         if family is None or spec.object_tag not in IMAGE_OBJECT_TAGS or not spec.labels:
             unserved.append(f"{spec.tag} '{spec.name}' on {spec.object_tag or '?'}")
             continue
@@ -154,4 +173,5 @@ def parse_label_config(xml: str) -> ParsedConfig:
         unserved=tuple(unserved),
         digest=config_digest(xml),
         prompts=tuple(prompts),
+        text_inputs=tuple(text_inputs),
     )

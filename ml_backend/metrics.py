@@ -26,6 +26,9 @@ class Metrics:
                                       "SAM embeddings a click needed, by where they came from "
                                       "(memory, disk, computed, waited)", ["source"],
                                       registry=self.registry)
+        self.clipseg_activations = Counter(
+            "mlb_clipseg_activations_total", "CLIPSeg vision activations an image needed, by "
+            "where they came from (memory, computed)", ["source"], registry=self.registry)
         self.jobs = Counter("mlb_jobs_total", "Background jobs finished", ["name", "status"],
                             registry=self.registry)
         self.job_seconds = Histogram("mlb_job_seconds", "Background job duration", ["name"],

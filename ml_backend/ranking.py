@@ -215,3 +215,15 @@ def queue_scores(first: np.ndarray, confidence: np.ndarray) -> np.ndarray:
     scores[rest] = np.maximum(scores[rest], floor)
     scores[first] = floor * np.arange(len(first)) / max(len(first), 1)
     return scores
+
+
+def probability_map_uncertainty(probability: np.ndarray, floor: float = 0.05) -> float:
+    """How unsure a per-pixel probability map ``(..., H, W)`` is, in [0, 1]: the mean of
+    ``1 - |2p - 1|`` over the pixels where the model sees anything (``p >= floor``); 0
+    when it sees nothing. Background is excluded so that a small, doubtful object is not
+    averaged away by a large sure-empty area."""
+    p = np.asarray(probability, dtype=np.float64)
+    seen = p[p >= floor]
+    if seen.size == 0:
+        return 0.0
+    return float((1.0 - np.abs(2.0 * seen - 1.0)).mean())

@@ -23,12 +23,19 @@ from .adapters.classifier import (
     load_backbone,
     locate_weights,
 )
+from .adapters.clipseg import (
+    ClipSegActivations,
+    TextSegmenter,
+    load_clipseg,
+    locate_clipseg,
+)
 from .adapters.detector import DetectorWeights, YoloDetector, locate_detector
 from .adapters.sam import SamSegmenter, SamWeights, load_sam, locate_sam
 from .embeddings import EmbeddingCache
 from .errors import ModelUnavailable
 from .images import ImageLoader
 from .learning import LinearHead
+from .lru import BoundedLRU
 from .ls_api import LabelStudioAPI
 from .sam_embeddings import SamEmbeddingStore
 from .settings import Device, Settings
@@ -95,6 +102,11 @@ class Runtime:
         self._sam_lock = threading.Lock()  # SAM loads apart: a slow one blocks no classifier
         self._sam: SamSegmenter | None = None
         self._sam_failure: tuple[tuple[str, int, float], str] | None = None
+        self._clipseg_lock = threading.Lock()
+        self._clipseg: TextSegmenter | None = None
+        self._clipseg_failure: tuple[str, str] | None = None  # (model digest, error)
+        self.clipseg_activations: BoundedLRU[tuple[str, str], ClipSegActivations] = \
+            BoundedLRU(settings.clipseg_cache_mb * 2**20, lambda a: a.nbytes)
 
     # --- status (cheap, never loads anything) -----------------------------------------
     def classifier_status(self) -> dict[str, Any]:
@@ -144,6 +156,63 @@ class Runtime:
             return {"status": "error", "error": failure[1]}
         return {"status": "not-loaded", "model_type": self.settings.sam_model_type,
                 "checkpoint": str(checkpoint)}
+
+    def clipseg_status(self) -> dict[str, Any]:
+        """CLIPSeg as /health reports it (never loads)."""
+        with self._lock:
+            model, failure = self._clipseg, self._clipseg_failure
+        if model is not None:
+            return {"status": "ready", "model": self.settings.clipseg_model,
+                    "model_id": model.model_id, "activations_cached":
+                        len(self.clipseg_activations), **model.counts}
+        if failure is not None:
+            return {"status": "error", "error": failure[1]}
+        try:
+            locate_clipseg(self.settings.clipseg_model)
+        except ModelUnavailable as exc:
+            return {"status": "error", "error": str(exc)}
+        return {"status": "not-loaded", "model": self.settings.clipseg_model}
+
+    def clipseg_configured(self) -> bool:
+        """Whether CLIPSEG_MODEL is set: its controls are then served (or reported failing)."""
+        return bool(self.settings.clipseg_model)
+
+    def text_segmenter(self) -> TextSegmenter:
+        """CLIPSeg, loaded once per process. Raises ModelUnavailable saying what to set or
+        run; a model that failed to load is not retried until its files change."""
+        with self._lock:
+            if self._clipseg is not None:
+                return self._clipseg
+        with self._clipseg_lock:
+            if self._clipseg is not None:
+                return self._clipseg
+            weights = locate_clipseg(self.settings.clipseg_model)
+            with self._lock:
+                failure = self._clipseg_failure
+            if failure is not None and failure[0] == weights.digest:
+                raise ModelUnavailable(failure[1])
+            try:
+                model = load_clipseg(weights, self.device)
+            except ModelUnavailable as exc:
+                with self._lock:
+                    self._clipseg_failure = (weights.digest, str(exc))
+                raise
+            log.info("CLIPSeg %s loaded from %s", weights.model_id, weights.path)
+            with self._lock:
+                self._clipseg, self._clipseg_failure = model, None
+            return model
+
+    def clipseg_image(self, model: TextSegmenter, sha256: str, pixels: Any
+                      ) -> tuple[ClipSegActivations, str]:
+        """The image's vision activations and where they came from (``memory`` or
+        ``computed``): one backbone pass per image while it stays in the LRU."""
+        key = (model.model_id, sha256)
+        found = self.clipseg_activations.get(key)
+        if found is not None:
+            return found, "memory"
+        found = model.encode_image(pixels)
+        self.clipseg_activations.put(key, found)
+        return found, "computed"
 
     def sam_configured(self) -> bool:
         """Whether a SAM checkpoint is set and exists (cheap: precompute jobs are only
@@ -303,6 +372,11 @@ class Runtime:
                 self.segmenter()
             except ModelUnavailable as exc:
                 log.error("SAM unavailable: %s", exc)
+        if self.clipseg_configured():
+            try:
+                self.text_segmenter()
+            except ModelUnavailable as exc:
+                log.error("CLIPSeg unavailable: %s", exc)
 
     def is_our_version(self, name: str) -> bool:
         """Whether ``name`` is a version string this backend produces (for any project)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .adapters.sam import SamPrompt
 from .detecting import DETECT_CHUNK, boxes_outputs, detect_images, unmapped_controls
 from .errors import (
     BackendError,
@@ -24,7 +25,7 @@ from .errors import (
 )
 from .images import LoadedImage
 from .jobs import JobQueue
-from .label_config import ControlSpec, ModelFamily, parse_label_config
+from .label_config import ControlSpec, ModelFamily, ParsedConfig, parse_label_config
 from .metrics import Metrics
 from .reranking import STATE_TOP, ranking_state
 from .results import (
@@ -39,6 +40,18 @@ from .runtime import ClassifierModel, Runtime
 from .sam_precompute import JOB as SAM_EMBED_JOB
 from .sam_precompute import embed_image, job_key, precompute_payload, prompt_keys
 from .segmenting import ClickRequest, click_request
+from .text_prompting import (
+    TEXT_PROMPT_CONTROLS,
+    Refiner,
+    TextSettings,
+    TypedPrompt,
+    context_threshold,
+    label_for_text,
+    label_maps,
+    label_prompt,
+    text_outputs,
+    typed_prompt,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +102,8 @@ class Backend:
             "model_class": "ActiveLearningBackend",
             "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status(),
                        ModelFamily.DETECTOR.value: self.runtime.detector_status(),
-                       "sam": self.runtime.sam_status()},
+                       "sam": self.runtime.sam_status(),
+                       ModelFamily.TEXT_SEGMENTER.value: self.runtime.clipseg_status()},
             "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
             "uptime_s": round(time.time() - self.started_at, 1),
         }
@@ -150,6 +164,10 @@ class Backend:
         click = click_request(params.get("context"), parsed) if parsed.prompts else None
         if click is not None:
             return {"results": [self._segment(tasks, click, project)]}
+        typed = typed_prompt(params.get("context"), parsed) if parsed.text_inputs else None
+        if typed is not None:
+            return {"results": [self._text_prompt(tasks, typed, parsed, params["context"],
+                                                  project)]}
         if parsed.prompts and project is not None:
             self._precompute_sam(project, config, tasks)
         classify = parsed.for_family(ModelFamily.CLASSIFIER)
@@ -163,12 +181,20 @@ class Backend:
                 version = model.version
                 self.metrics.predictions.labels(family=ModelFamily.CLASSIFIER.value).inc(
                     len(tasks))
+        detected = None
         if detect:
             detected = self._detect_tasks(tasks, detect, project)
             if detected is not None:
                 per_family.append(detected)
                 self.metrics.predictions.labels(family=ModelFamily.DETECTOR.value).inc(
                     len(tasks))
+        text_controls = self._text_controls(parsed, detector_missing=detected is None)
+        if text_controls:
+            prompted = self._text_tasks(tasks, text_controls, parsed)
+            if prompted is not None:
+                per_family.append(prompted)
+                self.metrics.predictions.labels(
+                    family=ModelFamily.TEXT_SEGMENTER.value).inc(len(tasks))
         # Untrained (nothing to show): the uniform confidence is the honest score; with
         # boxes only, 0 (nothing known about the image).
         untrained = min((1.0 / max(len(c.labels), 1) for c in classify), default=0.0)
@@ -211,6 +237,112 @@ class Backend:
                   1000 * (embedded - started), lookup.source, 1000 * (decoded - embedded),
                   1000 * (time.perf_counter() - decoded))
         return prediction
+
+    # --- CLIPSeg: text-prompted boxes and masks ------------------------------------------
+    def _text_controls(self, parsed: ParsedConfig, detector_missing: bool
+                       ) -> tuple[ControlSpec, ...]:
+        """The controls CLIPSeg pre-labels: those marked ``model="clipseg"``; when CLIPSeg
+        is configured also box controls while no detector is trained (zero-shot until
+        then) and mask controls (SAM only answers clicks). ``model="yolo"`` / ``"sam"``
+        keeps a control to that family."""
+        if not self.runtime.clipseg_configured():
+            return ()
+        chosen = list(parsed.for_family(ModelFamily.TEXT_SEGMENTER))
+        if detector_missing:
+            chosen += [c for c in parsed.for_family(ModelFamily.DETECTOR) if c.model != "yolo"]
+        chosen += [c for c in parsed.for_family(ModelFamily.SEGMENTER) if c.model != "sam"]
+        return tuple(chosen)
+
+    def _text_settings(self) -> TextSettings:
+        settings = self.runtime.settings
+        return TextSettings(settings.clipseg_threshold, settings.clipseg_min_area,
+                            settings.sam_polygon_tolerance_px)
+
+    def _text_tasks(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
+                    parsed: ParsedConfig) -> list[TaskOutputs | None] | None:
+        """Every task's CLIPSeg boxes and masks, or None when CLIPSeg is unavailable (the
+        error is in /health and the log; the other families still predict). Each image
+        gets one backbone pass and one decoder batch for all its labels' prompts."""
+        try:
+            model = self.runtime.text_segmenter()
+        except ModelUnavailable as exc:
+            log.error("predict: CLIPSeg unavailable, no text-prompted regions: %s", exc)
+            return None
+        background = self.runtime.settings.clipseg_background_prompt or None
+        out: list[TaskOutputs | None] = [None] * len(tasks)
+        by_key: dict[str, list[ControlSpec]] = {}
+        for control in controls:
+            by_key.setdefault(control.value_key, []).append(control)
+        for key, group in by_key.items():
+            prompts = list(dict.fromkeys(label_prompt(c, lab) for c in group for lab in c.labels))
+            threshold = context_threshold(None, parsed, group[0].to_name)
+            pending = [self._io.submit(self._load, task, key) for task in tasks[:DETECT_CHUNK]]
+            for i in range(len(tasks)):
+                item = pending.pop(0).result()
+                if i + DETECT_CHUNK < len(tasks):  # keep a few images loading ahead
+                    pending.append(self._io.submit(self._load, tasks[i + DETECT_CHUNK], key))
+                if not isinstance(item, LoadedImage):
+                    self._task_failed(tasks[i], item)
+                    continue
+                image, source = self.runtime.clipseg_image(model, item.sha256, item.pixels)
+                self.metrics.clipseg_activations.labels(source=source).inc()
+                probability = model.probabilities(image, prompts, background)
+                found = text_outputs(group, label_maps(group, prompts, probability),
+                                     image.image_size, self._text_settings(), threshold,
+                                     self._refiner(tasks[i], key, group))
+                out[i] = combine_outputs([out[i], found])
+        return out
+
+    def _text_prompt(self, tasks: list[Any], typed: TypedPrompt, parsed: ParsedConfig,
+                     context: Any, project: int | None) -> dict[str, Any]:
+        """Text an annotator typed: its boxes and masks on the task's image, in every box or
+        mask control of that image, as one suggestion. CLIPSeg being unavailable is a 503
+        naming what to set."""
+        if len(tasks) != 1:
+            raise BadRequest(f"a typed prompt is for one task, got {len(tasks)}")
+        controls = tuple(c for c in parsed.controls if c.tag in TEXT_PROMPT_CONTROLS
+                         and c.to_name == typed.image and c.labels)
+        if not controls:
+            raise BadRequest(f"TextArea prompt on '{typed.image}': the image has no "
+                             "RectangleLabels, BrushLabels or PolygonLabels to fill")
+        model = self.runtime.text_segmenter()
+        key = controls[0].value_key
+        item = self._load(tasks[0], key)
+        if not isinstance(item, LoadedImage):
+            raise BadRequest(f"task {_task_id(tasks[0])}: {item[1]}")
+        image, source = self.runtime.clipseg_image(model, item.sha256, item.pixels)
+        self.metrics.clipseg_activations.labels(source=source).inc()
+        background = self.runtime.settings.clipseg_background_prompt or None
+        probability = model.probabilities(image, [typed.text], background)[0]
+        maps = {c.name: {label_for_text(c, typed.text): probability} for c in controls}
+        outputs, uncertainty = text_outputs(
+            controls, maps, image.image_size, self._text_settings(),
+            context_threshold(context, parsed, typed.image),
+            self._refiner(tasks[0], key, controls))
+        self.metrics.predictions.labels(family=ModelFamily.TEXT_SEGMENTER.value).inc()
+        return task_prediction(outputs, self.runtime.model_version(project), 1.0 - uncertainty)
+
+    def _refiner(self, task: Any, key: str, controls: tuple[ControlSpec, ...] | list[ControlSpec]
+                 ) -> Refiner | None:
+        """text -> box -> SAM mask, when asked for (CLIPSEG_SAM_REFINE or a control's
+        ``sam_refine="true"``) and SAM is configured; else None (CLIPSeg's own mask)."""
+        wanted = self.runtime.settings.clipseg_sam_refine or any(
+            c.attrs.get("sam_refine", "").lower() == "true" for c in controls)
+        if not wanted or not self.runtime.sam_configured():
+            return None
+        url = task["data"][key]
+        task_id = task.get("id") if isinstance(task.get("id"), int) else None
+
+        def refine(xyxy: np.ndarray) -> list[tuple[np.ndarray, float]]:
+            segmenter = self.runtime.segmenter()
+            lookup = embed_image(self.runtime, url, task_id)
+            self.metrics.sam_embeddings.labels(source=lookup.source).inc()
+            found = [segmenter.segment(lookup.embedding,
+                                       SamPrompt(np.zeros((0, 2)), np.zeros(0, bool), box))
+                     for box in xyxy]
+            return [(f.mask, f.score) for f in found]
+
+        return refine
 
     def _precompute_sam(self, project: int, config: str, tasks: list[Any]) -> None:
         """Tasks being pre-annotated or opened get their SAM embeddings ahead of the first

@@ -155,6 +155,18 @@ class Settings:
     sam_precompute_max_tasks: int = 1000
     sam_precompute_ahead: int = 20
     sam_polygon_tolerance_px: float = 1.5
+    # CLIPSeg (CLIPSEG_MODEL above): a pixel is a label's when its probability exceeds
+    # CLIPSEG_THRESHOLD (a control's clipseg_threshold attribute or a threshold Number
+    # control overrides it); components smaller than CLIPSEG_MIN_AREA (share of the image)
+    # are dropped. With CLIPSEG_BACKGROUND_PROMPT the labels compete with it per pixel
+    # (softmax); empty: an independent sigmoid per label. CLIPSEG_SAM_REFINE: when SAM is
+    # configured too, each CLIPSeg box is handed to SAM for the mask. Vision activations
+    # stay in memory up to CLIPSEG_CACHE_MB (4.5 MB per image for the released model).
+    clipseg_threshold: float = 0.4
+    clipseg_min_area: float = 0.001
+    clipseg_background_prompt: str = "background"
+    clipseg_sam_refine: bool = False
+    clipseg_cache_mb: int = 256
     # Limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TASKS_PER_REQUEST, MAX_REQUEST_BYTES).
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -216,6 +228,12 @@ class Settings:
             sam_checkpoint=_opt_path(env, "SAM_CHECKPOINT"),
             yolo_checkpoint=_opt_str(env, "YOLO_CHECKPOINT"),
             clipseg_model=_opt_str(env, "CLIPSEG_MODEL"),
+            clipseg_threshold=_share(env, "CLIPSEG_THRESHOLD", defaults.clipseg_threshold),
+            clipseg_min_area=_share(env, "CLIPSEG_MIN_AREA", defaults.clipseg_min_area),
+            clipseg_background_prompt=env.get("CLIPSEG_BACKGROUND_PROMPT",
+                                              defaults.clipseg_background_prompt).strip(),
+            clipseg_sam_refine=_bool(env, "CLIPSEG_SAM_REFINE", defaults.clipseg_sam_refine),
+            clipseg_cache_mb=_int(env, "CLIPSEG_CACHE_MB", defaults.clipseg_cache_mb),
             yolo_arch=_opt_str(env, "YOLO_ARCH") or defaults.yolo_arch,
             detector_min_score=_share(env, "DETECTOR_MIN_SCORE", defaults.detector_min_score),
             detector_image_size=_int(env, "DETECTOR_IMAGE_SIZE", defaults.detector_image_size,

@@ -21,8 +21,9 @@ from ml_backend.server import create_app
 from ml_backend.settings import Settings
 
 import netguard
+from clipseg_fixture import clipseg_app, tiny_clipseg  # noqa: F401  (fixtures for every module)
 from http_fixtures import serve_app
-from sam_fixture import docs, sam_app, tiny_sam  # noqa: F401  (fixtures for every module)
+from sam_fixture import docs, sam_app, tiny_sam  # noqa: F401
 
 
 def pytest_configure(config: pytest.Config) -> None:
