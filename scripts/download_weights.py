@@ -4,12 +4,14 @@
     python scripts/download_weights.py --resnet resnet18
     python scripts/download_weights.py --yolo yolov8n.pt --dest var/models
     python scripts/download_weights.py --sam vit_b --dest var/models
+    python scripts/download_weights.py --clipseg CIDAS/clipseg-rd64-refined
 
 ResNet weights go to torchvision's cache ($TORCH_HOME/hub/checkpoints), where the backend
 finds them without further settings. YOLO weights (Ultralytics' release assets, e.g.
 yolov8n.pt or yolo11n.pt) go to ``--dest``; point YOLO_CHECKPOINT at the printed path.
 SAM checkpoints (Meta's releases of segment-anything) go to ``--dest`` too; set
-SAM_CHECKPOINT to the printed path and SAM_MODEL_TYPE to the model type.
+SAM_CHECKPOINT to the printed path and SAM_MODEL_TYPE to the model type. CLIPSeg goes to
+the Hugging Face cache ($HF_HOME); set CLIPSEG_MODEL to the model id (or the printed folder).
 """
 
 from __future__ import annotations
@@ -57,6 +59,14 @@ def download_sam(model_type: str, dest: Path) -> str:
     return str(path.resolve())
 
 
+def download_clipseg(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+
+    # Model, processor and tokenizer files only (the repositories also hold other formats).
+    return snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.safetensors",
+                                                      "pytorch_model.bin"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -66,13 +76,16 @@ def main() -> int:
                         "yolov8n.pt or yolo11n.pt")
     parser.add_argument("--sam", default="", help="Segment Anything model type to fetch: "
                         "vit_b (375 MB), vit_l or vit_h")
+    parser.add_argument("--clipseg", default="", help="Hugging Face id of a CLIPSeg model, "
+                        "e.g. CIDAS/clipseg-rd64-refined (600 MB)")
     parser.add_argument("--dest", type=Path, default=Path("var/models"),
                         help="folder for YOLO and SAM weights")
     args = parser.parse_args()
     paths = {}
     jobs = [("resnet", args.resnet, lambda: download_resnet(args.resnet)),
             ("yolo", args.yolo, lambda: download_yolo(args.yolo, args.dest)),
-            ("sam", args.sam, lambda: download_sam(args.sam, args.dest))]
+            ("sam", args.sam, lambda: download_sam(args.sam, args.dest)),
+            ("clipseg", args.clipseg, lambda: download_clipseg(args.clipseg))]
     for family, name, fetch in jobs:
         if not name:
             continue
