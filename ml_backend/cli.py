@@ -1,5 +1,5 @@
 """`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train,
-precompute (SAM embeddings)."""
+precompute (SAM embeddings), preannotate (a whole project), jobs (list them)."""
 
 from __future__ import annotations
 
@@ -77,8 +77,10 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         print(f"unknown lanes {unknown}; known: {known}", file=sys.stderr)
         return 2
+    # Maintenance re-queues jobs of workers that died (see PREANNOTATE_RETRIES).
     worker = SimpleWorker([Queue(rq_queue_name(lane), connection=connection)
-                           for lane in chosen], connection=connection)
+                           for lane in chosen], connection=connection,
+                          maintenance_interval=settings.worker_maintenance_s)
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 
@@ -106,6 +108,68 @@ def _precompute(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
+    """Queue a whole-project pre-annotation (on RQ workers when REDIS_URL is set, else in
+    this process) and, with --wait, follow it with a progress bar."""
+    import time
+
+    from .jobs import make_queue
+    from .preannotation import PLAN_JOB, plan_key, preannotation_state
+    from .progress import progress_bar
+    from .runtime import Runtime
+
+    runtime = Runtime(settings)
+    if runtime.ls_api is None:
+        print("preannotate: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", file=sys.stderr)
+        return 2
+    queue = make_queue(runtime)
+    submitted = time.time()
+    job = queue.submit(PLAN_JOB, {"project": args.project}, key=plan_key(args.project))
+    print(f"queued pre-annotation of project {args.project} (job {job})", file=sys.stderr)
+    if not args.wait and settings.redis_url:
+        return 0
+    while True:
+        state = preannotation_state(runtime, args.project)
+        if state is not None and state["started_at"] >= submitted:
+            progress_bar(sys.stderr, int(state["done"]), int(state["total"]),
+                         time.time() - submitted)
+            if state["status"] == "finished":
+                break
+        failed = [j for j in queue.recent() if j.get("status") == "failed"
+                  and str(j.get("name")).startswith(PLAN_JOB)]
+        if failed and (not settings.redis_url and queue.wait_idle(0.0)):
+            # In this process nothing retries: report what failed (a rerun resumes).
+            print(f"\npreannotate: {failed[0].get('error')}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    print(file=sys.stderr)
+    print(json.dumps(state, indent=1))
+    queue.close()
+    return 0
+
+
+def _jobs(args: argparse.Namespace, settings: Settings) -> int:
+    """Recent jobs: from Redis when REDIS_URL is set, else from a running server."""
+    if settings.redis_url:
+        from .jobs import RQQueue
+
+        queue = RQQueue.from_url(settings.redis_url)
+        jobs = queue.recent()
+        queue.close()
+    else:
+        import requests
+
+        try:
+            jobs = requests.get(f"{args.server.rstrip('/')}/jobs", timeout=10).json()["jobs"]
+        except (requests.RequestException, ValueError, KeyError) as exc:
+            print(f"jobs: no REDIS_URL and no server answering at {args.server}: {exc}",
+                  file=sys.stderr)
+            return 1
+    for job in jobs[:args.limit]:
+        print(json.dumps(job))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ml-backend", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -121,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated job lanes to take, in priority order "
                              "(default: all; 'models' = training and embedding, 'ranking' = "
                              "re-ranking, 'detector' = detector fine-tunes, 'sam' = SAM "
-                             "embeddings)")
+                             "embeddings, 'predict' = whole-project pre-annotation)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     train = sub.add_parser("train", help="train a project's classifier now, in this process")
     train.add_argument("--project", type=int, required=True)
@@ -131,6 +195,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                            "queue order, with a progress bar (needs LABEL_STUDIO_URL/_API_KEY)")
     precompute.add_argument("--project", type=int, required=True)
     precompute.add_argument("--limit", type=int, default=None, help="at most this many tasks")
+    preannotate = sub.add_parser(
+        "preannotate", help="predict every task of a project that has no prediction of the "
+                            "current model version, in chunks on the job workers, writing "
+                            "them to Label Studio (needs LABEL_STUDIO_URL/_API_KEY)")
+    preannotate.add_argument("--project", type=int, required=True)
+    preannotate.add_argument("--wait", action="store_true",
+                             help="with REDIS_URL: follow the workers' progress (without "
+                                  "Redis the jobs run in this process, so it always waits)")
+    jobs = sub.add_parser("jobs", help="list recent background jobs with status and errors")
+    jobs.add_argument("--server", default="http://127.0.0.1:9090",
+                      help="without REDIS_URL: the backend whose in-process jobs to list")
+    jobs.add_argument("--limit", type=int, default=50)
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -138,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _configure(settings)
-    handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute}
+    handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute,
+                "preannotate": _preannotate, "jobs": _jobs}
     return handlers[args.command](args, settings)
 
 

@@ -5,7 +5,9 @@ Submitting with a ``key`` coalesces: while a job with that key waits in the queu
 submissions with the same key are dropped (the queued job will read the newest data anyway,
 because training re-reads labels when it starts). A job chains others by listing them under
 ``next_jobs`` in its result (training does so to re-rank after a new version); both queues
-submit those, with their keys, before the job counts as done.
+submit those, with their keys, before the job counts as done. On Redis, a payload may carry
+``timeout_s`` (the job's time limit; default an hour) and ``retries`` (how often RQ runs it
+again after a failure, a timeout or its worker's death).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,6 +51,7 @@ class JobKind:
 
 def job_registry() -> dict[str, JobKind]:
     from .detector_training import train_detector_job
+    from .preannotation import CHUNK_JOB, PLAN_JOB, preannotate_chunk, preannotate_project
     from .reranking import rerank_project
     from .sam_precompute import JOB as SAM_EMBED
     from .sam_precompute import merge_precompute_payloads, precompute_sam_job
@@ -65,7 +69,11 @@ def job_registry() -> dict[str, JobKind]:
             "train_detector": JobKind(train_detector_job, merge_train_payloads,
                                       lane="detector"),
             # SAM encodes ahead of clicks: seconds each on a CPU, so apart from training.
-            SAM_EMBED: JobKind(precompute_sam_job, merge_precompute_payloads, lane="sam")}
+            SAM_EMBED: JobKind(precompute_sam_job, merge_precompute_payloads, lane="sam"),
+            # Whole-project pre-annotation: a planner and its chunks, on their own lane so a
+            # 100k-task project never delays training (and can get its own GPU workers).
+            PLAN_JOB: JobKind(preannotate_project, lane="predict"),
+            CHUNK_JOB: JobKind(preannotate_chunk, lane="predict")}
 
 
 def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
@@ -211,6 +219,39 @@ class InProcessQueue:
             thread.join(timeout=5)
 
 
+_local_locks: dict[str, threading.Lock] = {}
+_local_locks_guard = threading.Lock()
+
+
+@contextmanager
+def exclusive(key: str, ttl_s: float) -> Iterator[None]:
+    """Run the body in one job at a time per ``key``: a Redis lock when this is an RQ job
+    (workers on several machines; it expires after ``ttl_s`` if its holder dies), else a
+    lock in this process. Raises TimeoutError after waiting ``ttl_s``."""
+    from rq import get_current_job
+
+    job = get_current_job()
+    if job is not None:
+        lock = job.connection.lock(f"ml-backend:lock:{key}", timeout=ttl_s,
+                                   blocking_timeout=ttl_s)
+        if not lock.acquire():
+            raise TimeoutError(f"{key} stayed locked for {ttl_s:.0f} s")
+        try:
+            yield
+        finally:
+            with suppress(Exception):  # expired meanwhile: nothing to release
+                lock.release()
+        return
+    with _local_locks_guard:
+        local = _local_locks.setdefault(key, threading.Lock())
+    if not local.acquire(timeout=ttl_s):
+        raise TimeoutError(f"{key} stayed locked for {ttl_s:.0f} s")
+    try:
+        yield
+    finally:
+        local.release()
+
+
 # --- Redis + RQ ---------------------------------------------------------------------------
 QUEUE_NAME = "ml-backend"
 
@@ -302,9 +343,13 @@ class RQQueue:
             self.redis.set(_coalesced_key(key), json.dumps(merged), ex=3600)
             existing = self.redis.get(_pending_key(key))
             return existing.decode() if existing else job_id
-        self.queues[self.registry[name].lane].enqueue(run_rq_job, name, payload, key,
-                                                     job_id=job_id,
-                           job_timeout=3600, result_ttl=3600, failure_ttl=86400)
+        from rq import Retry
+
+        retries = int(payload.get("retries") or 0)
+        self.queues[self.registry[name].lane].enqueue(
+            run_rq_job, name, payload, key, job_id=job_id,
+            job_timeout=int(payload.get("timeout_s") or 3600), result_ttl=3600,
+            failure_ttl=86400, retry=Retry(max=retries) if retries else None)
         return job_id
 
     def recent(self) -> list[dict[str, Any]]:

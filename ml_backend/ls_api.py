@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,32 @@ class LabelStudioAPI:
                 unlabeled.append({"id": int(task["id"]), "data": task["data"],
                                   "skipped": bool(annotations)})
         return labeled_tasks_from_export(tasks), unlabeled
+
+    def task_pages(self, project: int, page_size: int = 100) -> Iterator[list[TaskState]]:
+        """Every task of ``project``, a page at a time (the SDK's paginated task list), with
+        the model versions of its predictions."""
+        try:
+            page: list[TaskState] = []
+            for task in self._client.tasks.list(project=project, page_size=page_size,
+                                                fields="all"):
+                page.append(task_state(task))
+                if len(page) == page_size:
+                    yield page
+                    page = []
+            if page:
+                yield page
+        except LabelStudioUnavailable:
+            raise
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot list tasks of project {project}: {_short(exc)}") from exc
+
+    def task(self, task_id: int) -> TaskState:
+        """One task as it is now, with the model versions of its predictions."""
+        try:
+            return task_state(self._client.tasks.get(id=task_id))
+        except Exception as exc:
+            raise LabelStudioUnavailable(f"cannot read task {task_id}: {_short(exc)}") from exc
 
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
         try:
@@ -171,6 +197,26 @@ class LabelStudioAPI:
         except Exception as exc:
             raise LabelStudioUnavailable(
                 f"cannot read project {project}: {_short(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task's id and data, and the model version of each of its predictions."""
+
+    id: int
+    data: dict[str, Any]
+    prediction_versions: tuple[str, ...]
+
+
+def task_state(task: Any) -> TaskState:
+    """From the SDK's task record (an object, or a dict in some versions)."""
+    def field(item: Any, name: str) -> Any:
+        return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+    data = field(task, "data")
+    versions = tuple(str(field(p, "model_version") or "")
+                     for p in field(task, "predictions") or ())
+    return TaskState(int(field(task, "id")), data if isinstance(data, dict) else {}, versions)
 
 
 def _short(exc: Exception) -> str:

@@ -18,6 +18,7 @@ from typing import Any, TextIO
 from .errors import BackendError, ImageError, LabelStudioUnavailable
 from .images import decode_image
 from .label_config import parse_label_config
+from .progress import progress_bar
 from .runtime import Runtime
 from .sam_embeddings import Lookup
 
@@ -143,7 +144,7 @@ def precompute_project(runtime: Runtime, project: int, limit: int | None = None,
                     source = "error"
                     log.warning("task %s: %s", task["id"], exc)
             counts[source] = counts.get(source, 0) + 1
-        _progress(out, done, len(tasks), time.monotonic() - started)
+        progress_bar(out, done, len(tasks), time.monotonic() - started)
     out.write("\n")
     return {"project": project, "tasks": len(tasks), "images": counts,
             "seconds": round(time.monotonic() - started, 1)}
@@ -163,13 +164,3 @@ def ranked_first(runtime: Runtime, project: int
                                             int(t["id"])))
 
     return order
-
-
-def _progress(out: TextIO, done: int, total: int, elapsed: float) -> None:
-    width = 30
-    filled = int(width * done / max(total, 1))
-    rate = elapsed / max(done, 1)
-    eta = rate * (total - done)
-    out.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-              f"{rate:.1f} s/task, {eta:.0f} s left")
-    out.flush()

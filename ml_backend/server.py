@@ -136,6 +136,14 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     def rerank(project: int) -> Response:
         return jsonify(backend.rerank(project))
 
+    @app.post("/preannotate/<int:project>")
+    def preannotate(project: int) -> Response:
+        return jsonify(backend.preannotate(project))
+
+    @app.get("/preannotate/<int:project>")
+    def preannotation(project: int) -> Response:
+        return jsonify(backend.preannotation(project))
+
     @app.get("/jobs")
     def job_list() -> Response:
         return jsonify(jobs=backend.jobs.recent())

@@ -14,6 +14,7 @@ from .errors import BackendError, BadRequest, NotFound
 from .jobs import JobQueue
 from .label_config import ModelFamily, parse_label_config
 from .metrics import Metrics
+from .preannotation import PLAN_JOB, plan_key, preannotation_state
 from .prediction import Predictor
 from .reranking import STATE_TOP, ranking_state
 from .runtime import Runtime
@@ -96,6 +97,20 @@ class Backend:
         job = self.jobs.submit("rerank", {"project": project, "force": True},
                                key=f"rerank:{project}")
         return {"status": "queued", "job": job}
+
+    # --- POST/GET /preannotate/<project> ---------------------------------------------------
+    def preannotate(self, project: int) -> dict[str, Any]:
+        if self.runtime.ls_api is None:
+            raise BadRequest("pre-annotation reads and writes Label Studio: set "
+                             "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        job = self.jobs.submit(PLAN_JOB, {"project": project}, key=plan_key(project))
+        return {"status": "queued", "job": job}
+
+    def preannotation(self, project: int) -> dict[str, Any]:
+        state = preannotation_state(self.runtime, project)
+        if state is None:
+            raise NotFound(f"project {project} has not been pre-annotated yet")
+        return state
 
     # --- POST /setup -------------------------------------------------------------------------
     def setup(self, body: Any) -> dict[str, Any]:

@@ -167,6 +167,14 @@ class Settings:
     clipseg_background_prompt: str = "background"
     clipseg_sam_refine: bool = False
     clipseg_cache_mb: int = 256
+    # Whole-project pre-annotation: tasks are predicted in chunks of PREANNOTATE_CHUNK_SIZE,
+    # each a job that may run PREANNOTATE_CHUNK_TIMEOUT_S and is retried up to
+    # PREANNOTATE_RETRIES times (also when its worker dies: a live RQ worker notices within
+    # WORKER_MAINTENANCE_S after the chunk's timeout + 60 s).
+    preannotate_chunk_size: int = 50
+    preannotate_chunk_timeout_s: int = 600
+    preannotate_retries: int = 3
+    worker_maintenance_s: int = 60
     # Limits (MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, MAX_TASKS_PER_REQUEST, MAX_REQUEST_BYTES).
     max_image_bytes: int = 25 * 1024 * 1024
     max_image_pixels: int = 40_000_000
@@ -227,6 +235,13 @@ class Settings:
             sam_model_type=_opt_str(env, "SAM_MODEL_TYPE") or defaults.sam_model_type,
             sam_checkpoint=_opt_path(env, "SAM_CHECKPOINT"),
             yolo_checkpoint=_opt_str(env, "YOLO_CHECKPOINT"),
+            preannotate_chunk_size=_int(env, "PREANNOTATE_CHUNK_SIZE",
+                                        defaults.preannotate_chunk_size, minimum=1),
+            preannotate_chunk_timeout_s=_int(env, "PREANNOTATE_CHUNK_TIMEOUT_S",
+                                             defaults.preannotate_chunk_timeout_s, minimum=1),
+            preannotate_retries=_int(env, "PREANNOTATE_RETRIES", defaults.preannotate_retries),
+            worker_maintenance_s=_int(env, "WORKER_MAINTENANCE_S",
+                                      defaults.worker_maintenance_s, minimum=1),
             clipseg_model=_opt_str(env, "CLIPSEG_MODEL"),
             clipseg_threshold=_share(env, "CLIPSEG_THRESHOLD", defaults.clipseg_threshold),
             clipseg_min_area=_share(env, "CLIPSEG_MIN_AREA", defaults.clipseg_min_area),

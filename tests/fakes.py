@@ -3,10 +3,11 @@ in unit tests. The real Label Studio is used by the integration tests."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from ml_backend.errors import LabelStudioUnavailable
-from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
+from ml_backend.ls_api import LabeledTask, TaskState, labeled_tasks_from_export
 
 
 def choice_task(task_id: int, image: str, control: str, choices: list[str],
@@ -64,3 +65,19 @@ class FakeLabelStudioAPI:
 
     def delete_predictions(self, project: int, version: str) -> None:
         self.predictions = [p for p in self.predictions if p["model_version"] != version]
+
+    def _all_tasks(self) -> list[dict[str, Any]]:
+        return [*self.tasks, *self.unlabeled]
+
+    def task_pages(self, project: int, page_size: int = 100) -> Iterator[list[TaskState]]:
+        states = [self.task(int(t["id"])) for t in self._all_tasks()]
+        for start in range(0, len(states), page_size):
+            yield states[start:start + page_size]
+
+    def task(self, task_id: int) -> TaskState:
+        for t in self._all_tasks():
+            if int(t["id"]) == task_id:
+                versions = tuple(p["model_version"] for p in self.predictions
+                                 if p["task"] == task_id)
+                return TaskState(task_id, t["data"], versions)
+        raise LabelStudioUnavailable(f"HTTP 404: task {task_id} not found")
