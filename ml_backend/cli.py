@@ -77,10 +77,13 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     if unknown:
         print(f"unknown lanes {unknown}; known: {known}", file=sys.stderr)
         return 2
-    # Maintenance re-queues jobs of workers that died (see PREANNOTATE_RETRIES).
+    # Maintenance re-queues the jobs of workers that died (see PREANNOTATE_RETRIES). An idle
+    # worker only runs it when its wait for a job times out (worker_ttl - 15 s), so the
+    # two are tied.
+    maintenance = settings.worker_maintenance_s
     worker = SimpleWorker([Queue(rq_queue_name(lane), connection=connection)
                            for lane in chosen], connection=connection,
-                          maintenance_interval=settings.worker_maintenance_s)
+                          maintenance_interval=maintenance, worker_ttl=maintenance + 15)
     worker.work(burst=args.burst, with_scheduler=False)
     return 0
 
