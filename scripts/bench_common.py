@@ -99,3 +99,44 @@ def sample_photo(name: str) -> np.ndarray:
         raise SystemExit(f"no sample photo {path}")
     with Image.open(path) as image:
         return np.asarray(image.convert("RGB")).copy()
+
+
+@contextlib.contextmanager
+def serve_backend(env: dict[str, str], log_path: Path, serve_args: list[str],
+                  ready: Callable[[dict[str, Any]], bool]) -> Iterator[str]:
+    """``ml-backend serve`` (gunicorn unless ``--dev``) on 127.0.0.1 in a child process, as in
+    production; yields its URL once ``ready(health)`` holds (``ready`` may raise to give up).
+    The client never shares the server's interpreter."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import requests
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    base = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
+             "--port", str(port), *serve_args],
+            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 600
+            while True:
+                if child.poll() is not None:
+                    raise RuntimeError(f"the backend exited: {log_path.read_text()[-2000:]}")
+                try:
+                    if ready(requests.get(f"{base}/health", timeout=5).json()):
+                        break
+                except requests.ConnectionError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the backend was not ready within 600 s")
+                time.sleep(0.5)
+            yield base
+        finally:
+            child.terminate()
+            child.wait(timeout=30)

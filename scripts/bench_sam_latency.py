@@ -40,14 +40,10 @@ import argparse
 import json
 import logging
 import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +64,7 @@ from ml_backend.rle import mask_to_rle_array
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 
-from bench_common import sample_photo, save_random_sam, write_report
+from bench_common import sample_photo, save_random_sam, serve_backend, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
@@ -102,43 +98,11 @@ def _body(url: str, x: float, y: float) -> dict[str, Any]:
                 "value": {"x": x, "y": y, "width": 0.25, "keypointlabels": ["Object"]}}]}}}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _serve(env: dict[str, str], log_path: Path, serve_args: list[str]) -> Iterator[str]:
-    """``ml-backend serve`` (gunicorn) on 127.0.0.1 in a child process, once SAM is loaded;
-    yields its URL."""
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        child = subprocess.Popen(
-            [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(port), *serve_args],
-            env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + 600
-            while True:
-                if child.poll() is not None:
-                    raise RuntimeError(f"the backend exited: {log_path.read_text()[-2000:]}")
-                try:
-                    sam = requests.get(f"{base}/health", timeout=5).json()["models"]["sam"]
-                    if sam["status"] == "ready":
-                        break
-                    if sam["status"] == "error":
-                        raise RuntimeError(f"SAM did not load: {sam['error']}")
-                except requests.ConnectionError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the backend did not load SAM within 600 s")
-                time.sleep(0.5)
-            yield base
-        finally:
-            child.terminate()
-            child.wait(timeout=30)
+def _sam_ready(health: dict[str, Any]) -> bool:
+    sam = health["models"]["sam"]
+    if sam["status"] == "error":
+        raise RuntimeError(f"SAM did not load: {sam['error']}")
+    return bool(sam["status"] == "ready")
 
 
 def _server_seconds(session: requests.Session, base: str) -> tuple[float, int]:
@@ -250,7 +214,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     load_s, segmenter = _timed(runtime.segmenter)
     positions = _click_positions(args.clicks)
     serve_args = args.serve_args.split()
-    with _serve(env, work / "server.log", serve_args) as base, requests.Session() as session:
+    with serve_backend(env, work / "server.log", serve_args, _sam_ready) as base, \
+            requests.Session() as session:
         # Raw model timings while the server idles (same checkpoint, same weights).
         encode, embedding = _encode(segmenter, pixels, args.encode_repeats)
         before = _server_counts(session, base)
