@@ -10,12 +10,12 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .logs import configure_logging
 from .settings import Settings
 
 
 def _configure(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s")
+    configure_logging(settings.log_level, settings.log_format)
     if settings.torch_threads:
         import torch
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
                    100)
@@ -34,5 +38,24 @@ class Metrics:
         self.job_seconds = Histogram("mlb_job_seconds", "Background job duration", ["name"],
                                      buckets=LATENCY_BUCKETS, registry=self.registry)
 
+    def watch_caches(self, lookups: Mapping[str, Callable[[], tuple[int, int]]]) -> None:
+        """Export each cache's ``(hits, misses)``, read when scraped, as
+        ``mlb_cache_lookups_total{cache, result}`` (the hit rate is hits / (hits + misses))."""
+        self.registry.register(_CacheLookups(lookups))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _CacheLookups(Collector):
+    def __init__(self, lookups: Mapping[str, Callable[[], tuple[int, int]]]) -> None:
+        self._lookups = dict(lookups)
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily("mlb_cache_lookups", "Cache lookups by result",
+                                     labels=["cache", "result"])
+        for cache, read in self._lookups.items():
+            hits, misses = read()
+            family.add_metric([cache, "hit"], hits)
+            family.add_metric([cache, "miss"], misses)
+        yield family

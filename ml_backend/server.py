@@ -54,6 +54,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
 
             jobs = InProcessQueue(runtime, on_done=on_done)
     backend = Backend(runtime, jobs, metrics)
+    sam_counts = runtime.sam_embeddings.counts
+    metrics.watch_caches({
+        "classifier_embeddings": lambda: (runtime.embedding_cache.hits,
+                                          runtime.embedding_cache.misses),
+        "sam_embeddings": lambda: (sam_counts["memory"] + sam_counts["disk"]
+                                   + sam_counts["waited"], sam_counts["computed"]),
+    })
     # The SDK's config parser is slow to import; do it now so the first /setup stays fast.
     import label_studio_sdk.label_interface  # noqa: F401
 

@@ -79,6 +79,13 @@ def _load(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _choice(env: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    value = (env.get(name) or default).strip().lower()
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    return value
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name, "").strip().lower()
     if not raw:
@@ -206,6 +213,8 @@ class Settings:
     rerank_min_interval_s: float = 5.0
     rerank_max_load: float = 0.5
     log_level: str = "INFO"
+    # LOG_FORMAT: text, or json (one object per line, for log collectors).
+    log_format: str = "text"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -289,6 +298,7 @@ class Settings:
                                          defaults.rerank_min_interval_s),
             rerank_max_load=_load(env, "RERANK_MAX_LOAD", defaults.rerank_max_load),
             log_level=(_opt_str(env, "LOG_LEVEL") or "INFO").upper(),
+            log_format=_choice(env, "LOG_FORMAT", ("text", "json"), defaults.log_format),
         )
 
     def public_dict(self) -> dict[str, object]:

@@ -200,6 +200,8 @@ def test_second_click_reuses_the_embedding(sam_app) -> None:
     assert counts["computed"] == 1 and counts["memory"] == 2
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'mlb_sam_embeddings_total{source="computed"} 1.0' in metrics
+    assert 'mlb_cache_lookups_total{cache="sam_embeddings",result="hit"} 2.0' in metrics
+    assert 'mlb_cache_lookups_total{cache="sam_embeddings",result="miss"} 1.0' in metrics
 
 
 MIXED_CONFIG = DIGITS_CONFIG.replace("</View>", """

@@ -36,3 +36,17 @@ def test_ranking_settings_parse() -> None:
 def test_bad_values_name_the_variable(env, message) -> None:
     with pytest.raises(ValueError, match=message):
         Settings.from_env(env)
+
+
+def test_log_format_is_text_or_json() -> None:
+    import json
+    import logging
+
+    from ml_backend.logs import JsonFormatter
+
+    assert Settings.from_env({"LOG_FORMAT": "JSON"}).log_format == "json"
+    with pytest.raises(ValueError, match="LOG_FORMAT"):
+        Settings.from_env({"LOG_FORMAT": "xml"})
+    record = logging.LogRecord("ml_backend.x", logging.WARNING, __file__, 1, "n=%d", (3,), None)
+    line = json.loads(JsonFormatter().format(record))
+    assert (line["level"], line["logger"], line["message"]) == ("WARNING", "ml_backend.x", "n=3")
