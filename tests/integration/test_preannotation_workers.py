@@ -4,6 +4,7 @@ task has exactly one prediction of the current model version."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -119,6 +120,22 @@ def test_500_tasks_two_workers_one_killed(label_studio, ls_client, redis_server,
         progress = runtime.store.read_state(project, "preannotate")
         assert progress is not None and progress["status"] == "finished"
         assert progress["done"] == TASKS
+
+        # The command line: a second run finds nothing left to do; the job list shows the
+        # chunks, the re-run one included.
+        cli = [sys.executable, "-m", "ml_backend.cli"]
+        rerun = subprocess.run([*cli, "preannotate", "--project", str(project), "--wait"],
+                               env={**os.environ, **env}, capture_output=True, text=True,
+                               timeout=120)
+        assert rerun.returncode == 0, rerun.stderr[-2000:]
+        summary = json.loads(rerun.stdout)
+        assert (summary["already"], summary["chunks"], summary["status"]) == \
+            (TASKS, 0, "finished")
+        listed = subprocess.run([*cli, "jobs", "--limit", "200"], env={**os.environ, **env},
+                                capture_output=True, text=True, timeout=60)
+        jobs = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert {"id": killed, "name": "preannotate_chunk", "status": "finished",
+                "error": None} in jobs
     finally:
         for worker in workers:
             if worker.poll() is None:
