@@ -5,6 +5,8 @@ URL forms accepted (as found in task data):
   prefixed with ``LABEL_STUDIO_URL``. ``/data/local-files/?d=rel/path`` is read straight from
   ``LOCAL_FILES_DOCUMENT_ROOT`` when set and the file exists there (never outside it).
 - ``http(s)://…``: fetched directly; credentials only when the origin is Label Studio's.
+  Outside Label Studio's origin only public addresses are reached, unless allowlisted
+  (:mod:`ml_backend.url_guard`), checked at every redirect and again at connect time.
 - ``s3://``, ``gs://``, ``azure-blob://``: via ``{LS}/tasks/<task_id>/presign/?fileuri=<b64>``
   (needs the task id). Anything else (``file://``, ``data:``, …) is refused.
 
@@ -34,6 +36,7 @@ from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge
 from ml_backend.ls_auth import LabelStudioAuth, url_origin
 from ml_backend.settings import Settings
 from ml_backend.store import Countdown
+from ml_backend.url_guard import AddressPolicy, AddressRefused, GuardedAdapter
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,11 @@ class ImageLoader:
     ) -> None:
         self._settings = settings
         self._session = session if session is not None else requests.Session()
+        self._policy = AddressPolicy.create([settings.label_studio_url],
+                                            settings.image_url_allowlist)
+        guarded = GuardedAdapter(self._policy)
+        self._session.mount("http://", guarded)
+        self._session.mount("https://", guarded)
         if auth is None and settings.label_studio_url and settings.label_studio_api_key:
             auth = LabelStudioAuth(
                 settings.label_studio_url,
@@ -248,6 +256,7 @@ class ImageLoader:
             on_ls = self._auth is not None and self._auth.is_label_studio_url(current)
             auth_allowed = auth_allowed and on_ls
             headers = self._auth.headers() if (auth_allowed and self._auth) else {}
+            self._policy.check_url(current, shown)
             try:
                 resp = self._session.get(
                     current,
@@ -256,6 +265,8 @@ class ImageLoader:
                     stream=True,
                     allow_redirects=False,
                 )
+            except AddressRefused as exc:
+                raise ImageNotAllowed(f"image {shown}: {exc}") from None
             except requests.Timeout:
                 raise ImageError(f"timed out fetching image {shown}") from None
             except requests.RequestException as exc:

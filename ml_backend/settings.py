@@ -187,6 +187,9 @@ class Settings:
     max_image_pixels: int = 40_000_000
     max_tasks_per_request: int = 1000
     max_request_bytes: int = 64 * 1024 * 1024
+    # Image URLs outside Label Studio's origin must resolve to public addresses, except
+    # hosts, host:port pairs and networks listed in IMAGE_URL_ALLOWLIST (comma-separated).
+    image_url_allowlist: tuple[str, ...] = ()
     # Image fetching (FETCH_TIMEOUT_S) and the on-disk image cache (IMAGE_CACHE_BYTES).
     fetch_timeout_s: float = 20.0
     image_cache_bytes: int = 512 * 1024 * 1024
@@ -251,6 +254,8 @@ class Settings:
             preannotate_retries=_int(env, "PREANNOTATE_RETRIES", defaults.preannotate_retries),
             worker_maintenance_s=_int(env, "WORKER_MAINTENANCE_S",
                                       defaults.worker_maintenance_s, minimum=1),
+            image_url_allowlist=tuple(e.strip() for e in env.get("IMAGE_URL_ALLOWLIST", "")
+                                      .split(",") if e.strip()),
             clipseg_model=_opt_str(env, "CLIPSEG_MODEL"),
             clipseg_threshold=_share(env, "CLIPSEG_THRESHOLD", defaults.clipseg_threshold),
             clipseg_min_area=_share(env, "CLIPSEG_MIN_AREA", defaults.clipseg_min_area),

@@ -121,6 +121,9 @@ def other_origin_app(seen: list[tuple[str, str | None]]) -> Flask:
 def make_loader(
     tmp_path: Path, ls_url: str | None = None, key: str | None = LEGACY, **kw
 ) -> ImageLoader:
+    # The stand-in servers here are loopback origins other than Label Studio's: allowlist
+    # loopback (the address guard itself is tested in test_url_guard.py).
+    kw.setdefault("image_url_allowlist", ("127.0.0.1",))
     settings = Settings(
         label_studio_url=ls_url,
         label_studio_api_key=key if ls_url else None,
