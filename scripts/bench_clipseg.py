@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -45,7 +44,7 @@ from ml_backend.adapters.clipseg import (
     save_random_clipseg,
 )
 
-from bench_common import sample_photo, write_report
+from bench_common import measure_in_workdir, sample_photo, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["car", "bus", "person", "bicycle", "traffic light", "road", "building", "tree"]
@@ -185,13 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    started = time.perf_counter()
-    if args.workdir is not None:
-        report = measure(args, args.workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-clipseg-") as tmp:
-            report = measure(args, Path(tmp))
-    report["seconds"] = round(time.perf_counter() - started, 1)
+    report = measure_in_workdir(args.workdir, "bench-clipseg-",
+                                lambda work: measure(args, work))
     write_report(report, args.out, _plot)
     return 0
 

@@ -140,3 +140,20 @@ def serve_backend(env: dict[str, str], log_path: Path, serve_args: list[str],
         finally:
             child.terminate()
             child.wait(timeout=30)
+
+
+def measure_in_workdir(workdir: Path | None, prefix: str,
+                       measure: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """``measure(folder)`` in ``workdir`` (kept) or a temporary folder (deleted), with the
+    run's total ``seconds`` added to its report."""
+    import tempfile
+
+    started = time.perf_counter()
+    if workdir is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        report = measure(workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            report = measure(Path(tmp))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    return report

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 from ml_backend.training import train_classifier
 
-from bench_common import SimulatedAnnotator, serve_backend, write_report
+from bench_common import SimulatedAnnotator, measure_in_workdir, serve_backend, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "digit_classification.xml").read_text()
@@ -198,13 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.clients, args.requests) < 1:
         parser.error("--clients and --requests must be at least 1")
-    started = time.perf_counter()
-    if args.workdir is not None:
-        report = measure(args, args.workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-load-") as tmp:
-            report = measure(args, Path(tmp))
-    report["seconds"] = round(time.perf_counter() - started, 1)
+    report = measure_in_workdir(args.workdir, "bench-load-",
+                                lambda work: measure(args, work))
     write_report(report, args.out, _plot)
     return 0 if report["target_met"] else 1
 

@@ -41,7 +41,6 @@ import json
 import logging
 import os
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,7 +63,13 @@ from ml_backend.rle import mask_to_rle_array
 from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 
-from bench_common import sample_photo, save_random_sam, serve_backend, write_report
+from bench_common import (
+    measure_in_workdir,
+    sample_photo,
+    save_random_sam,
+    serve_backend,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
@@ -350,14 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     if min(args.clicks, args.cold_clicks, args.encode_repeats) < 1:
         parser.error("--clicks, --cold-clicks and --encode-repeats must be at least 1")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    started = time.perf_counter()
-    if args.workdir is not None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        report = measure(args, args.workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench-sam-latency-") as tmp:
-            report = measure(args, Path(tmp))
-    report["seconds"] = round(time.perf_counter() - started, 1)
+    report = measure_in_workdir(args.workdir, "bench-sam-latency-",
+                                lambda work: measure(args, work))
     write_report(report, args.out, _plot)
     return 0
 

@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 
 from ml_backend.adapters.clipseg import save_random_clipseg
-from ml_backend.jobs import InProcessQueue
-from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
 from ml_backend.settings import Settings
+
+from app_fixture import AppParts, backend_app
 
 TINY_IMAGE_SIDE = 64  # the processor's square input (the released model uses 352)
 
@@ -59,13 +58,10 @@ def tiny_clipseg(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def clipseg_app(make_settings: Callable[..., Settings], tiny_clipseg: Path, docs: Path
-                ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+                ) -> Iterator[AppParts]:
     """The Flask app with CLIPSeg configured (threshold 0: every pixel of a label counts,
     so a random-init model's output has a known shape)."""
     settings = make_settings(clipseg_model=str(tiny_clipseg), clipseg_threshold=0.0,
                              local_files_document_root=docs)
-    runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
-    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
-    yield app.test_client(), runtime, jobs
-    jobs.close()
+    with backend_app(settings) as parts:
+        yield parts

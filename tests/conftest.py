@@ -15,12 +15,10 @@ import pytest
 from flask import Flask, Response, abort, request
 from PIL import Image
 
-from ml_backend.jobs import InProcessQueue
-from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
 from ml_backend.settings import Settings
 
 import netguard
+from app_fixture import AppParts, backend_app
 from clipseg_fixture import clipseg_app, tiny_clipseg  # noqa: F401  (fixtures for every module)
 from http_fixtures import serve_app
 from sam_fixture import docs, sam_app, tiny_sam  # noqa: F401
@@ -116,11 +114,7 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 
 @pytest.fixture
 def backend(make_settings: Callable[..., Settings], image_host: ImageHost
-            ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+            ) -> Iterator[AppParts]:
     """``(flask test client, runtime, job queue)`` on the tiny model, images from the host."""
-    settings = make_settings(label_studio_url=image_host.url)
-    runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
-    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
-    yield app.test_client(), runtime, jobs
-    jobs.close()
+    with backend_app(make_settings(label_studio_url=image_host.url)) as parts:
+        yield parts

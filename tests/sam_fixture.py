@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
 from ml_backend.adapters.sam import build_sam_model, sam_architecture
-from ml_backend.jobs import InProcessQueue
-from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
 from ml_backend.settings import Settings
+
+from app_fixture import AppParts, backend_app
 
 TINY_SAM_TYPE = "vit:32/2/2"  # embed dim 32, 2 blocks, 2 heads
 REPO = Path(__file__).resolve().parent.parent
@@ -39,6 +37,21 @@ def square_scene(width: int = 112, height: int = 72) -> np.ndarray:
     return pixels
 
 
+def distinct_scenes(folder: Path, count: int) -> list[Path]:
+    """``count`` PNG files of :func:`square_scene` (112 x 72), each one pixel apart: distinct
+    bytes, so each gets its own cache entries."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        pixels = square_scene(112, 72)
+        pixels[0, i] = 255
+        paths.append(folder / f"scene{i}.png")
+        Image.fromarray(pixels).save(paths[-1])
+    return paths
+
+
 @pytest.fixture(scope="session")
 def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("sam"))
@@ -58,11 +71,8 @@ def docs(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
-            ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
+            ) -> Iterator[AppParts]:
     settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
                              local_files_document_root=docs)
-    runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
-    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
-    yield app.test_client(), runtime, jobs
-    jobs.close()
+    with backend_app(settings) as parts:
+        yield parts

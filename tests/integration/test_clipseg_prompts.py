@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from PIL import Image
 
 from ml_backend.project_setup import (
     connect_backend,
@@ -27,14 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 def test_retrieved_predictions_and_a_typed_prompt(label_studio, ls_client,
                                                   tmp_path: Path) -> None:
     from clipseg_fixture import save_tiny_clipseg
-    from sam_fixture import square_scene
+    from sam_fixture import distinct_scenes
 
-    paths = []
-    for i in range(3):
-        pixels = square_scene(112, 72)
-        pixels[0, i] = 255
-        paths.append(tmp_path / f"scene{i}.png")
-        Image.fromarray(pixels).save(paths[-1])
+    paths = distinct_scenes(tmp_path / "scenes", 3)
     backend = BackendProcess({
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
         "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),

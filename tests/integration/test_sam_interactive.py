@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import requests
-from PIL import Image
 
 from ml_backend.project_setup import connect_backend, create_project, upload_images
 
@@ -27,14 +26,9 @@ def _sam_counts(backend: BackendProcess) -> dict[str, int]:
 @pytest.mark.integration
 def test_click_in_label_studio_gets_a_precomputed_mask(label_studio, ls_client,
                                                        tmp_path: Path) -> None:
-    from sam_fixture import TINY_SAM_TYPE, save_tiny_sam, square_scene
+    from sam_fixture import TINY_SAM_TYPE, distinct_scenes, save_tiny_sam
 
-    paths = []
-    for i in range(3):
-        pixels = square_scene(112, 72)
-        pixels[0, i] = 255  # distinct files: one embedding each
-        paths.append(tmp_path / f"scene{i}.png")
-        Image.fromarray(pixels).save(paths[-1])
+    paths = distinct_scenes(tmp_path / "scenes", 3)
     backend = BackendProcess({
         "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
         "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),

@@ -1,0 +1,26 @@
+"""The Flask app as tests drive it: a test client, the runtime and the in-process job queue
+(closed afterwards)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ml_backend.jobs import InProcessQueue
+from ml_backend.runtime import Runtime
+from ml_backend.server import create_app
+from ml_backend.settings import Settings
+
+AppParts = tuple[Any, Runtime, InProcessQueue]  # (Flask test client, runtime, job queue)
+
+
+@contextmanager
+def backend_app(settings: Settings) -> Iterator[AppParts]:
+    runtime = Runtime(settings)
+    jobs = InProcessQueue(runtime)
+    app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
+    try:
+        yield app.test_client(), runtime, jobs
+    finally:
+        jobs.close()
