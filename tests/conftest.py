@@ -44,6 +44,20 @@ def load_capture(name: str) -> dict[str, Any]:
     return json.loads((CAPTURES / name).read_text())
 
 
+def hosted_digit_tasks(host: ImageHost, count: int, project: int = 7) -> list[dict[str, Any]]:
+    """``count`` digit images served by ``host`` under ``/data/upload/<project>/``, as tasks
+    with their true label as a choices annotation (export format)."""
+    from fakes import choice_task
+
+    pngs, labels = digit_images(count)
+    tasks = []
+    for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
+        path = f"/data/upload/{project}/d{i}.png"
+        host.files[path] = png
+        tasks.append(choice_task(i + 1, path, "digit", [str(label)]))
+    return tasks
+
+
 def png_bytes(pixels: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="PNG")

@@ -21,8 +21,9 @@ from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.training import train_classifier
 
-from conftest import DIGITS_CONFIG, digit_images
-from fakes import FakeLabelStudioAPI, choice_task
+from app_fixture import backend_app
+from conftest import DIGITS_CONFIG, hosted_digit_tasks
+from fakes import FakeLabelStudioAPI
 from sam_fixture import HEIGHT, WIDTH
 
 CONFIG = """<View>
@@ -205,15 +206,8 @@ def test_missing_model_fails_clipseg_only(make_settings, image_host, tmp_path: P
     (tmp_path / "broken" / "config.json").write_text(json.dumps({"model_type": "clipseg"}))
     settings = make_settings(label_studio_url=image_host.url,
                              clipseg_model=model.format(tmp=tmp_path))
-    runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
-    client = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False).test_client()
-    try:
-        pngs, labels = digit_images(50)
-        tasks = []
-        for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
-            image_host.files[f"/data/upload/7/d{i}.png"] = png
-            tasks.append(choice_task(i + 1, f"/data/upload/7/d{i}.png", "digit", [str(label)]))
+    with backend_app(settings) as (client, runtime, _):
+        tasks = hosted_digit_tasks(image_host, 50)
         runtime.ls_api = FakeLabelStudioAPI(MIXED, tasks[:40])  # type: ignore[assignment]
         assert train_classifier(runtime, {"project": 7, "mode": "full"}).status == "trained"
 
@@ -230,8 +224,6 @@ def test_missing_model_fails_clipseg_only(make_settings, image_host, tmp_path: P
         results = client.post("/predict", json=batch).get_json()["results"]
         assert len(results) == 10
         assert all([r["type"] for r in p["result"]] == ["choices"] for p in results)
-    finally:
-        jobs.close()
 
 
 def test_unset_model_names_the_setting() -> None:

@@ -17,8 +17,9 @@ from ml_backend.runtime import Runtime
 from ml_backend.server import create_app
 from ml_backend.training import train_classifier
 
-from conftest import DIGITS_CONFIG, digit_images, load_capture
-from fakes import FakeLabelStudioAPI, choice_task
+from app_fixture import backend_app
+from conftest import DIGITS_CONFIG, hosted_digit_tasks, load_capture
+from fakes import FakeLabelStudioAPI
 from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, WIDTH
 
 
@@ -212,15 +213,8 @@ MIXED_CONFIG = DIGITS_CONFIG.replace("</View>", """
 
 def test_missing_checkpoint_fails_sam_only(make_settings, image_host) -> None:
     settings = make_settings(label_studio_url=image_host.url, sam_model_type="vit_b")
-    runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
-    client = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False).test_client()
-    try:
-        pngs, labels = digit_images(60)
-        tasks = []
-        for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
-            image_host.files[f"/data/upload/7/d{i}.png"] = png
-            tasks.append(choice_task(i + 1, f"/data/upload/7/d{i}.png", "digit", [str(label)]))
+    with backend_app(settings) as (client, runtime, _):
+        tasks = hosted_digit_tasks(image_host, 60)
         runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks[:40])  # type: ignore[assignment]
         assert train_classifier(runtime, {"project": 7, "mode": "full"}).status == "trained"
 
@@ -238,8 +232,6 @@ def test_missing_checkpoint_fails_sam_only(make_settings, image_host) -> None:
         results = client.post("/predict", json=batch).get_json()["results"]
         assert len(results) == 20
         assert all(r["result"][0]["type"] == "choices" for r in results)
-    finally:
-        jobs.close()
 
 
 def test_a_checkpoint_of_another_architecture_is_a_clear_error(make_settings, tiny_sam,
