@@ -73,6 +73,8 @@ class Backend:
                        "sam": self.runtime.sam_status(),
                        ModelFamily.TEXT_SEGMENTER.value: self.runtime.clipseg_status()},
             "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
+            # Model versions that failed their checksums and were set aside, per project.
+            "quarantined": {str(k): v for k, v in self.runtime.store.quarantined().items()},
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 

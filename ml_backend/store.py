@@ -8,7 +8,11 @@ Layout under ``root``::
     projects/<project>/state/<name>.json                  # small mutable state (label ledger)
 
 A version directory is assembled under a temporary name and renamed into place, then LATEST
-is replaced atomically: readers see either the old version or the complete new one.
+is replaced atomically: readers see either the old version or the complete new one. A
+process killed mid-save leaves only a ``.tmp-*`` folder (swept later). A version that fails
+its checksums when it becomes current (disk damage, a hand edit) is moved to
+``projects/<project>/quarantine/``, recorded in ``state/quarantine.json`` (shown by /health)
+and replaced by the newest version that verifies.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -29,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 _VERSION_RE = re.compile(r"-v(\d+)-")
+_STALE_TMP_S = 3600.0  # a .tmp- version folder this old belongs to a dead saver
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -134,8 +141,8 @@ class ModelStore:
             yield
 
     def latest(self, project: int) -> ModelVersion | None:
-        """The current version of ``project``, or None before the first save. Cheap: one stat
-        call when nothing changed."""
+        """The current version of ``project``, verified against its checksums, or None before
+        the first save. Cheap: one stat call when nothing changed."""
         pointer = self.project_dir(project) / "LATEST"
         try:
             st = pointer.stat()
@@ -146,8 +153,16 @@ class ModelStore:
             cached = self._cache.get(project)
             if cached is not None and cached[0] == key:
                 return cached[1]
-        name = json.loads(pointer.read_text())["version"]
-        version = self._open(project, name)
+        name = None
+        try:
+            name = str(json.loads(pointer.read_text())["version"])
+            version = self._open_verified(project, name)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            version = self._recover(project, name, f"{type(exc).__name__}: {exc}")
+            if version is None:
+                return None
+            st = pointer.stat()
+            key = (st.st_ino, st.st_mtime_ns, st.st_size)
         with self._cache_lock:
             self._cache[project] = (key, version)
         return version
@@ -156,6 +171,60 @@ class ModelStore:
         path = self.project_dir(project) / "versions" / name
         manifest = json.loads((path / "manifest.json").read_text())
         return ModelVersion(project=project, name=name, path=path, manifest=manifest)
+
+    def _open_verified(self, project: int, name: str) -> ModelVersion:
+        """The version with every file present and matching its checksum, else raises."""
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"bad version name {name!r}")
+        version = self._open(project, name)
+        files = version.manifest.get("files")
+        if not isinstance(files, dict):
+            raise ValueError(f"manifest of {name} lists no files")
+        for file_name in files:
+            version.read_bytes(file_name)
+        return version
+
+    def _recover(self, project: int, bad: str | None, reason: str) -> ModelVersion | None:
+        """Quarantine the damaged current version and make the newest one that verifies
+        current (None when none does)."""
+        # Its own lock: callers of latest() may hold the project's model lock already.
+        with self.locked(project, "quarantine"):
+            project_dir = self.project_dir(project)
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                current = str(json.loads((project_dir / "LATEST").read_text())["version"])
+                if current != bad:  # another process recovered (or a new save) meanwhile
+                    return self._open_verified(project, current)
+            log.error("project %s: model version %s is damaged (%s); quarantining it",
+                      project, bad or "(unreadable LATEST)", reason)
+            if bad and "/" not in bad and not bad.startswith(".") \
+                    and (project_dir / "versions" / bad).is_dir():
+                quarantine = project_dir / "quarantine"
+                quarantine.mkdir(parents=True, exist_ok=True)
+                os.rename(project_dir / "versions" / bad,
+                          quarantine / f"{bad}.{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}")
+            records = self.read_state(project, "quarantine") or {"versions": []}
+            records["versions"].append({"version": bad, "reason": reason[:500],
+                                        "at": time.time()})
+            self.write_state(project, "quarantine", records)
+            for name in reversed(self.versions(project)):
+                try:
+                    version = self._open_verified(project, name)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                atomic_write_json(project_dir / "LATEST", {"version": name})
+                log.error("project %s: back to model version %s", project, name)
+                return version
+            (project_dir / "LATEST").unlink(missing_ok=True)
+            return None
+
+    def quarantined(self) -> dict[int, list[dict[str, Any]]]:
+        """Every project's quarantined versions: name, reason, time."""
+        out = {}
+        for project in self.projects():
+            records = self.read_state(project, "quarantine")
+            if records and records.get("versions"):
+                out[project] = records["versions"]
+        return out
 
     def versions(self, project: int) -> list[str]:
         root = self.project_dir(project) / "versions"
@@ -178,6 +247,7 @@ class ModelStore:
         versions_dir.mkdir(parents=True, exist_ok=True)
         number = max((_version_number(n) for n in self.versions(project)), default=0) + 1
         name = f"{prefix}-v{number}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+        self._sweep_stale_tmp(versions_dir)
         tmp = versions_dir / f".tmp-{uuid.uuid4().hex}"
         tmp.mkdir()
         try:
@@ -197,6 +267,15 @@ class ModelStore:
             raise
         atomic_write_json(self.project_dir(project) / "LATEST", {"version": name})
         return self._open(project, name)
+
+    @staticmethod
+    def _sweep_stale_tmp(versions_dir: Path) -> None:
+        """Remove version folders that savers killed mid-save left behind."""
+        cutoff = time.time() - _STALE_TMP_S
+        for path in versions_dir.glob(".tmp-*"):
+            with contextlib.suppress(OSError):
+                if path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
 
     def read_state(self, project: int, name: str) -> dict[str, Any] | None:
         path = self.project_dir(project) / "state" / f"{name}.json"
