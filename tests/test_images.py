@@ -5,9 +5,7 @@ import hashlib
 import io
 import json
 import resource
-import struct
 import time
-import zlib
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge
 from ml_backend.images import ImageLoader, LoadedImage, decode_image
 from ml_backend.settings import Settings
 
+from hostile_inputs import write_huge_png
 from http_fixtures import wsgi_server  # noqa: F401
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
@@ -44,22 +43,6 @@ def png_bytes(
 
 IMG = png_bytes()
 OTHER_IMG = png_bytes(color=(200, 100, 50))
-
-
-def write_huge_png(path: Path, width: int, height: int) -> None:
-    """A valid 1-bit grayscale PNG of width x height, written without allocating its pixels."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    comp = zlib.compressobj(9)
-    row = b"\x00" * (1 + (width + 7) // 8)
-    idat = b"".join(comp.compress(row * 100) for _ in range(height // 100)) + comp.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="session")

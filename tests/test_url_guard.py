@@ -7,8 +7,6 @@ received nothing."""
 from __future__ import annotations
 
 import ipaddress
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,15 +19,8 @@ from ml_backend.images import ImageLoader
 from ml_backend.settings import Settings
 from ml_backend.url_guard import AddressPolicy, numeric_address, refusal
 
+from hostile_inputs import REFUSED_HOSTS, REFUSED_SCHEMES, Listener
 from http_fixtures import wsgi_server  # noqa: F401  (fixture)
-
-REFUSED_HOSTS = [
-    "127.0.0.1", "127.1", "2130706433", "0177.0.0.1", "0x7f.0.0.1", "0x7f000001",
-    "[::1]", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]", "[0:0:0:0:0:ffff:169.254.169.254]",
-    "169.254.169.254", "169.254.170.2", "[fe80::1]", "[fd00:ec2::254]",
-    "10.0.0.1", "172.16.5.4", "192.168.1.1", "[fc00::1]", "100.64.0.1",
-    "0.0.0.0", "[::]", "224.0.0.1", "240.0.0.1", "255.255.255.255", "[2002:7f00:1::]",
-]
 
 
 @pytest.mark.parametrize("host", REFUSED_HOSTS)
@@ -39,9 +30,7 @@ def test_non_public_addresses_are_refused_in_every_spelling(host: str) -> None:
         policy.check_url(f"http://{host}/latest/meta-data/")
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "gopher://127.0.0.1:6379/_INFO",
-                                 "ftp://example.com/x.png", "dict://127.0.0.1:11211/stats",
-                                 "http:///nohost.png"])
+@pytest.mark.parametrize("url", REFUSED_SCHEMES)
 def test_only_http_and_https_with_a_host(url: str) -> None:
     with pytest.raises(ImageNotAllowed):
         AddressPolicy.create([], [], resolve=_no_dns).check_url(url)
@@ -85,35 +74,6 @@ def test_numeric_forms_and_refusal_reasons() -> None:
     assert refusal(ipaddress.ip_address("::ffff:10.0.0.1")) == "private (embedded in " \
         "::ffff:a00:1)"
     assert refusal(ipaddress.ip_address("8.8.8.8")) is None
-
-
-class Listener:
-    """A TCP listener on 127.0.0.1 that records every connection it accepts."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                continue
-            self.accepted += 1
-            conn.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-        self.sock.close()
 
 
 @pytest.fixture

@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Hardening report: the backend under hostile input and crashes, in one run.
+
+1. Fuzzing: property-based requests (hypothesis) to every endpoint of the app with SAM and
+   CLIPSeg configured (tiny random-init models): requests sent, 5xx answers, crashes.
+2. SSRF: non-public addresses in every spelling, non-http schemes, and live redirects to
+   loopback and cloud metadata from a Label Studio stand-in; all must be refused, and a
+   listener on 127.0.0.1 must receive nothing. No traffic leaves the machine: this process's
+   socket layer refuses anything but loopback, and non-loopback cases are decided by the
+   address check before any connection.
+3. Decompression bomb: a 100-megapixel PNG (300 kB) read through the image loader: a clear
+   error, and the peak memory growth.
+4. kill -9: a child process saving model versions, then one running real classifier
+   training, each SIGKILLed at random moments; after every kill a fresh store must load.
+
+Prints a table and one JSON document (also saved).
+
+    .venv/bin/python scripts/hardening_report.py [--fuzz 2000] [--kills 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))  # the shared hostile inputs, fuzzer and kill harness
+
+import netguard  # noqa: E402
+
+netguard.install()  # before anything can open a socket: loopback only
+
+from flask import Flask, redirect  # noqa: E402
+
+from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge  # noqa: E402
+from ml_backend.images import ImageLoader  # noqa: E402
+from ml_backend.settings import Settings  # noqa: E402
+from ml_backend.url_guard import AddressPolicy  # noqa: E402
+
+from crash_harness import kill_rounds, report_dict  # noqa: E402
+from fuzzing import fuzz  # noqa: E402
+from hostile_inputs import REFUSED_HOSTS, REFUSED_SCHEMES, Listener, write_huge_png  # noqa: E402
+
+
+def _fuzz(work: Path, examples: int) -> dict[str, Any]:
+    from app_fixture import backend_app
+    from clipseg_fixture import save_tiny_clipseg
+    from conftest import png_bytes
+    from sam_fixture import TINY_SAM_TYPE, save_tiny_sam, square_scene
+
+    docs = work / "docs" / "set1"
+    docs.mkdir(parents=True)
+    for name in ("img_1.png", "img_3.png", "img_4.png"):
+        (docs / name).write_bytes(png_bytes(square_scene()))
+    settings = Settings(model_dir=work / "models", cache_dir=work / "cache",
+                        sam_checkpoint=save_tiny_sam(work / "sam"), sam_model_type=TINY_SAM_TYPE,
+                        clipseg_model=str(save_tiny_clipseg(work / "clipseg")),
+                        local_files_document_root=work / "docs", classifier_image_size=32)
+    started = time.perf_counter()
+    with backend_app(settings) as (client, _, jobs):
+        report = fuzz(client, examples)
+        jobs.wait_idle(120)
+    return {"requests": report.requests, "server_errors_5xx": len(report.server_errors),
+            "crashes": len(report.crashes), "statuses": dict(sorted(report.statuses.items())),
+            "examples": (report.server_errors + report.crashes)[:5],
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def _ssrf(work: Path) -> dict[str, Any]:
+    from http_fixtures import serve_app
+
+    def no_dns(host: str, port: int) -> list[str]:
+        raise OSError(f"no lookup expected for {host}")
+
+    policy = AddressPolicy.create(["http://ls.example:8080"], [], resolve=no_dns)
+    tried, refused, let_through = 0, 0, []
+    for url in [f"http://{host}/latest/meta-data/" for host in REFUSED_HOSTS] + REFUSED_SCHEMES:
+        tried += 1
+        try:
+            policy.check_url(url)
+            let_through.append(url)
+        except ImageNotAllowed:
+            refused += 1
+    listener = Listener()
+    target = f"http://127.0.0.1:{listener.port}/secret.png"
+    jumps = {"loopback": target, "metadata": "http://169.254.169.254/latest/meta-data/",
+             "decimal": f"http://2130706433:{listener.port}/x.png",
+             "mapped": f"http://[::ffff:127.0.0.1]:{listener.port}/x.png",
+             "gopher": f"gopher://127.0.0.1:{listener.port}/_x"}
+    ls = Flask("ls")
+
+    @ls.get("/data/upload/1/<name>.png")
+    def jump(name: str) -> Any:
+        return redirect(jumps[name], 302)
+
+    base, shutdown = serve_app(ls)
+    loader = ImageLoader(Settings(label_studio_url=base, label_studio_api_key="k",
+                                  cache_dir=work / "ssrf-cache"))
+    live = [target, f"http://0x7f.1:{listener.port}/x.png",
+            *(f"/data/upload/1/{name}.png" for name in jumps)]
+    for url in live:
+        tried += 1
+        try:
+            loader.load(url)
+            let_through.append(url)
+        except ImageNotAllowed:
+            refused += 1
+        except ImageError as exc:
+            let_through.append(f"{url}: {exc}")
+    shutdown()
+    listener.close()
+    return {"cases": tried, "refused": refused, "not_refused": let_through,
+            "listener_connections": listener.accepted,
+            "live_redirect_cases": len(live)}
+
+
+def _bomb(work: Path) -> dict[str, Any]:
+    path = work / "bomb" / "100mp.png"
+    path.parent.mkdir(parents=True)
+    write_huge_png(path, 10_000, 10_000)
+    loader = ImageLoader(Settings(cache_dir=work / "bomb-cache",
+                                  local_files_document_root=path.parent))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        loader.load("/data/local-files/?d=100mp.png")
+        error = None
+    except ImageTooLarge as exc:
+        error = str(exc)
+    grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+    return {"file_bytes": path.stat().st_size, "pixels": 10_000 * 10_000,
+            "decoded_size_if_allowed_mb": round(10_000 * 10_000 * 3 / 2**20),
+            "error": error, "peak_memory_growth_mb": round(grown / 2**20, 1),
+            "bounded": error is not None and grown < 50 * 2**20}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fuzz", type=int, default=2000, help="fuzzed requests")
+    parser.add_argument("--kills", type=int, default=20, help="kill -9 rounds per mode")
+    parser.add_argument("--out", type=Path,
+                        default=REPO / "docs" / "benchmarks" / "hardening_report.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hardening-") as tmp:
+        work = Path(tmp)
+        report: dict[str, Any] = {
+            "fuzzing": _fuzz(work / "fuzz", args.fuzz),
+            "ssrf": _ssrf(work),
+            "decompression_bomb": _bomb(work),
+            "kill_9": {mode: report_dict(kill_rounds(
+                mode, work / f"kill-{mode}", args.kills, seed=7,
+                delay_s=(0.4, 1.6) if mode == "save" else (2.0, 8.0)))
+                for mode in ("save", "train")},
+        }
+    fz, ssrf, bomb, kills = (report["fuzzing"], report["ssrf"], report["decompression_bomb"],
+                             report["kill_9"])
+    report["targets_met"] = bool(
+        fz["server_errors_5xx"] == 0 and fz["crashes"] == 0
+        and ssrf["refused"] == ssrf["cases"] and ssrf["listener_connections"] == 0
+        and bomb["bounded"]
+        and all(k["loadable_after_kill"] == k["kills"] == args.kills and not k["problems"]
+                for k in kills.values()))
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    rows = [
+        ("requests fuzzed", fz["requests"], ""),
+        ("5xx answers", fz["server_errors_5xx"], "0"),
+        ("crashes", fz["crashes"], "0"),
+        ("SSRF cases tried / refused", f"{ssrf['cases']} / {ssrf['refused']}", "all"),
+        ("connections reaching the loopback listener", ssrf["listener_connections"], "0"),
+        ("100 MP PNG: error / peak memory growth",
+         f"{'clear error' if bomb['error'] else 'none'} / {bomb['peak_memory_growth_mb']} MB",
+         "error, bounded"),
+        *((f"kill -9 during {mode}: kills / store loadable",
+           f"{k['kills']} / {k['loadable_after_kill']}", "every time")
+          for mode, k in kills.items()),
+    ]
+    print("| check | result | target |\n|---|---|---|", file=sys.stderr)
+    for name, value, target in rows:
+        print(f"| {name} | {value} | {target} |", file=sys.stderr)
+    text = json.dumps(report, indent=1)
+    print(text)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text + "\n")
+    return 0 if report["targets_met"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
