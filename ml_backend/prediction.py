@@ -9,6 +9,7 @@ the batch is unaffected. A family whose model is unavailable adds nothing (its e
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from typing import Any
@@ -58,10 +59,16 @@ class Predictor:
         self.runtime = runtime
         self.metrics = metrics
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-io")
+        self._deadline = threading.local()  # per calling thread: the request's time budget
 
-    def predict_tasks(self, tasks: list[Any], parsed: ParsedConfig, project: int | None
-                      ) -> list[dict[str, Any]]:
-        """One prediction per task, in order (``result``, ``score``, ``model_version``)."""
+    def predict_tasks(self, tasks: list[Any], parsed: ParsedConfig, project: int | None,
+                      budget_s: float | None = None) -> list[dict[str, Any]]:
+        """One prediction per task, in order (``result``, ``score``, ``model_version``).
+
+        With ``budget_s``, images not yet loaded when it has run out are not predicted: their
+        tasks get an empty prediction (logged, counted as ``time-budget`` task errors), so
+        the answer still arrives before Label Studio gives up on the request."""
+        self._deadline.value = None if budget_s is None else time.monotonic() + budget_s
         classify = parsed.for_family(ModelFamily.CLASSIFIER)
         detect = parsed.for_family(ModelFamily.DETECTOR)
         version = self.runtime.model_version(project)
@@ -167,11 +174,13 @@ class Predictor:
         for key, group in by_key.items():
             prompts = list(dict.fromkeys(label_prompt(c, lab) for c in group for lab in c.labels))
             threshold = context_threshold(None, parsed, group[0].to_name)
-            pending = [self._io.submit(self._load, task, key) for task in tasks[:DETECT_CHUNK]]
+            pending = [self._io.submit(self._load, task, key, self._now_deadline())
+                       for task in tasks[:DETECT_CHUNK]]
             for i in range(len(tasks)):
                 item = pending.pop(0).result()
                 if i + DETECT_CHUNK < len(tasks):  # keep a few images loading ahead
-                    pending.append(self._io.submit(self._load, tasks[i + DETECT_CHUNK], key))
+                    pending.append(self._io.submit(self._load, tasks[i + DETECT_CHUNK], key,
+                                                   self._now_deadline()))
                 if not isinstance(item, LoadedImage):
                     self._task_failed(tasks[i], item)
                     continue
@@ -244,7 +253,7 @@ class Predictor:
                         "prediction until the next training: %s",
                         [c.name for c in controls if c not in usable])
         keys = sorted({c.value_key for c in usable})
-        futures = {self._io.submit(self._load, task, key): (i, key)
+        futures = {self._io.submit(self._load, task, key, self._now_deadline()): (i, key)
                    for i, task in enumerate(tasks) for key in keys}
         sha_of: dict[tuple[int, str], str] = {}
         failed: set[int] = set()
@@ -313,7 +322,8 @@ class Predictor:
                       for i in range(0, len(tasks), DETECT_CHUNK)]
 
             def load(rows: range, k: str = key) -> list[Future[LoadedImage | tuple[str, str]]]:
-                return [self._io.submit(self._load, tasks[i], k) for i in rows]
+                return [self._io.submit(self._load, tasks[i], k, self._now_deadline())
+                        for i in rows]
 
             pending = load(chunks[0]) if chunks else []
             for n, rows in enumerate(chunks):
@@ -337,8 +347,17 @@ class Predictor:
         log.warning("predict: task %s gets no prediction from this model: %s",
                     _task_id(task), reason[1])
 
-    def _load(self, task: Any, key: str) -> LoadedImage | tuple[str, str]:
-        """A task's image, or ``(reason, message)`` when it cannot be had."""
+    def _now_deadline(self) -> float | None:
+        return getattr(self._deadline, "value", None)
+
+    def _load(self, task: Any, key: str, deadline: float | None = None
+              ) -> LoadedImage | tuple[str, str]:
+        """A task's image, or ``(reason, message)`` when it cannot be had (or the request's
+        time budget ran out before it was its turn)."""
+        if deadline is not None and time.monotonic() > deadline:
+            return ("time-budget", "not predicted: the request's time budget "
+                    f"(REQUEST_TIME_BUDGET_S={self.runtime.settings.request_time_budget_s:g}) "
+                    "ran out; ask again for this task")
         if not isinstance(task, dict) or not isinstance(task.get("data"), dict):
             return "bad-task", "task has no 'data' object"
         url = task["data"].get(key)

@@ -154,7 +154,8 @@ class Backend:
                                                             params["context"], project)]}
         if parsed.prompts and project is not None:
             self._precompute_sam(project, config, tasks)
-        return {"results": self.predictor.predict_tasks(tasks, parsed, project)}
+        return {"results": self.predictor.predict_tasks(
+            tasks, parsed, project, self.runtime.settings.request_time_budget_s)}
 
     def _precompute_sam(self, project: int, config: str, tasks: list[Any]) -> None:
         """Tasks being pre-annotated or opened get their SAM embeddings ahead of the first

@@ -190,6 +190,10 @@ class Settings:
     # Image URLs outside Label Studio's origin must resolve to public addresses, except
     # hosts, host:port pairs and networks listed in IMAGE_URL_ALLOWLIST (comma-separated).
     image_url_allowlist: tuple[str, ...] = ()
+    # A /predict stops starting new images after REQUEST_TIME_BUDGET_S (Label Studio gives up
+    # after 100 s): the remaining tasks get empty predictions instead of the whole batch
+    # timing out.
+    request_time_budget_s: float = 90.0
     # Image fetching (FETCH_TIMEOUT_S) and the on-disk image cache (IMAGE_CACHE_BYTES).
     fetch_timeout_s: float = 20.0
     image_cache_bytes: int = 512 * 1024 * 1024
@@ -254,6 +258,8 @@ class Settings:
             preannotate_retries=_int(env, "PREANNOTATE_RETRIES", defaults.preannotate_retries),
             worker_maintenance_s=_int(env, "WORKER_MAINTENANCE_S",
                                       defaults.worker_maintenance_s, minimum=1),
+            request_time_budget_s=_float(env, "REQUEST_TIME_BUDGET_S",
+                                         defaults.request_time_budget_s),
             image_url_allowlist=tuple(e.strip() for e in env.get("IMAGE_URL_ALLOWLIST", "")
                                       .split(",") if e.strip()),
             clipseg_model=_opt_str(env, "CLIPSEG_MODEL"),

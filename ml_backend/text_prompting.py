@@ -126,9 +126,11 @@ def typed_prompt(context: Any, parsed: ParsedConfig) -> TypedPrompt | None:
             raise BadRequest(f"TextArea '{region.get('from_name')}' in the context needs "
                              "value.text: a list of strings")
         text = " ".join(t.strip() for t in texts if t.strip())
+        if len(text) > MAX_PROMPT_CHARS:
+            raise BadRequest(f"the prompt in '{region['from_name']}' has {len(text)} "
+                             f"characters; the limit is {MAX_PROMPT_CHARS}")
         if text:
-            return TypedPrompt(areas[str(region["from_name"])].to_name,
-                               text[:MAX_PROMPT_CHARS])
+            return TypedPrompt(areas[str(region["from_name"])].to_name, text)
     return None
 
 

@@ -262,3 +262,27 @@ def test_text_box_sam_mask_when_both_are_configured(make_settings, tiny_clipseg,
     [brush] = [r for r in response.get_json()["results"][0]["result"]
                if r["type"] == "brushlabels"]
     assert rle_to_mask(brush["value"]["rle"], HEIGHT, WIDTH).shape == (HEIGHT, WIDTH)
+
+
+def test_a_spent_time_budget_gives_empty_predictions_not_a_timeout(make_settings, tiny_clipseg,
+                                                                    docs) -> None:
+    settings = make_settings(clipseg_model=str(tiny_clipseg), clipseg_threshold=0.0,
+                             local_files_document_root=docs, request_time_budget_s=0.0)
+    tasks = [TASK, {"id": 4, "data": {"image": "/data/local-files/?d=set1/img_4.png"}}]
+    with backend_app(settings) as (client, _, _):
+        response = client.post("/predict", json={"tasks": tasks, "project": "5.1",
+                                                 "label_config": CONFIG})
+        assert response.status_code == 200
+        assert [r["result"] for r in response.get_json()["results"]] == [[], []]
+        metrics = client.get("/metrics").get_data(as_text=True)
+        assert 'mlb_task_errors_total{reason="time-budget"} 2.0' in metrics
+
+
+def test_an_over_long_typed_prompt_is_a_clear_400(clipseg_app) -> None:
+    client, _, _ = clipseg_app
+    context = {"result": [{"from_name": "prompt", "to_name": "image", "type": "textarea",
+                           "value": {"text": ["a car " * 100]}}]}
+    response = client.post("/predict", json={"tasks": [TASK], "project": "5.1",
+                                             "label_config": CONFIG,
+                                             "params": {"context": context}})
+    assert response.status_code == 400 and "the limit is 300" in response.get_json()["error"]
