@@ -124,6 +124,20 @@ def backend_setup(
     return str(response.json()["model_version"])
 
 
+def register_webhook(client: LabelStudio, project_id: int, backend_url: str,
+                     secret: str) -> int:
+    """A project webhook to ``<backend>/webhook`` for every event, with payload, carrying
+    ``secret`` in the header the backend checks when WEBHOOK_SECRET is set."""
+    from .settings import WEBHOOK_SECRET_HEADER
+
+    hook = client.webhooks.create(url=f"{backend_url.rstrip('/')}/webhook", project=project_id,
+                                  send_payload=True, send_for_all_actions=True,
+                                  headers={WEBHOOK_SECRET_HEADER: secret})
+    if hook.id is None:
+        raise RuntimeError("Label Studio returned a webhook without id")
+    return int(hook.id)
+
+
 def connect_backend(
     client: LabelStudio,
     project_id: int,

@@ -20,7 +20,7 @@ from .jsonio import ArrayJSONProvider
 from .metrics import Metrics
 from .runtime import Runtime
 from .service import Backend, parse_project_id
-from .settings import Settings
+from .settings import WEBHOOK_SECRET_HEADER, Settings
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,13 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
                 response = jsonify(error="authentication required")
                 response.status_code = 401
                 response.headers["WWW-Authenticate"] = 'Basic realm="ml-backend"'
+                return response
+        if settings.webhook_secret and request.path == "/webhook":
+            given = request.headers.get(WEBHOOK_SECRET_HEADER, "")
+            if not hmac.compare_digest(given.encode(), settings.webhook_secret.encode()):
+                response = jsonify(error=f"webhook needs the {WEBHOOK_SECRET_HEADER} header "
+                                         "(WEBHOOK_SECRET)")
+                response.status_code = 401
                 return response
         return None
 

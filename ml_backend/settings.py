@@ -21,6 +21,9 @@ class Device(str, Enum):
     AUTO = "auto"
 
 
+WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+
+
 def _parse_enum(enum_type: type[Enum], name: str, raw: str) -> Enum:
     try:
         return enum_type(raw.strip().lower())
@@ -107,6 +110,9 @@ class Settings:
     # Optional HTTP basic auth on every route (BASIC_AUTH_USER, BASIC_AUTH_PASS).
     basic_auth_user: str | None = None
     basic_auth_pass: str | None = None
+    # With WEBHOOK_SECRET, /webhook needs it in the X-Webhook-Secret header (the setup
+    # script registers such a webhook; Label Studio's auto-created one carries none).
+    webhook_secret: str | None = None
     # Storage (MODEL_DIR, CACHE_DIR).
     model_dir: Path = Path("var/models")
     cache_dir: Path = Path("var/cache")
@@ -234,6 +240,7 @@ class Settings:
             label_studio_api_key=_opt_str(env, "LABEL_STUDIO_API_KEY"),
             basic_auth_user=_opt_str(env, "BASIC_AUTH_USER"),
             basic_auth_pass=_opt_str(env, "BASIC_AUTH_PASS"),
+            webhook_secret=_opt_str(env, "WEBHOOK_SECRET"),
             model_dir=_opt_path(env, "MODEL_DIR") or defaults.model_dir,
             cache_dir=_opt_path(env, "CACHE_DIR") or defaults.cache_dir,
             redis_url=_opt_str(env, "REDIS_URL"),

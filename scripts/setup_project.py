@@ -30,6 +30,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--title", default="Active learning project", help="project title")
     parser.add_argument("--backend-url", help="ML backend URL to connect, e.g. http://127.0.0.1:9090")
     parser.add_argument("--basic-auth", metavar="USER:PASS", help="backend basic auth")
+    parser.add_argument("--webhook-secret", default=os.environ.get("WEBHOOK_SECRET"),
+                        help="register a project webhook carrying this secret (the backend's "
+                             "WEBHOOK_SECRET; default: that variable)")
     parser.add_argument("--no-interactive", action="store_true",
                         help="register the backend without interactive pre-annotation")
     parser.add_argument("--no-predictions", action="store_true",
@@ -64,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             client, project_id, args.backend_url, title=args.title,
             is_interactive=not args.no_interactive, basic_auth=auth,  # type: ignore[arg-type]
         )
+        if args.webhook_secret:
+            out["webhook_id"] = ps.register_webhook(client, project_id, args.backend_url,
+                                                    args.webhook_secret)
         out["model_version"] = client.projects.get(id=project_id).model_version
         if not args.no_predictions:
             ps.retrieve_predictions(client, project_id)

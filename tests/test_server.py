@@ -62,3 +62,16 @@ def test_missing_configured_checkpoint_is_a_clear_error(make_settings, tmp_path)
     runtime.warm_up()
     status = runtime.classifier_status()
     assert status["status"] == "error" and "nope.pt does not exist" in status["error"]
+
+
+def test_webhook_secret_is_required_when_set(make_settings) -> None:
+    app = create_app(make_settings(webhook_secret="s3cret-hook"), warm_up=False)
+    client = app.test_client()
+    body = {"action": "SOMETHING_ELSE"}
+    refused = client.post("/webhook", json=body)
+    assert refused.status_code == 401 and "X-Webhook-Secret" in refused.get_json()["error"]
+    assert client.post("/webhook", json=body,
+                       headers={"X-Webhook-Secret": "wrong"}).status_code == 401
+    ok = client.post("/webhook", json=body, headers={"X-Webhook-Secret": "s3cret-hook"})
+    assert ok.status_code == 200 and ok.get_json()["status"] == "ignored"
+    assert client.get("/health").status_code == 200  # other routes are not affected
