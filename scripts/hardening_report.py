@@ -43,7 +43,12 @@ from ml_backend.images import ImageLoader  # noqa: E402
 from ml_backend.settings import Settings  # noqa: E402
 from ml_backend.url_guard import AddressPolicy  # noqa: E402
 
-from crash_harness import kill_rounds, report_dict  # noqa: E402
+from crash_harness import (  # noqa: E402
+    SAVE_KILL_DELAY_S,
+    TRAIN_KILL_DELAY_S,
+    kill_rounds,
+    report_dict,
+)
 from fuzzing import fuzz  # noqa: E402
 from hostile_inputs import REFUSED_HOSTS, REFUSED_SCHEMES, Listener, write_huge_png  # noqa: E402
 
@@ -155,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "decompression_bomb": _bomb(work),
             "kill_9": {mode: report_dict(kill_rounds(
                 mode, work / f"kill-{mode}", args.kills, seed=7,
-                delay_s=(0.4, 1.6) if mode == "save" else (2.0, 8.0)))
+                delay_s=SAVE_KILL_DELAY_S if mode == "save" else TRAIN_KILL_DELAY_S))
                 for mode in ("save", "train")},
         }
     fz, ssrf, bomb, kills = (report["fuzzing"], report["ssrf"], report["decompression_bomb"],

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = 1
+# A training child saves its first version ~5-10 s after it starts (imports, backbone,
+# embeddings), then one every ~0.4 s: kills in this window land inside training rounds.
+TRAIN_KILL_DELAY_S = (5.0, 12.0)
+SAVE_KILL_DELAY_S = (0.4, 1.6)
 CONFIG = """<View>
   <Image name="image" value="$image"/>
   <Choices name="digit" toName="image">
