@@ -4,6 +4,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import resource
 import time
 from dataclasses import replace
@@ -154,12 +155,13 @@ def test_pat_flow_refreshes_after_401(tmp_path, wsgi_server) -> None:  # noqa: F
     assert images_seen == [f"Bearer {access[0]}", f"Bearer {access[1]}"]
 
 
-def test_persistent_401_is_retried_once(tmp_path, wsgi_server) -> None:  # noqa: F811
+def test_persistent_401_is_retried_once(tmp_path, wsgi_server, caplog) -> None:  # noqa: F811
     ls = FakeLS(token="something-else")
     loader = make_loader(tmp_path, wsgi_server(ls.app))
-    with pytest.raises(ImageError, match="401") as info:
+    with caplog.at_level(logging.DEBUG), pytest.raises(ImageError, match="401") as info:
         loader.load("/data/upload/1/a.png")
     assert LEGACY not in str(info.value)
+    assert LEGACY not in caplog.text  # the token is never logged, not even at DEBUG
     assert len(ls.seen) == 2
 
 
