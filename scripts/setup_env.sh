@@ -5,6 +5,8 @@
 #   --with-redis   also apt-get install redis-server when it is missing
 #   --with-compose also apt-get install docker-compose (to validate docker-compose.yml) when
 #                  neither `docker compose` nor `docker-compose` is there
+#   --with-browser also apt-get install chromium (the browser tests drive it; Playwright's
+#                  own browser download is not used)
 # Env: PYTHON (default python3, >= 3.10), LS_VERSION (default 1.23.2).
 set -euo pipefail
 
@@ -13,11 +15,13 @@ PYTHON="${PYTHON:-python3}"
 LS_VERSION="${LS_VERSION:-1.23.2}"
 WITH_REDIS=0
 WITH_COMPOSE=0
+WITH_BROWSER=0
 for arg in "$@"; do
   case "$arg" in
     --with-redis) WITH_REDIS=1 ;;
     --with-compose) WITH_COMPOSE=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --with-browser) WITH_BROWSER=1 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "setup_env.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -85,6 +89,14 @@ if [[ "$WITH_COMPOSE" == 1 ]]; then
     log "docker compose present"
   else
     apt_install docker-compose
+  fi
+fi
+# -- chromium (the browser tests in tests/e2e run it headless through Playwright) ------------
+if [[ "$WITH_BROWSER" == 1 ]]; then
+  if [[ -x /usr/bin/chromium ]]; then
+    log "chromium present"
+  else
+    apt_install chromium
   fi
 fi
 log "done"

@@ -3,7 +3,7 @@
 # (they start Label Studio and redis themselves). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/setup_env.sh --with-redis --with-compose
+bash scripts/setup_env.sh --with-redis --with-compose --with-browser
 if docker compose version >/dev/null 2>&1; then
   docker compose config --quiet
 else
