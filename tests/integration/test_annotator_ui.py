@@ -217,6 +217,7 @@ def test_3_smart_click_gives_a_sam_mask_that_is_accepted_and_submitted(
         accept.click()
         page.locator("[aria-label='Submit current annotation']").click()
         _wait(lambda: ls_client.tasks.get(ids[0]).annotations, 30, "no annotation stored")
+        _open_task(page, label_studio.url, project, ids[0])  # the stored annotation
         page.screenshot(path=str(ARTIFACTS / "3-sam-submitted.png"))
         [annotation] = ls_client.tasks.get(ids[0]).annotations
         brushes = [r for r in annotation["result"] if r["type"] == "brushlabels"]
