@@ -25,14 +25,8 @@ PROJECT = 1
 # embeddings), then one every ~0.4 s: kills in this window land inside training rounds.
 TRAIN_KILL_DELAY_S = (5.0, 12.0)
 SAVE_KILL_DELAY_S = (0.4, 1.6)
-CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <Choices name="digit" toName="image">
-    <Choice value="0"/><Choice value="1"/><Choice value="2"/><Choice value="3"/>
-    <Choice value="4"/><Choice value="5"/><Choice value="6"/><Choice value="7"/>
-    <Choice value="8"/><Choice value="9"/>
-  </Choices>
-</View>"""
+CONFIG = (Path(__file__).resolve().parent.parent / "labeling_configs"
+          / "digit_classification.xml").read_text()
 
 
 class _Annotations:

@@ -10,8 +10,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
+
+
+def backend_env(label_studio: Any, work: Path, **extra: str) -> dict[str, str]:
+    """The backend's environment against ``label_studio``, with its models and caches under
+    ``work``, a small classifier input and no Redis (``extra`` adds or overrides)."""
+    return {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
+            "MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
+            "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "", **extra}
 
 
 def free_port() -> int:

@@ -34,7 +34,7 @@ from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 from ml_backend.training import train_classifier
 
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, backend_env
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts" / "e2e"
@@ -79,12 +79,6 @@ def _open_task(page: Any, base: str, project: int, task: int) -> None:
     page.wait_for_load_state("networkidle")
 
 
-def _backend_env(label_studio: Any, work: Path, **extra: str) -> dict[str, str]:
-    return {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
-            "MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
-            "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "", **extra}
-
-
 def _digits_project(label_studio: Any, ls_client: Any, work: Path, count: int,
                     labeled: int) -> tuple[int, list[int], list[int], dict[str, str]]:
     """A digits project of ``count`` tasks whose classifier was trained on the first
@@ -101,7 +95,7 @@ def _digits_project(label_studio: Any, ls_client: Any, work: Path, count: int,
         paths[-1].parent.mkdir(parents=True, exist_ok=True)
         paths[-1].write_bytes(png)
     ids = upload_images(label_studio.url, label_studio.api_key, project, paths)
-    env = _backend_env(label_studio, work)
+    env = backend_env(label_studio, work)
     runtime = Runtime(Settings.from_env(env))
     data = {t.id: t.data for t in ls_client.tasks.list(project=project, page_size=100)}
     runtime.ls_api = FakeLabelStudioAPI(  # type: ignore[assignment]
@@ -152,7 +146,7 @@ def test_2_detection_boxes_are_drawn_with_their_labels(label_studio, ls_client, 
         paths[-1].parent.mkdir(parents=True, exist_ok=True)
         paths[-1].write_bytes(png_bytes(scene.pixels))
     ids = upload_images(label_studio.url, label_studio.api_key, project, paths)
-    backend = BackendProcess(_backend_env(
+    backend = BackendProcess(backend_env(
         label_studio, tmp_path, YOLO_CHECKPOINT=str(checkpoint), DETECTOR_IMAGE_SIZE="64",
         DETECTOR_MIN_SCORE="0.0"), tmp_path / "backend.log")
     try:
@@ -194,7 +188,7 @@ def test_3_smart_click_gives_a_sam_mask_that_is_accepted_and_submitted(
                              REPO / "labeling_configs" / "interactive_segmentation.xml")
     ids = upload_images(label_studio.url, label_studio.api_key, project,
                         distinct_scenes(tmp_path / "scenes", 2))
-    backend = BackendProcess(_backend_env(
+    backend = BackendProcess(backend_env(
         label_studio, tmp_path, SAM_CHECKPOINT=str(save_tiny_sam(tmp_path / "sam")),
         SAM_MODEL_TYPE=TINY_SAM_TYPE), tmp_path / "backend.log")
     try:

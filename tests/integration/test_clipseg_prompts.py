@@ -17,7 +17,7 @@ from ml_backend.project_setup import (
     upload_images,
 )
 
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, backend_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,12 +29,9 @@ def test_retrieved_predictions_and_a_typed_prompt(label_studio, ls_client,
     from sam_fixture import distinct_scenes
 
     paths = distinct_scenes(tmp_path / "scenes", 3)
-    backend = BackendProcess({
-        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
-        "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),
-        "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "",
-        "CLIPSEG_MODEL": str(save_tiny_clipseg(tmp_path / "clipseg")),
-    }, tmp_path / "backend.log")
+    backend = BackendProcess(backend_env(
+        label_studio, tmp_path, CLIPSEG_MODEL=str(save_tiny_clipseg(tmp_path / "clipseg"))),
+        tmp_path / "backend.log")
     try:
         backend.wait_ready()
         # The shipped config, its threshold control at 0: every pixel counts, so outputs

@@ -21,6 +21,8 @@ from ml_backend.runtime import Runtime
 from ml_backend.settings import Settings
 from ml_backend.training import train_classifier
 
+from .backend_process import backend_env
+
 REPO = Path(__file__).resolve().parents[2]
 TASKS = 500
 
@@ -68,11 +70,9 @@ def test_500_tasks_two_workers_one_killed(label_studio, ls_client, redis_server,
     task_ids = upload_images(label_studio.url, label_studio.api_key, project, paths)
     assert len(task_ids) == TASKS
 
-    env = {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
-           "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),
-           "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": redis_server,
-           "PREANNOTATE_CHUNK_SIZE": "25", "PREANNOTATE_CHUNK_TIMEOUT_S": "20",
-           "WORKER_MAINTENANCE_S": "5", "UPDATE_PROJECT_MODEL_VERSION": "false"}
+    env = backend_env(label_studio, tmp_path, REDIS_URL=redis_server,
+                      PREANNOTATE_CHUNK_SIZE="25", PREANNOTATE_CHUNK_TIMEOUT_S="20",
+                      WORKER_MAINTENANCE_S="5", UPDATE_PROJECT_MODEL_VERSION="false")
     # A classifier trained on 40 of the tasks (labels given here, images read from Label
     # Studio), so that chunks do real work: fetch, embed, predict, write.
     runtime = Runtime(Settings.from_env(env))

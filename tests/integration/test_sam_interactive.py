@@ -13,7 +13,7 @@ import requests
 
 from ml_backend.project_setup import connect_backend, create_project, upload_images
 
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, backend_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -29,13 +29,9 @@ def test_click_in_label_studio_gets_a_precomputed_mask(label_studio, ls_client,
     from sam_fixture import TINY_SAM_TYPE, distinct_scenes, save_tiny_sam
 
     paths = distinct_scenes(tmp_path / "scenes", 3)
-    backend = BackendProcess({
-        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
-        "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),
-        "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "",
-        "SAM_CHECKPOINT": str(save_tiny_sam(tmp_path / "sam")),
-        "SAM_MODEL_TYPE": TINY_SAM_TYPE,
-    }, tmp_path / "backend.log")
+    backend = BackendProcess(backend_env(
+        label_studio, tmp_path, SAM_CHECKPOINT=str(save_tiny_sam(tmp_path / "sam")),
+        SAM_MODEL_TYPE=TINY_SAM_TYPE), tmp_path / "backend.log")
     try:
         backend.wait_ready()
         project = create_project(ls_client, "sam-clicks",

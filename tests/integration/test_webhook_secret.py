@@ -17,7 +17,7 @@ from ml_backend.project_setup import (
     upload_images,
 )
 
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, backend_env
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,11 +33,8 @@ def test_events_arrive_through_the_registered_webhook_only(label_studio, ls_clie
                                                            tmp_path: Path) -> None:
     from sam_fixture import distinct_scenes
 
-    backend = BackendProcess({
-        "LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
-        "MODEL_DIR": str(tmp_path / "models"), "CACHE_DIR": str(tmp_path / "cache"),
-        "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "", "WEBHOOK_SECRET": "hook-s3cret",
-    }, tmp_path / "backend.log")
+    backend = BackendProcess(backend_env(label_studio, tmp_path, WEBHOOK_SECRET="hook-s3cret"),
+                             tmp_path / "backend.log")
     try:
         backend.wait_ready()
         project = create_project(ls_client, "webhook-secret",
