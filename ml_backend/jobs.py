@@ -25,6 +25,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .compute_threads import on_short_lived_thread
 from .runtime import Runtime
 
 if TYPE_CHECKING:
@@ -123,7 +124,10 @@ def execute(runtime: Runtime, record: JobRecord, registry: dict[str, JobKind]) -
     traceback and recorded on the job."""
     record.status, record.started_at = "running", time.time()
     try:
-        record.result = registry[record.name].run(runtime, record.payload)
+        # On a thread of its own, which ends with the job: see compute_threads.
+        kind = registry[record.name]
+        record.result = on_short_lived_thread(f"job-{record.name}",
+                                              lambda: kind.run(runtime, record.payload))
         record.status = "finished"
     except Exception as exc:
         record.status = "failed"

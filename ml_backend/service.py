@@ -10,6 +10,7 @@ import logging
 import time
 from typing import Any
 
+from .compute_threads import on_short_lived_thread
 from .errors import BackendError, BadRequest, NotFound
 from .jobs import JobQueue
 from .label_config import ModelFamily, parse_label_config
@@ -130,6 +131,10 @@ class Backend:
 
     # --- POST /predict -----------------------------------------------------------------------
     def predict(self, body: Any) -> dict[str, Any]:
+        # Model work on a thread of its own: see compute_threads.
+        return on_short_lived_thread("predict", lambda: self._predict(body))
+
+    def _predict(self, body: Any) -> dict[str, Any]:
         body = _require_dict(body, "/predict")
         tasks = body.get("tasks")
         if not isinstance(tasks, list):
