@@ -5,7 +5,7 @@ thread that starts a parallel region a pool of worker threads, and the pool live
 that thread. Once the pools' threads outnumber the CPUs, libgomp throttles spinning for all
 of them: an idle worker sleeps on a futex right away instead of spinning for the next region.
 Each of the hundreds of small parallel regions in SAM's mask decoder then pays for a wake-up.
-On the 2-core test machine one extra idle pool made a click's decode about 20 % slower.
+On the 2-core test machine one extra idle pool made a click's decode 15–25 % slower.
 
 Long-lived threads that run torch would keep such pools forever: gunicorn's request threads
 (up to ``--threads`` of them, used in turn) and the job lanes. So a request's or a job's model
