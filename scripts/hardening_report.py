@@ -26,6 +26,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,14 +85,21 @@ def _ssrf(work: Path) -> dict[str, Any]:
         raise OSError(f"no lookup expected for {host}")
 
     policy = AddressPolicy.create(["http://ls.example:8080"], [], resolve=no_dns)
-    tried, refused, let_through = 0, 0, []
-    for url in [f"http://{host}/latest/meta-data/" for host in REFUSED_HOSTS] + REFUSED_SCHEMES:
-        tried += 1
+    let_through: list[str] = []
+
+    def attempt(use: Callable[[str], Any], url: str) -> None:
+        """Record ``url`` as let through unless ``use`` refuses it."""
         try:
-            policy.check_url(url)
+            use(url)
             let_through.append(url)
         except ImageNotAllowed:
-            refused += 1
+            pass
+        except ImageError as exc:  # refused for another reason: not by the guard
+            let_through.append(f"{url}: {exc}")
+
+    checked = [f"http://{host}/latest/meta-data/" for host in REFUSED_HOSTS] + REFUSED_SCHEMES
+    for url in checked:
+        attempt(policy.check_url, url)
     listener = Listener()
     target = f"http://127.0.0.1:{listener.port}/secret.png"
     jumps = {"loopback": target, "metadata": "http://169.254.169.254/latest/meta-data/",
@@ -110,17 +118,11 @@ def _ssrf(work: Path) -> dict[str, Any]:
     live = [target, f"http://0x7f.1:{listener.port}/x.png",
             *(f"/data/upload/1/{name}.png" for name in jumps)]
     for url in live:
-        tried += 1
-        try:
-            loader.load(url)
-            let_through.append(url)
-        except ImageNotAllowed:
-            refused += 1
-        except ImageError as exc:
-            let_through.append(f"{url}: {exc}")
+        attempt(loader.load, url)
     shutdown()
     listener.close()
-    return {"cases": tried, "refused": refused, "not_refused": let_through,
+    tried = len(checked) + len(live)
+    return {"cases": tried, "refused": tried - len(let_through), "not_refused": let_through,
             "listener_connections": listener.accepted,
             "live_redirect_cases": len(live)}
 

@@ -9,17 +9,15 @@ import numpy as np
 from ml_backend.label_config import ModelFamily, parse_label_config
 from ml_backend.training import targets_for, train_classifier
 
-from conftest import DIGITS_CONFIG, digit_images
+from conftest import DIGITS_CONFIG, hosted_digit_tasks
 from fakes import FakeLabelStudioAPI, choice_task
 
 
 def _project(image_host: Any, count: int) -> tuple[list[dict[str, Any]], np.ndarray]:
-    pngs, labels = digit_images(count)
-    tasks = []
-    for i, (png, label) in enumerate(zip(pngs, labels, strict=True)):
-        path = f"/data/upload/7/d{i}.png"
-        image_host.files[path] = png
-        tasks.append(choice_task(i + 1, path, "digit", [str(label)]))
+    """Hosted digit tasks and their true labels (from their annotations)."""
+    tasks = hosted_digit_tasks(image_host, count)
+    labels = np.array([int(t["annotations"][0]["result"][0]["value"]["choices"][0])
+                       for t in tasks])
     return tasks, labels
 
 
