@@ -23,7 +23,7 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +36,11 @@ from .errors import BackendError, ImageError, LabelStudioUnavailable
 from .label_config import ControlSpec, ModelFamily, parse_label_config
 from .ls_api import LabeledTask
 from .runtime import Runtime
+from .settings import absolute_path
 from .training import TrainOutcome, _holdout, _sync_labels, after_new_version, carry_over
 
 log = logging.getLogger(__name__)
+JOB = "train_detector"
 LEDGER = "detector-labels"
 WEIGHTS_FILE = "detector.pt"
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}
@@ -120,7 +122,16 @@ def fine_tune(spec: FineTuneSpec, work_dir: Path, nice: int = 0,
               timeout_s: float | None = None) -> dict[str, Any]:
     """Run :func:`train_detector` in a child process (niceness ``nice``) and return its
     result: ``weights`` path, ``map50``, ``map50_95``. Raises BackendError with the end of
-    the child's log when it fails or runs past ``timeout_s`` (the child is killed)."""
+    the child's log when it fails or runs past ``timeout_s`` (the child is killed).
+
+    The child runs in ``work_dir``: every path it is handed is made absolute first, so a
+    relative one given here cannot point elsewhere there."""
+    work_dir = absolute_path(work_dir)
+    spec = replace(spec, data_yaml=str(absolute_path(spec.data_yaml)),
+                   out_dir=str(absolute_path(spec.out_dir)),
+                   config_dir=str(absolute_path(spec.config_dir)),
+                   # An architecture config (yolov8n.yaml) is a name Ultralytics resolves.
+                   start=spec.start if not spec.warm else str(absolute_path(spec.start)))
     spec_path = work_dir / "spec.json"
     result_path = work_dir / "result.json"
     log_path = work_dir / "train.log"

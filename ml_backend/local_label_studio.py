@@ -62,7 +62,9 @@ def find_label_studio_bin(executable: str | os.PathLike[str] | None = None) -> P
     for candidate in candidates:
         path = Path(candidate)
         if path.is_file() and os.access(path, os.X_OK):
-            return path
+            # Absolute: Label Studio runs with its data dir as cwd, where a relative
+            # LABEL_STUDIO_BIN would name another file.
+            return path.absolute()
     raise LabelStudioStartError(
         f"Label Studio executable not found (tried: {', '.join(candidates)}); {SETUP_HINT}"
     )

@@ -42,6 +42,23 @@ def _opt_path(env: Mapping[str, str], name: str) -> Path | None:
     return Path(value).expanduser() if value else None
 
 
+def absolute_path(path: Path | str) -> Path:
+    """``path`` made absolute against the current directory, now. Settings hold only such
+    paths: a child process (the detector fine-tune runs with ``cwd`` = its work folder) or a
+    later ``chdir`` must not change what a relative setting means."""
+    return Path(os.path.abspath(Path(path).expanduser()))
+
+
+def _model_spec(spec: str | None) -> str | None:
+    """A hub id or a local folder (CLIPSEG_MODEL): made absolute when it names a path (it
+    exists here, or is spelt as one), left alone when it is a hub id."""
+    if not spec:
+        return spec
+    if spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
+        return str(absolute_path(spec))
+    return spec
+
+
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
     raw = env.get(name, "").strip()
     if not raw:
@@ -139,7 +156,7 @@ class Settings:
     # YOLO_CHECKPOINT, CLIPSEG_MODEL).
     sam_model_type: str = "vit_b"
     sam_checkpoint: Path | None = None
-    yolo_checkpoint: str | None = None
+    yolo_checkpoint: Path | None = None
     clipseg_model: str | None = None
     # Detector (YOLO_CHECKPOINT above; without it YOLO_ARCH, an Ultralytics architecture
     # config, is trained from scratch by the first fine-tune). Boxes below
@@ -229,6 +246,14 @@ class Settings:
     # LOG_FORMAT: text, or json (one object per line, for log collectors).
     log_format: str = "text"
 
+    def __post_init__(self) -> None:
+        # Every path absolute once, here (see absolute_path). object.__setattr__: frozen.
+        for name in _PATH_FIELDS:
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, absolute_path(value))
+        object.__setattr__(self, "clipseg_model", _model_spec(self.clipseg_model))
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from ``env`` (default ``os.environ``); raise ValueError on bad values."""
@@ -257,7 +282,7 @@ class Settings:
             finetune_max_images=_int(env, "FINETUNE_MAX_IMAGES", defaults.finetune_max_images, 1),
             sam_model_type=_opt_str(env, "SAM_MODEL_TYPE") or defaults.sam_model_type,
             sam_checkpoint=_opt_path(env, "SAM_CHECKPOINT"),
-            yolo_checkpoint=_opt_str(env, "YOLO_CHECKPOINT"),
+            yolo_checkpoint=_opt_path(env, "YOLO_CHECKPOINT"),
             preannotate_chunk_size=_int(env, "PREANNOTATE_CHUNK_SIZE",
                                         defaults.preannotate_chunk_size, minimum=1),
             preannotate_chunk_timeout_s=_int(env, "PREANNOTATE_CHUNK_TIMEOUT_S",
@@ -319,6 +344,11 @@ class Settings:
             log_format=_choice(env, "LOG_FORMAT", ("text", "json"), defaults.log_format),
         )
 
+    def paths(self) -> dict[str, str]:
+        """The storage folders this process uses (absolute), for /health and start-up logs:
+        a worker started elsewhere with relative settings would show other ones."""
+        return {"model_dir": str(self.model_dir), "cache_dir": str(self.cache_dir)}
+
     def public_dict(self) -> dict[str, object]:
         """Settings safe to show (/health): secrets replaced by whether they are set."""
         secret = {"label_studio_api_key", "basic_auth_pass"}
@@ -334,3 +364,8 @@ class Settings:
             else:
                 out[field.name] = value
         return out
+
+
+# Settings that name files or folders (see Settings.__post_init__).
+_PATH_FIELDS = ("model_dir", "cache_dir", "local_files_document_root", "upload_dir",
+                "resnet_checkpoint", "sam_checkpoint", "yolo_checkpoint")
