@@ -63,12 +63,15 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from redis import Redis
     from rq import Queue, SimpleWorker
 
-    from .jobs import bind_worker_runtime, lanes, rq_queue_name
+    from .jobs import bind_worker_runtime, lanes, rq_queue_name, storage_mismatch
     from .runtime import Runtime
 
     runtime = Runtime(settings)
     bind_worker_runtime(runtime)
     connection = Redis.from_url(settings.redis_url)
+    mismatch = storage_mismatch(connection, settings.paths())
+    if mismatch:
+        logging.warning("%s", mismatch)
     # SimpleWorker runs jobs in this process: models stay loaded between jobs, and no
     # process forks after torch (or CUDA) has initialised.
     known = lanes()
@@ -217,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
     _configure(settings)
+    # Absolute, resolved once (Settings): what a relative MODEL_DIR/CACHE_DIR meant here.
+    logging.getLogger("ml_backend").info("storage: %s", settings.paths())
     handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute,
                 "preannotate": _preannotate, "jobs": _jobs}
     return handlers[args.command](args, settings)

@@ -51,6 +51,7 @@ class JobKind:
 
 
 def job_registry() -> dict[str, JobKind]:
+    from .detector_training import JOB as TRAIN_DETECTOR
     from .detector_training import train_detector_job
     from .preannotation import CHUNK_JOB, PLAN_JOB, preannotate_chunk, preannotate_project
     from .reranking import rerank_project
@@ -67,7 +68,7 @@ def job_registry() -> dict[str, JobKind]:
             "rerank": JobKind(rerank_project, merge_rerank_payloads, lane="ranking"),
             # A detector fine-tune takes minutes: its own lane keeps classifier updates (and
             # other projects' jobs) from queueing behind it.
-            "train_detector": JobKind(train_detector_job, merge_train_payloads,
+            TRAIN_DETECTOR: JobKind(train_detector_job, merge_train_payloads,
                                       lane="detector"),
             # SAM encodes ahead of clicks: seconds each on a CPU, so apart from training.
             SAM_EMBED: JobKind(precompute_sam_job, merge_precompute_payloads, lane="sam"),
@@ -134,7 +135,21 @@ def execute(runtime: Runtime, record: JobRecord, registry: dict[str, JobKind]) -
         record.error = f"{type(exc).__name__}: {exc}"
         log.error("job %s (%s) failed:\n%s", record.id, record.name, traceback.format_exc())
     record.ended_at = time.time()
+    _record_outcome(runtime, record)
     return record
+
+
+def _record_outcome(runtime: Runtime, record: JobRecord) -> None:
+    """A project's job failures in a row go to its store, for /health: a fine-tune that
+    fails on every round must be visible without reading logs."""
+    raw = record.payload.get("project") if isinstance(record.payload, dict) else None
+    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+        return
+    project = int(raw)
+    try:
+        runtime.store.record_job_outcome(project, record.name, record.error)
+    except OSError as exc:  # bookkeeping only: never turns a job's outcome around
+        log.warning("job %s: could not record its outcome: %s", record.id, exc)
 
 
 class JobQueue(Protocol):
@@ -387,6 +402,31 @@ class RQQueue:
 
     def close(self) -> None:
         self.redis.close()
+
+
+STORAGE_KEY = f"{QUEUE_NAME}:storage"
+
+
+def publish_storage(connection: Redis, paths: dict[str, str]) -> None:
+    """The server says where it keeps models and caches, for workers to compare."""
+    connection.set(STORAGE_KEY, json.dumps(paths, sort_keys=True), ex=7 * 86400)
+
+
+def storage_mismatch(connection: Redis, paths: dict[str, str]) -> str | None:
+    """A warning when this worker's folders differ from the ones the server published (a
+    worker started from another directory with relative MODEL_DIR/CACHE_DIR would save
+    versions the server never sees), else None."""
+    published = connection.get(STORAGE_KEY)
+    if not published:
+        return None
+    theirs = json.loads(published)
+    differ = {k: (v, theirs.get(k)) for k, v in paths.items() if theirs.get(k) != v}
+    if not differ:
+        return None
+    return ("this worker's storage differs from the server's: " + "; ".join(
+        f"{k.upper()} {ours} here, {server} on the server" for k, (ours, server)
+        in sorted(differ.items())) + " (set the same absolute MODEL_DIR and CACHE_DIR on "
+        "both, on shared storage)")
 
 
 def make_queue(runtime: Runtime) -> JobQueue:

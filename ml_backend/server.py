@@ -15,7 +15,7 @@ from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import BackendError, BadRequest
-from .jobs import InProcessQueue, JobQueue, JobRecord, RQQueue
+from .jobs import InProcessQueue, JobQueue, JobRecord, RQQueue, publish_storage
 from .jsonio import ArrayJSONProvider
 from .metrics import Metrics
 from .runtime import Runtime
@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     if jobs is None:
         if settings.redis_url:
             jobs = RQQueue.from_url(settings.redis_url)
+            publish_storage(jobs.redis, settings.paths())
         else:
             def on_done(record: JobRecord) -> None:
                 metrics.jobs.labels(name=record.name, status=record.status).inc()

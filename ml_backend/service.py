@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from .compute_threads import on_short_lived_thread
+from .detector_training import JOB as DETECTOR_TRAIN_JOB
 from .errors import BackendError, BadRequest, NotFound
 from .jobs import JobQueue
 from .label_config import ModelFamily, parse_label_config
@@ -66,16 +67,29 @@ class Backend:
 
     # --- GET /health, GET /versions --------------------------------------------------------
     def health(self) -> dict[str, Any]:
+        failing = self.runtime.store.failing_jobs()
+        detector = self.runtime.detector_status()
+        fine_tunes = {str(p): jobs[DETECTOR_TRAIN_JOB] for p, jobs in failing.items()
+                      if DETECTOR_TRAIN_JOB in jobs}
+        if fine_tunes:
+            detector["training_failures"] = fine_tunes
+            detector["training_warning"] = "; ".join(
+                f"project {p}: fine-tune failed {f['failures_in_a_row']}× in a row, last: "
+                f"{f['last_error'][:200]}" for p, f in fine_tunes.items())
         return {
             "status": "UP",
             "model_class": "ActiveLearningBackend",
             "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status(),
-                       ModelFamily.DETECTOR.value: self.runtime.detector_status(),
+                       ModelFamily.DETECTOR.value: detector,
                        "sam": self.runtime.sam_status(),
                        ModelFamily.TEXT_SEGMENTER.value: self.runtime.clipseg_status()},
             "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
             # Model versions that failed their checksums and were set aside, per project.
             "quarantined": {str(k): v for k, v in self.runtime.store.quarantined().items()},
+            # Jobs whose latest runs failed, per project (a failing fine-tune, say).
+            "failing_jobs": {str(k): v for k, v in failing.items()},
+            # Where this process keeps models and caches (absolute; compare with workers').
+            "storage": self.runtime.settings.paths(),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
@@ -260,5 +274,5 @@ class Backend:
         if parsed is None or parsed.for_family(ModelFamily.CLASSIFIER):
             names.append("train")
         if parsed is None or parsed.for_family(ModelFamily.DETECTOR):
-            names.append("train_detector")
+            names.append(DETECTOR_TRAIN_JOB)
         return names or ["train"]

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 _VERSION_RE = re.compile(r"-v(\d+)-")
+_JOB_FAILURES = "job-failures"
 _STALE_TMP_S = 3600.0  # a .tmp- version folder this old belongs to a dead saver
 log = logging.getLogger(__name__)
 
@@ -224,6 +225,33 @@ class ModelStore:
             records = self.read_state(project, "quarantine")
             if records and records.get("versions"):
                 out[project] = records["versions"]
+        return out
+
+    def record_job_outcome(self, project: int, job: str, error: str | None) -> None:
+        """Count ``job``'s failures in a row for ``project`` (``error`` None: it succeeded,
+        the count ends). Kept on disk beside the versions so /health shows the failures of
+        jobs that ran in any process (RQ workers too)."""
+        if error is None and job not in (self.read_state(project, _JOB_FAILURES) or {}):
+            return  # the common case: nothing failed, nothing to write
+        with self.locked(project, _JOB_FAILURES):
+            state = dict(self.read_state(project, _JOB_FAILURES) or {})
+            if error is None:
+                state.pop(job, None)
+            else:
+                now = time.time()
+                before = state.get(job) or {}
+                state[job] = {"failures_in_a_row": int(before.get("failures_in_a_row", 0)) + 1,
+                              "first_failed_at": before.get("first_failed_at", now),
+                              "last_failed_at": now, "last_error": error[-1000:]}
+            self.write_state(project, _JOB_FAILURES, state)
+
+    def failing_jobs(self) -> dict[int, dict[str, dict[str, Any]]]:
+        """Per project, the jobs whose latest runs failed (see :meth:`record_job_outcome`)."""
+        out = {}
+        for project in self.projects():
+            state = self.read_state(project, _JOB_FAILURES)
+            if state:
+                out[project] = state
         return out
 
     def versions(self, project: int) -> list[str]:
