@@ -30,17 +30,22 @@ def free_port() -> int:
 
 
 class BackendProcess:
-    def __init__(self, env: dict[str, str], log_path: Path, dev: bool = False) -> None:
+    """``ml-backend serve`` (the installed command) on a free loopback port. ``env`` adds to
+    this process's environment, or with ``clean_env`` is the whole of it; ``cwd`` is the
+    directory it starts in (default: this one)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, dev: bool = False,
+                 cwd: Path | None = None, clean_env: bool = False) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        command = [sys.executable, "-m", "ml_backend.cli", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port)]
+        command = [str(Path(sys.executable).parent / "ml-backend"), "serve",
+                   "--host", "127.0.0.1", "--port", str(self.port)]
         if dev:
             command.append("--dev")
-        full_env = {**os.environ, **env}
+        full_env = dict(env) if clean_env else {**os.environ, **env}
         self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(command, env=full_env, stdout=self._log,
+        self.process = subprocess.Popen(command, env=full_env, cwd=cwd, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_ready(self, timeout_s: float = 120.0) -> None:
