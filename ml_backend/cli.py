@@ -10,8 +10,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .logs import configure_logging
-from .settings import Settings
+from ml_backend.core.logs import configure_logging
+from ml_backend.core.settings import Settings
 
 
 def _configure(settings: Settings) -> None:
@@ -24,7 +24,7 @@ def _configure(settings: Settings) -> None:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.dev:
-        from .server import create_app
+        from ml_backend.http.app import create_app
 
         create_app(settings).run(host=args.host, port=args.port, threaded=True)
         return 0
@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         def load(self) -> Any:
             # Each worker imports torch and builds its app after forking: the arbiter never
             # loads torch, so no torch (or OpenMP, CUDA) state crosses a fork.
-            from .server import create_app
+            from ml_backend.http.app import create_app
 
             return create_app(settings)
 
@@ -63,8 +63,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from redis import Redis
     from rq import Queue, SimpleWorker
 
-    from .jobs import bind_worker_runtime, lanes, rq_queue_name, storage_mismatch
-    from .runtime import Runtime
+    from ml_backend.jobs.queues import bind_worker_runtime, lanes, rq_queue_name, storage_mismatch
+    from ml_backend.runtime import Runtime
 
     runtime = Runtime(settings)
     bind_worker_runtime(runtime)
@@ -92,8 +92,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from .runtime import Runtime
-    from .training import train_classifier
+    from ml_backend.models.classifier.training import train_classifier
+    from ml_backend.runtime import Runtime
 
     outcome = train_classifier(Runtime(settings), {"project": args.project, "mode": args.mode})
     print(json.dumps(outcome.as_dict(), indent=1))
@@ -101,9 +101,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _precompute(args: argparse.Namespace, settings: Settings) -> int:
-    from .errors import BackendError
-    from .runtime import Runtime
-    from .sam_precompute import precompute_project
+    from ml_backend.core.errors import BackendError
+    from ml_backend.models.sam.precompute import precompute_project
+    from ml_backend.runtime import Runtime
 
     try:
         summary = precompute_project(Runtime(settings), args.project, args.limit)
@@ -119,10 +119,10 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
     this process) and, with --wait, follow it with a progress bar."""
     import time
 
-    from .jobs import make_queue
-    from .preannotation import PLAN_JOB, plan_key, preannotation_state
-    from .progress import progress_bar
-    from .runtime import Runtime
+    from ml_backend.core.progress import progress_bar
+    from ml_backend.jobs.queues import make_queue
+    from ml_backend.pipeline.preannotation import PLAN_JOB, plan_key, preannotation_state
+    from ml_backend.runtime import Runtime
 
     runtime = Runtime(settings)
     if runtime.ls_api is None:
@@ -157,7 +157,7 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     """Recent jobs: from Redis when REDIS_URL is set, else from a running server."""
     if settings.redis_url:
-        from .jobs import RQQueue
+        from ml_backend.jobs.queues import RQQueue
 
         queue = RQQueue.from_url(settings.redis_url)
         jobs = queue.recent()

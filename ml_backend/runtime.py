@@ -17,29 +17,29 @@ from typing import Any
 
 import torch
 
-from .adapters.classifier import (
+from ml_backend.core.errors import ModelUnavailable
+from ml_backend.core.images import ImageLoader
+from ml_backend.core.lru import BoundedLRU
+from ml_backend.core.settings import Device, Settings
+from ml_backend.core.store import ModelStore, ModelVersion
+from ml_backend.labelstudio.api import LabelStudioAPI
+from ml_backend.learning.heads import LinearHead
+from ml_backend.models.classifier.embeddings import EmbeddingCache
+from ml_backend.models.classifier.model import (
     BackboneWeights,
     ResNetEmbedder,
     load_backbone,
     locate_weights,
 )
-from .adapters.clipseg import (
+from ml_backend.models.clipseg.model import (
     ClipSegActivations,
     TextSegmenter,
     load_clipseg,
     locate_clipseg,
 )
-from .adapters.detector import DetectorWeights, YoloDetector, locate_detector
-from .adapters.sam import SamSegmenter, SamWeights, load_sam, locate_sam
-from .embeddings import EmbeddingCache
-from .errors import ModelUnavailable
-from .images import ImageLoader
-from .learning import LinearHead
-from .lru import BoundedLRU
-from .ls_api import LabelStudioAPI
-from .sam_embeddings import SamEmbeddingStore
-from .settings import Device, Settings
-from .store import ModelStore, ModelVersion
+from ml_backend.models.detector.model import DetectorWeights, YoloDetector, locate_detector
+from ml_backend.models.sam.embeddings import SamEmbeddingStore
+from ml_backend.models.sam.model import SamSegmenter, SamWeights, load_sam, locate_sam
 
 log = logging.getLogger(__name__)
 

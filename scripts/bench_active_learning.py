@@ -6,7 +6,7 @@ random labels, then rounds of 10 chosen by the strategy under test. After each r
 model retrains through the production code path (``train_classifier`` with an incremental
 update, exactly what an annotation webhook runs; only Label Studio's API is replaced by the
 annotator's in-memory answers) and is scored on a fixed held-out split. Tasks are ranked
-with ``ml_backend.reranking.rank_tasks``, the function the re-ranking job uses.
+with ``ml_backend.pipeline.ranking.rank_tasks``, the function the re-ranking job uses.
 
 Prints JSON (saved with a PNG plot): accuracy-vs-labels curves per strategy (mean and spread
 over seeds), area under each curve, and labels needed to reach 95 % of the full-data
@@ -34,12 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.ls_api import LabeledTask
-from ml_backend.ranking import Strategy
-from ml_backend.reranking import rank_tasks
+from ml_backend.core.settings import Settings
+from ml_backend.labelstudio.api import LabeledTask
+from ml_backend.learning.selection import Strategy
+from ml_backend.models.classifier.training import embed_images, fetch_images, train_classifier
+from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
-from ml_backend.training import embed_images, fetch_images, train_classifier
 
 from bench_common import SimulatedAnnotator, write_report
 
@@ -201,8 +201,8 @@ def run_via_label_studio(args: argparse.Namespace, work: Path, data: Dataset
     same strategy and seeds."""
     from label_studio_sdk import LabelStudio
 
-    from ml_backend.local_label_studio import LocalLabelStudio
-    from ml_backend.project_setup import (
+    from ml_backend.devtools.local_label_studio import LocalLabelStudio
+    from ml_backend.devtools.project_setup import (
         connect_backend,
         create_informative_view,
         create_project,

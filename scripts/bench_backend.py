@@ -34,12 +34,12 @@ sys.path.insert(0, str(REPO / "tests"))  # the backend-process helper used by th
 
 from integration.backend_process import BackendProcess  # noqa: E402
 
-from ml_backend.datasets import write_digit_pngs  # noqa: E402
-from ml_backend.images import decode_image  # noqa: E402
-from ml_backend.local_label_studio import LocalLabelStudio  # noqa: E402
-from ml_backend.project_setup import connect_backend, create_project, upload_images  # noqa: E402
+from ml_backend.core.images import decode_image  # noqa: E402
+from ml_backend.core.settings import Settings  # noqa: E402
+from ml_backend.devtools.datasets import write_digit_pngs  # noqa: E402
+from ml_backend.devtools.local_label_studio import LocalLabelStudio  # noqa: E402
+from ml_backend.devtools.project_setup import connect_backend, create_project, upload_images  # noqa: E402
 from ml_backend.runtime import Runtime  # noqa: E402
-from ml_backend.settings import Settings  # noqa: E402
 
 BATCH = 64
 

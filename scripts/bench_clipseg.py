@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ml_backend.adapters.clipseg import (
+from ml_backend.models.clipseg.model import (
     RD64_IMAGE_SIDE,
     RD64_REFINED,
     TextSegmenter,

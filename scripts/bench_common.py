@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.ls_api import LabeledTask, labeled_tasks_from_export
+from ml_backend.labelstudio.api import LabeledTask, labeled_tasks_from_export
 
 
 class SimulatedAnnotator:
@@ -75,7 +75,7 @@ def save_random_sam(model_type: str, path: Path, seed: int = 0) -> Path:
     SAM_CHECKPOINT points at): real architecture, no downloaded weights. Timing only."""
     import torch
 
-    from ml_backend.adapters.sam import build_sam_model, sam_architecture
+    from ml_backend.models.sam.model import build_sam_model, sam_architecture
 
     if not path.is_file():
         torch.manual_seed(seed)

@@ -30,18 +30,18 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ml_backend.adapters.detector import (
+from ml_backend.core.detections import xyxy_to_ls_rect
+from ml_backend.core.settings import Settings
+from ml_backend.devtools.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
+from ml_backend.learning.selection import Strategy
+from ml_backend.models.detector.model import (
     DetectionSample,
     ultralytics_module,
     write_yolo_dataset,
 )
-from ml_backend.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
-from ml_backend.detections import xyxy_to_ls_rect
-from ml_backend.detector_training import train_detector_job
-from ml_backend.ranking import Strategy
-from ml_backend.reranking import rank_tasks
+from ml_backend.models.detector.training import train_detector_job
+from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
 
 from bench_common import SimulatedAnnotator, write_report
 
@@ -151,7 +151,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                          seed, args))
     n_objects = [len(s.labels) for s in scenes]
     report: dict[str, Any] = {
-        "dataset": "synthetic shapes (ml_backend.datasets.shape_scenes)",
+        "dataset": "synthetic shapes (ml_backend.devtools.datasets.shape_scenes)",
         "classes": list(SHAPE_CLASSES), "pool": args.pool, "heldout": args.holdout,
         "objects_per_image": [min(n_objects), max(n_objects)],
         "objects_total": int(sum(n_objects)),

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO / "tests"))  # the backend-process helper used by th
 
 from integration.backend_process import BackendProcess  # noqa: E402
 
-from ml_backend.datasets import shape_scenes  # noqa: E402
-from ml_backend.detections import xyxy_to_ls_rect  # noqa: E402
+from ml_backend.core.detections import xyxy_to_ls_rect  # noqa: E402
+from ml_backend.devtools.datasets import shape_scenes  # noqa: E402
 
 from bench_common import write_report  # noqa: E402
 

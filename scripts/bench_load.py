@@ -30,10 +30,10 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ml_backend.datasets import write_digit_pngs
+from ml_backend.core.settings import Settings
+from ml_backend.devtools.datasets import write_digit_pngs
+from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
-from ml_backend.training import train_classifier
 
 from bench_common import SimulatedAnnotator, measure_in_workdir, serve_backend, write_report
 

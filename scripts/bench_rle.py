@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Brush RLE encode time: ``ml_backend.rle.mask_to_rle`` vs label-studio-sdk's ``mask2rle``,
-side by side in one run, on a 1920×1080 mask that is smooth (one SAM-like blob) and one that
-is noisy (every pixel random). Both outputs are checked to be identical.
+"""Brush RLE encode time: ``ml_backend.labelstudio.rle.mask_to_rle`` vs label-studio-sdk's
+``mask2rle``, side by side in one run, on a 1920×1080 mask that is smooth (one SAM-like
+blob) and one that is noisy (every pixel random). Both outputs are checked to be identical.
 
     .venv/bin/python scripts/bench_rle.py [--repeats 5]
 """
@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from label_studio_sdk.converter.brush import mask2rle
 
-from ml_backend.rle import mask_to_rle
+from ml_backend.labelstudio.rle import mask_to_rle
 
 from bench_common import write_report
 
@@ -56,7 +56,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = np.arange(len(names))
     ax.bar(xs - 0.2, [report["masks"][n]["sdk_ms"] for n in names], 0.4, label="SDK mask2rle")
-    ax.bar(xs + 0.2, [report["masks"][n]["ours_ms"] for n in names], 0.4, label="ml_backend.rle")
+    ax.bar(xs + 0.2, [report["masks"][n]["ours_ms"] for n in names], 0.4,
+           label="ml_backend.labelstudio.rle")
     ax.set_xticks(xs, [f"{n}\n{report['masks'][n]['speedup']}x" for n in names])
     ax.set_yscale("log")
     ax.set_ylabel("encode time, 1920x1080 (ms, log)")

@@ -52,16 +52,16 @@ import torch
 from flask import Flask
 from PIL import Image
 
-from ml_backend.adapters.sam import (
+from ml_backend.core.jsonio import ArrayJSONProvider
+from ml_backend.core.settings import Settings
+from ml_backend.labelstudio.rle import mask_to_rle_array
+from ml_backend.models.sam.model import (
     SamEmbedding,
     SamMask,
     SamPrompt,
     SamSegmenter,
 )
-from ml_backend.jsonio import ArrayJSONProvider
-from ml_backend.rle import mask_to_rle_array
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
 
 from bench_common import (
     measure_in_workdir,

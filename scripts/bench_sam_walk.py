@@ -4,7 +4,7 @@ A simulated annotator walks a project's tasks in the queue's order through the b
 HTTP API, as Label Studio drives it:
 1. tasks are imported: ``TASKS_CREATED`` webhook (the backend queues their encodes);
 2. the queue is ranked: the job a re-rank queues for the head of the new order is
-   submitted (:func:`ml_backend.sam_precompute.queue_head_job`, what ``rerank_project``
+   submitted (:func:`ml_backend.models.sam.precompute.queue_head_job`, what ``rerank_project``
    returns). The order itself is a seeded shuffle standing in for the active-learning
    order, so it differs from the import order the first encodes follow;
 3. per task: open it (non-interactive ``/predict``, which Label Studio sends for a task
@@ -30,11 +30,11 @@ import numpy as np
 import requests
 from PIL import Image
 
-from ml_backend.jobs import InProcessQueue
+from ml_backend.core.settings import Settings
+from ml_backend.http.app import create_app
+from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.models.sam.precompute import queue_head_job
 from ml_backend.runtime import Runtime
-from ml_backend.sam_precompute import queue_head_job
-from ml_backend.server import create_app
-from ml_backend.settings import Settings
 
 from bench_common import sample_photo, save_random_sam, serve_loopback, write_report
 

@@ -48,7 +48,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _pick_port(preferred: int) -> int:
-    from ml_backend.local_label_studio import free_port, port_is_free
+    from ml_backend.devtools.local_label_studio import free_port, port_is_free
 
     return preferred if port_is_free(preferred) else free_port()
 
@@ -106,7 +106,7 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> Non
 def _setup_project(client: Any, ls: Any, backend_url: str, title: str, config: Path,
                    images: Callable[[], list[Path]]) -> int:
     """Create (or find again) a demo project; make sure it points at ``backend_url``."""
-    from ml_backend import project_setup as ps
+    from ml_backend.devtools import project_setup as ps
 
     existing = [p for p in client.projects.list() if p.title == title]
     if existing:
@@ -139,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from label_studio_sdk import LabelStudio
 
-    from ml_backend.local_label_studio import LocalLabelStudio
+    from ml_backend.devtools.local_label_studio import LocalLabelStudio
 
     data_dir = args.data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _wait_health(backend_url, backend, data_dir / "backend.log", timeout=180)
         print(f"backend up on {backend_url}")
         client = LabelStudio(base_url=ls.url, api_key=ls.api_key)
-        from ml_backend.datasets import write_digit_pngs, write_shape_pngs
+        from ml_backend.devtools.datasets import write_digit_pngs, write_shape_pngs
 
         project_id = _setup_project(
             client, ls, backend_url, PROJECT_TITLE, DIGIT_CONFIG,

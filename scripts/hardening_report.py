@@ -39,10 +39,10 @@ netguard.install()  # before anything can open a socket: loopback only
 
 from flask import Flask, redirect  # noqa: E402
 
-from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge  # noqa: E402
-from ml_backend.images import ImageLoader  # noqa: E402
-from ml_backend.settings import Settings  # noqa: E402
-from ml_backend.url_guard import AddressPolicy  # noqa: E402
+from ml_backend.core.errors import ImageError, ImageNotAllowed, ImageTooLarge  # noqa: E402
+from ml_backend.core.images import ImageLoader  # noqa: E402
+from ml_backend.core.settings import Settings  # noqa: E402
+from ml_backend.core.url_guard import AddressPolicy  # noqa: E402
 
 from crash_harness import (  # noqa: E402
     SAVE_KILL_DELAY_S,

@@ -53,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from label_studio_sdk import LabelStudio
 
-    from ml_backend import project_setup as ps
+    from ml_backend.devtools import project_setup as ps
 
     client = LabelStudio(base_url=url, api_key=api_key)
     out: dict[str, Any] = {"label_studio_url": url}

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ml_backend.jobs import InProcessQueue
+from ml_backend.core.settings import Settings
+from ml_backend.http.app import create_app
+from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
-from ml_backend.settings import Settings
 
 AppParts = tuple[Any, Runtime, InProcessQueue]  # (Flask test client, runtime, job queue)
 

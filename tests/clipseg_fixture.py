@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from ml_backend.adapters.clipseg import save_random_clipseg
-from ml_backend.settings import Settings
+from ml_backend.core.settings import Settings
+from ml_backend.models.clipseg.model import save_random_clipseg
 
 from app_fixture import AppParts, backend_app
 

@@ -15,7 +15,7 @@ import pytest
 from flask import Flask, Response, abort, request
 from PIL import Image
 
-from ml_backend.settings import Settings
+from ml_backend.core.settings import Settings
 
 import netguard
 from app_fixture import AppParts, backend_app

@@ -33,7 +33,7 @@ class _Annotations:
     """Label Studio's API as training reads it: the config and the labeled tasks."""
 
     def __init__(self, files: Path) -> None:
-        from ml_backend.datasets import write_digit_pngs
+        from ml_backend.devtools.datasets import write_digit_pngs
 
         self.tasks = []
         for i, (path, label) in enumerate(write_digit_pngs(files / "digits", 40, 32, seed=5)):
@@ -47,7 +47,7 @@ class _Annotations:
         return CONFIG
 
     def labeled_tasks(self, project: int) -> list[Any]:
-        from ml_backend.ls_api import labeled_tasks_from_export
+        from ml_backend.labelstudio.api import labeled_tasks_from_export
 
         return labeled_tasks_from_export(self.tasks)
 
@@ -56,7 +56,7 @@ class _Annotations:
 
 
 def settings_for(model_dir: Path, files: Path) -> Any:
-    from ml_backend.settings import Settings
+    from ml_backend.core.settings import Settings
 
     return Settings(model_dir=model_dir, cache_dir=model_dir.parent / "cache",
                     local_files_document_root=files, classifier_image_size=32,
@@ -64,7 +64,7 @@ def settings_for(model_dir: Path, files: Path) -> Any:
 
 
 def _child(mode: str, model_dir: Path, files: Path) -> None:
-    from ml_backend.store import ModelStore
+    from ml_backend.core.store import ModelStore
 
     if mode == "save":
         store = ModelStore(model_dir)
@@ -73,8 +73,8 @@ def _child(mode: str, model_dir: Path, files: Path) -> None:
             files_ = {f"part{i}.bin": os.urandom(rng.randint(1, 3) * 2**20) for i in range(3)}
             with store.locked(PROJECT):
                 store.save(PROJECT, "crash", files_, {"note": "kill test"})
+    from ml_backend.models.classifier.training import train_classifier
     from ml_backend.runtime import Runtime
-    from ml_backend.training import train_classifier
 
     runtime = Runtime(settings_for(model_dir, files))
     runtime.ls_api = _Annotations(files)  # type: ignore[assignment]
@@ -94,8 +94,8 @@ class KillReport:
 def check_store(mode: str, model_dir: Path, files: Path) -> str | None:
     """The current version's name after verifying it (and, for training, loading the
     classifier the way the server does); raises when the store is not loadable."""
+    from ml_backend.core.store import ModelStore
     from ml_backend.runtime import Runtime
-    from ml_backend.store import ModelStore
 
     if mode == "save":
         version = ModelStore(model_dir).latest(PROJECT)

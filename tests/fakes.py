@@ -1,13 +1,14 @@
-"""A stand-in for the backend's own Label Studio port (``ml_backend.ls_api.LabelStudioAPI``)
-in unit tests. The real Label Studio is used by the integration tests."""
+"""A stand-in for the backend's own Label Studio port
+(``ml_backend.labelstudio.api.LabelStudioAPI``) in unit tests. The real Label Studio is used
+by the integration tests."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
-from ml_backend.errors import LabelStudioUnavailable
-from ml_backend.ls_api import LabeledTask, TaskState, labeled_tasks_from_export
+from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.labelstudio.api import LabeledTask, TaskState, labeled_tasks_from_export
 
 
 def choice_task(task_id: int, image: str, control: str, choices: list[str],

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.adapters.sam import build_sam_model, sam_architecture
-from ml_backend.settings import Settings
+from ml_backend.core.settings import Settings
+from ml_backend.models.sam.model import build_sam_model, sam_architecture
 
 from app_fixture import AppParts, backend_app
 

@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.adapters.clipseg import load_clipseg, locate_clipseg
-from ml_backend.errors import ModelUnavailable
-from ml_backend.jobs import InProcessQueue
-from ml_backend.rle import rle_to_mask
+from ml_backend.core.errors import ModelUnavailable
+from ml_backend.http.app import create_app
+from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.labelstudio.rle import rle_to_mask
+from ml_backend.models.classifier.training import train_classifier
+from ml_backend.models.clipseg.model import load_clipseg, locate_clipseg
 from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
-from ml_backend.training import train_classifier
 
 from app_fixture import backend_app
 from conftest import DIGITS_CONFIG, hosted_digit_tasks

@@ -1,5 +1,5 @@
 """Model work runs on short-lived threads, so no long-lived thread keeps an OpenMP pool
-(see ml_backend/compute_threads.py for why that matters to click latency)."""
+(see ml_backend/jobs/compute_threads.py for why that matters to click latency)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import pytest
 import torch
 from test_sam import interactive_body, keypoint
 
-from ml_backend.compute_threads import on_short_lived_thread
-from ml_backend.jobs import InProcessQueue, JobKind
+from ml_backend.jobs.compute_threads import on_short_lived_thread
+from ml_backend.jobs.queues import InProcessQueue, JobKind
 from ml_backend.runtime import Runtime
 
 from sam_fixture import SEGMENTATION_CONFIG

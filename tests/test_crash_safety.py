@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ml_backend.store import ModelStore
+from ml_backend.core.store import ModelStore
 
 from app_fixture import backend_app
 from crash_harness import SAVE_KILL_DELAY_S, TRAIN_KILL_DELAY_S, kill_rounds

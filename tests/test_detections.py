@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.detections import (
+from ml_backend.core.detections import (
     Detections,
     label_map,
     ls_rect_to_xyxy,
     xyxy_to_ls_rect,
     xyxy_to_yolo,
 )
-from ml_backend.ranking import detection_uncertainty
+from ml_backend.learning.selection import detection_uncertainty
 
 
 @pytest.mark.parametrize("width, height, xyxy, rect", [

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ml_backend.adapters.detector import DetectionSample, locate_detector, write_yolo_dataset
-from ml_backend.detecting import control_boxes, score_threshold
-from ml_backend.detections import Detections
-from ml_backend.detector_training import boxes_of
-from ml_backend.errors import ModelUnavailable
-from ml_backend.label_config import ModelFamily, parse_label_config
-from ml_backend.results import Boxes, Classification, combine_outputs, task_prediction
+from ml_backend.core.detections import Detections
+from ml_backend.core.errors import ModelUnavailable
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
+from ml_backend.labelstudio.results import Boxes, Classification, combine_outputs, task_prediction
+from ml_backend.models.detector.boxes import control_boxes, score_threshold
+from ml_backend.models.detector.model import DetectionSample, locate_detector, write_yolo_dataset
+from ml_backend.models.detector.training import boxes_of
 
 CONFIG = """<View>
   <Image name="image" value="$image"/>

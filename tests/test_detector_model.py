@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from ml_backend.datasets import SHAPE_CLASSES, shape_scenes
-from ml_backend.detections import xyxy_to_ls_rect
-from ml_backend.detector_training import FineTuneSpec, fine_tune, train_detector_job
-from ml_backend.errors import BackendError
-from ml_backend.jobs import InProcessQueue
+from ml_backend.core.detections import xyxy_to_ls_rect
+from ml_backend.core.errors import BackendError
+from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
+from ml_backend.http.app import create_app
+from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.models.classifier.training import train_classifier
+from ml_backend.models.detector.training import FineTuneSpec, fine_tune, train_detector_job
 from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
-from ml_backend.training import train_classifier
 
 from conftest import png_bytes
 from fakes import FakeLabelStudioAPI

@@ -16,10 +16,10 @@ import requests
 from flask import Flask, Response, redirect, request
 from PIL import Image
 
-from ml_backend import images
-from ml_backend.errors import ImageError, ImageNotAllowed, ImageTooLarge
-from ml_backend.images import ImageLoader, LoadedImage, decode_image
-from ml_backend.settings import Settings
+from ml_backend.core import images
+from ml_backend.core.errors import ImageError, ImageNotAllowed, ImageTooLarge
+from ml_backend.core.images import ImageLoader, LoadedImage, decode_image
+from ml_backend.core.settings import Settings
 
 from hostile_inputs import write_huge_png
 from http_fixtures import wsgi_server  # noqa: F401

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from ml_backend.jobs import InProcessQueue, JobKind, RQQueue, bind_worker_runtime
+from ml_backend.jobs.queues import InProcessQueue, JobKind, RQQueue, bind_worker_runtime
+from ml_backend.models.classifier.training import merge_train_payloads
 from ml_backend.runtime import Runtime
-from ml_backend.training import merge_train_payloads
 
 from conftest import DIGITS_CONFIG, digit_images
 from fakes import FakeLabelStudioAPI, choice_task

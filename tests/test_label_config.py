@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from ml_backend.errors import UnsupportedConfig
-from ml_backend.label_config import ModelFamily, parse_label_config
+from ml_backend.core.errors import UnsupportedConfig
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 
 from conftest import load_capture
 

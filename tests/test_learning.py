@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.learning import (
+from ml_backend.learning.heads import (
     LinearHead,
     confidence,
     fit_head,

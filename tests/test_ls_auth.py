@@ -10,9 +10,9 @@ import pytest
 import requests
 from flask import Flask, jsonify, request
 
-from ml_backend import ls_auth
-from ml_backend.errors import LabelStudioUnavailable
-from ml_backend.ls_auth import LabelStudioAuth, is_jwt, jwt_expiry, url_origin
+from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.labelstudio import auth as ls_auth
+from ml_backend.labelstudio.auth import LabelStudioAuth, is_jwt, jwt_expiry, url_origin
 
 from http_fixtures import wsgi_server  # noqa: F401
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ml_backend.label_config import parse_label_config
-from ml_backend.masks import mask_to_polygons
-from ml_backend.results import Mask, output_regions
-from ml_backend.rle import rle_to_mask
+from ml_backend.labelstudio.label_config import parse_label_config
+from ml_backend.labelstudio.masks import mask_to_polygons
+from ml_backend.labelstudio.results import Mask, output_regions
+from ml_backend.labelstudio.rle import rle_to_mask
 
 CONFIG = """<View><Image name="image" value="$image"/>
   <BrushLabels name="brush" toName="image"><Label value="Cell"/></BrushLabels>

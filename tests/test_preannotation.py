@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from ml_backend.errors import LabelStudioUnavailable
-from ml_backend.training import train_classifier
+from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.models.classifier.training import train_classifier
 
 from conftest import DIGITS_CONFIG, digit_images
 from fakes import FakeLabelStudioAPI, choice_task

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from ml_backend.training import train_classifier
+from ml_backend.models.classifier.training import train_classifier
 
 from conftest import CAPTURES, digit_images, load_capture
 from fakes import FakeLabelStudioAPI, choice_task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.ranking import (
+from ml_backend.learning.selection import (
     Strategy,
     entropy,
     least_confidence,

@@ -11,16 +11,16 @@ from typing import Any
 
 import pytest
 
-from ml_backend.jobs import (
+from ml_backend.core.settings import Settings
+from ml_backend.devtools.local_label_studio import find_label_studio_bin
+from ml_backend.http.app import create_app
+from ml_backend.jobs.queues import (
     InProcessQueue,
     JobKind,
     publish_storage,
     storage_mismatch,
 )
-from ml_backend.local_label_studio import find_label_studio_bin
 from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
-from ml_backend.settings import Settings
 
 from redis_fixture import running_redis
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.errors import BackendError
-from ml_backend.ranking import Strategy
-from ml_backend.reranking import rank_tasks, rerank_project, throttle_rerank
-from ml_backend.training import train_classifier
+from ml_backend.core.errors import BackendError
+from ml_backend.learning.selection import Strategy
+from ml_backend.models.classifier.training import train_classifier
+from ml_backend.pipeline.ranking import rank_tasks, rerank_project, throttle_rerank
 
 from conftest import DIGITS_CONFIG, digit_images
 from fakes import FakeLabelStudioAPI, choice_task

@@ -8,7 +8,7 @@ from label_studio_sdk.converter.brush import decode_rle as sdk_decode_rle
 from label_studio_sdk.converter.brush import encode_rle as sdk_encode_rle
 from label_studio_sdk.converter.brush import mask2rle
 
-from ml_backend.rle import decode_rle, encode_rle, mask_to_rle, rle_to_mask
+from ml_backend.labelstudio.rle import decode_rle, encode_rle, mask_to_rle, rle_to_mask
 
 
 def _masks(count: int, seed: int = 0) -> list[np.ndarray]:
@@ -86,7 +86,7 @@ def test_byte_arrays_are_written_as_the_same_json_as_lists() -> None:
 
     from flask import Flask
 
-    from ml_backend.jsonio import ArrayJSONProvider, plain, uint8_array_json
+    from ml_backend.core.jsonio import ArrayJSONProvider, plain, uint8_array_json
 
     rng = np.random.default_rng(3)
     for values in [np.array([], np.uint8), np.array([0], np.uint8),

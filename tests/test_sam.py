@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.jobs import InProcessQueue
-from ml_backend.label_config import ModelFamily, parse_label_config
-from ml_backend.rle import rle_to_mask
+from ml_backend.http.app import create_app
+from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
+from ml_backend.labelstudio.rle import rle_to_mask
+from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
-from ml_backend.server import create_app
-from ml_backend.training import train_classifier
 
 from app_fixture import backend_app
 from conftest import DIGITS_CONFIG, hosted_digit_tasks, load_capture
@@ -138,7 +138,7 @@ def test_polygon_control_gets_a_simplified_polygon(sam_app) -> None:
 
 
 def test_with_brush_and_polygon_the_control_next_to_the_smart_tool_wins() -> None:
-    from ml_backend.segmenting import click_request
+    from ml_backend.models.sam.prompts import click_request
 
     both = """<View><Image name="image" value="$image"/>
       <BrushLabels name="mask" toName="image"><Label value="Cat"/></BrushLabels>

@@ -15,16 +15,16 @@ import numpy as np
 import pytest
 from test_sam import MIXED_CONFIG, interactive_body, keypoint
 
-from ml_backend.adapters.sam import SamEmbedding
-from ml_backend.rle import rle_to_mask
-from ml_backend.sam_embeddings import SamEmbeddingStore, serialize
-from ml_backend.sam_precompute import (
+from ml_backend.labelstudio.rle import rle_to_mask
+from ml_backend.models.classifier.training import train_classifier
+from ml_backend.models.sam.embeddings import SamEmbeddingStore, serialize
+from ml_backend.models.sam.model import SamEmbedding
+from ml_backend.models.sam.precompute import (
     merge_precompute_payloads,
     precompute_payload,
     precompute_project,
     precompute_sam_job,
 )
-from ml_backend.training import train_classifier
 
 from conftest import digit_images, load_capture, png_bytes
 from fakes import FakeLabelStudioAPI, choice_task
@@ -156,7 +156,7 @@ def test_concurrent_clicks_on_different_images_never_mix(sam_app, docs) -> None:
     segmenter = runtime.segmenter()
     for url, got in zip(urls, concurrent, strict=True):
         data, _ = runtime.images.load_bytes(url)
-        from ml_backend.images import decode_image
+        from ml_backend.core.images import decode_image
 
         alone = segmenter.segment(segmenter.embed(decode_image(data, 10**8)),
                                   interactive_prompt(WIDTH, HEIGHT))
@@ -165,7 +165,7 @@ def test_concurrent_clicks_on_different_images_never_mix(sam_app, docs) -> None:
 
 
 def interactive_prompt(width: int, height: int) -> Any:
-    from ml_backend.adapters.sam import SamPrompt
+    from ml_backend.models.sam.model import SamPrompt
 
     return SamPrompt(np.array([[0.6 * width, 0.5 * height]]), np.array([True]))
 
@@ -255,8 +255,8 @@ def _mixed_project(image_host: Any, count: int) -> tuple[list[dict[str, Any]], A
 
 def test_rerank_precomputes_the_head_of_the_new_queue(make_settings, image_host,
                                                       tiny_sam) -> None:
-    from ml_backend.jobs import InProcessQueue
-    from ml_backend.reranking import rerank_project
+    from ml_backend.jobs.queues import InProcessQueue
+    from ml_backend.pipeline.ranking import rerank_project
     from ml_backend.runtime import Runtime
 
     from sam_fixture import TINY_SAM_TYPE

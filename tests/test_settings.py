@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ml_backend.ranking import Strategy
-from ml_backend.settings import Settings
+from ml_backend.core.settings import Settings
+from ml_backend.learning.selection import Strategy
 
 
 def test_defaults_rank_by_margin_with_a_random_hedge() -> None:
@@ -42,7 +42,7 @@ def test_log_format_is_text_or_json() -> None:
     import json
     import logging
 
-    from ml_backend.logs import JsonFormatter
+    from ml_backend.core.logs import JsonFormatter
 
     assert Settings.from_env({"LOG_FORMAT": "JSON"}).log_format == "json"
     with pytest.raises(ValueError, match="LOG_FORMAT"):

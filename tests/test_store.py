@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend.store import ModelStore
+from ml_backend.core.store import ModelStore
 
 
 def test_save_latest_and_versions(tmp_path: Path) -> None:

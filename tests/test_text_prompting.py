@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ml_backend.errors import BadRequest
-from ml_backend.label_config import ModelFamily, parse_label_config
-from ml_backend.masks import component_boxes, mask_components
-from ml_backend.ranking import probability_map_uncertainty
-from ml_backend.results import Boxes, Mask
-from ml_backend.text_prompting import (
+from ml_backend.core.errors import BadRequest
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
+from ml_backend.labelstudio.masks import component_boxes, mask_components
+from ml_backend.labelstudio.results import Boxes, Mask
+from ml_backend.learning.selection import probability_map_uncertainty
+from ml_backend.models.clipseg.prompts import (
     TextSettings,
     context_threshold,
     control_threshold,

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.label_config import ModelFamily, parse_label_config
-from ml_backend.training import targets_for, train_classifier
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
+from ml_backend.models.classifier.training import targets_for, train_classifier
 
 from conftest import DIGITS_CONFIG, hosted_digit_tasks
 from fakes import FakeLabelStudioAPI, choice_task
@@ -134,8 +134,8 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
 
 
 def test_incremental_updates_rechoose_regularisation_when_labels_double() -> None:
-    from ml_backend.learning import LinearHead
-    from ml_backend.training import _reusable_l2
+    from ml_backend.learning.heads import LinearHead
+    from ml_backend.models.classifier.training import _reusable_l2
 
     def head(chosen_at: float) -> LinearHead:
         return LinearHead(("a", "b"), False, np.zeros((2, 2)), np.zeros(2), np.zeros(2),

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from flask import Flask, redirect
 
-from ml_backend.errors import ImageNotAllowed
-from ml_backend.images import ImageLoader
-from ml_backend.settings import Settings
-from ml_backend.url_guard import AddressPolicy, numeric_address, refusal
+from ml_backend.core.errors import ImageNotAllowed
+from ml_backend.core.images import ImageLoader
+from ml_backend.core.settings import Settings
+from ml_backend.core.url_guard import AddressPolicy, numeric_address, refusal
 
 from hostile_inputs import REFUSED_HOSTS, REFUSED_SCHEMES, Listener
 from http_fixtures import wsgi_server  # noqa: F401  (fixture)
@@ -117,7 +117,7 @@ def test_dns_rebinding_is_stopped_at_connect_time(tmp_path, listener: Listener) 
     answers = iter([["93.184.216.34"], ["127.0.0.1"]])
     loader = _loader(tmp_path, None)
     loader._policy = AddressPolicy.create([], [], resolve=lambda host, port: next(answers))
-    from ml_backend.url_guard import GuardedAdapter
+    from ml_backend.core.url_guard import GuardedAdapter
 
     loader._session.mount("http://", GuardedAdapter(loader._policy))
     with pytest.raises(ImageNotAllowed, match="connect time"):

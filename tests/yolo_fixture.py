@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ml_backend.adapters.detector import DetectionSample, write_yolo_dataset
-from ml_backend.datasets import SHAPE_CLASSES, shape_scenes
-from ml_backend.detector_training import FineTuneSpec, fine_tune
+from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
+from ml_backend.models.detector.model import DetectionSample, write_yolo_dataset
+from ml_backend.models.detector.training import FineTuneSpec, fine_tune
 
 SIZE = 64
 

@@ -12,7 +12,7 @@ _TESTS_DIR = str(Path(__file__).resolve().parents[1])
 if _TESTS_DIR not in sys.path:  # make tests/redis_fixture.py importable from here
     sys.path.insert(0, _TESTS_DIR)
 
-from ml_backend.local_label_studio import LocalLabelStudio  # noqa: E402
+from ml_backend.devtools.local_label_studio import LocalLabelStudio  # noqa: E402
 
 from redis_fixture import redis_server  # noqa: E402
 

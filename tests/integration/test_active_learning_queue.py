@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_backend.datasets import write_digit_pngs
-from ml_backend.project_setup import (
+from ml_backend.devtools.datasets import write_digit_pngs
+from ml_backend.devtools.project_setup import (
     connect_backend,
     create_informative_view,
     create_project,

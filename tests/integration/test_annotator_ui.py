@@ -22,17 +22,17 @@ from typing import Any
 import pytest
 import requests
 
-from ml_backend.ls_api import LabelStudioAPI
-from ml_backend.project_setup import (
+from ml_backend.core.settings import Settings
+from ml_backend.devtools.project_setup import (
     connect_backend,
     create_informative_view,
     create_project,
     retrieve_predictions,
     upload_images,
 )
+from ml_backend.labelstudio.api import LabelStudioAPI
+from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
-from ml_backend.training import train_classifier
 
 from .backend_process import BackendProcess, backend_env
 
@@ -133,7 +133,7 @@ def test_1_classification_prediction_is_selected_with_its_score(label_studio, ls
 
 def test_2_detection_boxes_are_drawn_with_their_labels(label_studio, ls_client, page,
                                                        tmp_path: Path) -> None:
-    from ml_backend.datasets import shape_scenes
+    from ml_backend.devtools.datasets import shape_scenes
 
     from yolo_fixture import png_bytes, train_tiny_yolo
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_backend.datasets import write_digit_pngs
-from ml_backend.project_setup import (
+from ml_backend.devtools.datasets import write_digit_pngs
+from ml_backend.devtools.project_setup import (
     connect_backend,
     create_project,
     retrieve_predictions,

@@ -11,9 +11,9 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.datasets import shape_scenes
-from ml_backend.detections import xyxy_to_ls_rect
-from ml_backend.project_setup import (
+from ml_backend.core.detections import xyxy_to_ls_rect
+from ml_backend.devtools.datasets import shape_scenes
+from ml_backend.devtools.project_setup import (
     connect_backend,
     create_project,
     retrieve_predictions,

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_backend.datasets import write_digit_pngs
-from ml_backend.local_label_studio import LocalLabelStudio
-from ml_backend.project_setup import (
+from ml_backend.devtools.datasets import write_digit_pngs
+from ml_backend.devtools.local_label_studio import LocalLabelStudio
+from ml_backend.devtools.project_setup import (
     INFORMATIVE_VIEW_TITLE,
     create_informative_view,
     create_project,
@@ -120,7 +120,7 @@ def _score(task_id: int) -> float:
 def test_connect_backend_and_retrieve_predictions(
     label_studio: LocalLabelStudio, ls_client, tmp_path: Path
 ):
-    from ml_backend.project_setup import connect_backend, retrieve_predictions
+    from ml_backend.devtools.project_setup import connect_backend, retrieve_predictions
 
     from http_fixtures import serve_app
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from ml_backend.ls_api import LabelStudioAPI
-from ml_backend.project_setup import create_project, upload_images
+from ml_backend.core.settings import Settings
+from ml_backend.devtools.project_setup import create_project, upload_images
+from ml_backend.labelstudio.api import LabelStudioAPI
+from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
-from ml_backend.settings import Settings
-from ml_backend.training import train_classifier
 
 from .backend_process import backend_env
 
@@ -53,8 +53,8 @@ def test_500_tasks_two_workers_one_killed(label_studio, ls_client, redis_server,
                                           tmp_path: Path) -> None:
     from redis import Redis
 
-    from ml_backend.jobs import RQQueue
-    from ml_backend.preannotation import PLAN_JOB, plan_key
+    from ml_backend.jobs.queues import RQQueue
+    from ml_backend.pipeline.preannotation import PLAN_JOB, plan_key
 
     from conftest import digit_images
     from fakes import FakeLabelStudioAPI, choice_task

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_backend.project_setup import connect_backend, create_project, upload_images
+from ml_backend.devtools.project_setup import connect_backend, create_project, upload_images
 
 from .backend_process import BackendProcess, backend_env
 

@@ -24,9 +24,9 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.datasets import shape_scenes, write_digit_pngs
-from ml_backend.detections import xyxy_to_ls_rect
-from ml_backend.project_setup import connect_backend, create_project, upload_images
+from ml_backend.core.detections import xyxy_to_ls_rect
+from ml_backend.devtools.datasets import shape_scenes, write_digit_pngs
+from ml_backend.devtools.project_setup import connect_backend, create_project, upload_images
 
 from .backend_process import BackendProcess
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ml_backend.project_setup import (
+from ml_backend.devtools.project_setup import (
     connect_backend,
     create_project,
     register_webhook,

@@ -1,0 +1,1 @@
+"""Settings, errors, the model store, image fetching and the small shared pieces."""

@@ -1,0 +1,1 @@
+"""Development and demo tools: a local Label Studio, datasets, project setup."""

@@ -1,0 +1,1 @@
+"""The HTTP layer: Flask routes, the endpoints' behaviour, metrics. No torch here."""

@@ -1,0 +1,278 @@
+"""The backend's behaviour per protocol endpoint, with no HTTP in it.
+
+Each public method takes a parsed JSON body and returns a JSON-able dict, or raises a
+:mod:`ml_backend.core.errors` category that the HTTP layer maps to a status code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ml_backend.core.errors import BackendError, BadRequest, NotFound
+from ml_backend.http.metrics import Metrics
+from ml_backend.jobs.compute_threads import on_short_lived_thread
+from ml_backend.jobs.queues import JobQueue
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
+from ml_backend.models.clipseg.prompts import typed_prompt
+from ml_backend.models.detector.training import JOB as DETECTOR_TRAIN_JOB
+from ml_backend.models.sam.precompute import JOB as SAM_EMBED_JOB
+from ml_backend.models.sam.precompute import job_key, precompute_payload, prompt_keys
+from ml_backend.models.sam.prompts import click_request
+from ml_backend.pipeline.preannotation import PLAN_JOB, plan_key, preannotation_state
+from ml_backend.pipeline.prediction import Predictor
+from ml_backend.pipeline.ranking import STATE_TOP, ranking_state
+from ml_backend.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
+            "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
+
+
+def parse_project_id(value: Any) -> int | None:
+    """Label Studio sends ``"<id>.<created unix time>"`` to /setup and /predict, a record with
+    ``id`` in webhooks, and sometimes a bare int."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    if isinstance(value, bool):
+        raise BadRequest(f"project must be an id, got {value!r}")
+    if isinstance(value, int):
+        return value if value >= 0 else None
+    if isinstance(value, str):
+        head = value.split(".", 1)[0]
+        if head.isascii() and head.isdigit():
+            return int(head)
+    raise BadRequest(f"project must look like '<id>.<timestamp>' or an integer id, "
+                     f"got {value!r}")
+
+
+def _require_dict(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what} body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+class Backend:
+    def __init__(self, runtime: Runtime, jobs: JobQueue, metrics: Metrics) -> None:
+        self.runtime = runtime
+        self.jobs = jobs
+        self.metrics = metrics
+        self._configs: dict[int, str] = {}
+        self.predictor = Predictor(runtime, metrics)
+        self.started_at = time.time()
+
+    # --- GET /health, GET /versions --------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        failing = self.runtime.store.failing_jobs()
+        detector = self.runtime.detector_status()
+        fine_tunes = {str(p): jobs[DETECTOR_TRAIN_JOB] for p, jobs in failing.items()
+                      if DETECTOR_TRAIN_JOB in jobs}
+        if fine_tunes:
+            detector["training_failures"] = fine_tunes
+            detector["training_warning"] = "; ".join(
+                f"project {p}: fine-tune failed {f['failures_in_a_row']}× in a row, last: "
+                f"{f['last_error'][:200]}" for p, f in fine_tunes.items())
+        return {
+            "status": "UP",
+            "model_class": "ActiveLearningBackend",
+            "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status(),
+                       ModelFamily.DETECTOR.value: detector,
+                       "sam": self.runtime.sam_status(),
+                       ModelFamily.TEXT_SEGMENTER.value: self.runtime.clipseg_status()},
+            "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
+            # Model versions that failed their checksums and were set aside, per project.
+            "quarantined": {str(k): v for k, v in self.runtime.store.quarantined().items()},
+            # Jobs whose latest runs failed, per project (a failing fine-tune, say).
+            "failing_jobs": {str(k): v for k, v in failing.items()},
+            # Where this process keeps models and caches (absolute; compare with workers').
+            "storage": self.runtime.settings.paths(),
+            "uptime_s": round(time.time() - self.started_at, 1),
+        }
+
+    def versions(self, project: int | None = None) -> dict[str, Any]:
+        store = self.runtime.store
+        projects = [project] if project is not None else store.projects()
+        names = [name for p in projects for name in reversed(store.versions(p))]
+        return {"versions": [*names, self.runtime.untrained_version()]}
+
+    # --- GET/POST /ranking/<project> --------------------------------------------------------
+    def ranking(self, project: int, limit: int = 50) -> dict[str, Any]:
+        state = ranking_state(self.runtime, project, max(0, min(limit, STATE_TOP)))
+        if state is None:
+            raise NotFound(f"project {project} has not been ranked yet (it needs a trained "
+                           "model and LABEL_STUDIO_URL / LABEL_STUDIO_API_KEY)")
+        return state
+
+    def rerank(self, project: int) -> dict[str, Any]:
+        if self.runtime.ls_api is None:
+            raise BadRequest("re-ranking writes to Label Studio: set LABEL_STUDIO_URL and "
+                             "LABEL_STUDIO_API_KEY")
+        job = self.jobs.submit("rerank", {"project": project, "force": True},
+                               key=f"rerank:{project}")
+        return {"status": "queued", "job": job}
+
+    # --- POST/GET /preannotate/<project> ---------------------------------------------------
+    def preannotate(self, project: int) -> dict[str, Any]:
+        if self.runtime.ls_api is None:
+            raise BadRequest("pre-annotation reads and writes Label Studio: set "
+                             "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+        job = self.jobs.submit(PLAN_JOB, {"project": project}, key=plan_key(project))
+        return {"status": "queued", "job": job}
+
+    def preannotation(self, project: int) -> dict[str, Any]:
+        state = preannotation_state(self.runtime, project)
+        if state is None:
+            raise NotFound(f"project {project} has not been pre-annotated yet")
+        return state
+
+    # --- POST /setup -------------------------------------------------------------------------
+    def setup(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/setup")
+        schema = body.get("schema")
+        if not isinstance(schema, str) or not schema.strip():
+            raise BadRequest("/setup needs 'schema': the project's label config XML")
+        project = parse_project_id(body.get("project"))
+        parsed = parse_label_config(schema)  # raises UnsupportedConfig with the reason
+        if project is not None:
+            self._configs[project] = schema
+        if parsed.unserved:
+            log.info("project %s: not served: %s", project, "; ".join(parsed.unserved))
+        return {"model_version": self.runtime.model_version(project)}
+
+    # --- POST /predict -----------------------------------------------------------------------
+    def predict(self, body: Any) -> dict[str, Any]:
+        # Model work on a thread of its own: see compute_threads.
+        return on_short_lived_thread("predict", lambda: self._predict(body))
+
+    def _predict(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/predict")
+        tasks = body.get("tasks")
+        if not isinstance(tasks, list):
+            raise BadRequest("/predict needs 'tasks': a list of Label Studio tasks")
+        limit = self.runtime.settings.max_tasks_per_request
+        if len(tasks) > limit:
+            raise BadRequest(f"{len(tasks)} tasks in one request; the limit is {limit} "
+                             "(MAX_TASKS_PER_REQUEST)")
+        project = parse_project_id(body.get("project"))
+        config = body.get("label_config") or (self._configs.get(project)
+                                              if project is not None else None)
+        if not isinstance(config, str):
+            raise BadRequest("/predict needs 'label_config' (or a prior /setup of the project)")
+        parsed = parse_label_config(config)
+        params = body.get("params") if isinstance(body.get("params"), dict) else {}
+        click = click_request(params.get("context"), parsed) if parsed.prompts else None
+        if click is not None:
+            return {"results": [self.predictor.segment(tasks, click, project)]}
+        typed = typed_prompt(params.get("context"), parsed) if parsed.text_inputs else None
+        if typed is not None:
+            return {"results": [self.predictor.text_prompt(tasks, typed, parsed,
+                                                            params["context"], project)]}
+        if parsed.prompts and project is not None:
+            self._precompute_sam(project, config, tasks)
+        return {"results": self.predictor.predict_tasks(
+            tasks, parsed, project, self.runtime.settings.request_time_budget_s)}
+
+    def _precompute_sam(self, project: int, config: str, tasks: list[Any]) -> None:
+        """Tasks being pre-annotated or opened get their SAM embeddings ahead of the first
+        click (queued first: they are what an annotator is about to see)."""
+        if not self.runtime.sam_configured():
+            return
+        payload = precompute_payload(project, tasks, prompt_keys(config),
+                                     self.runtime.settings.sam_precompute_max_tasks)
+        if payload is not None:
+            self.jobs.submit(SAM_EMBED_JOB, payload, key=job_key(project))
+
+    # --- POST /train (only when Label Studio's start-training webhook flag is off) ----------
+    def train(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/train")
+        export = body.get("annotations")
+        if not isinstance(export, list):
+            raise BadRequest("/train needs 'annotations': the annotated tasks")
+        project = parse_project_id(body.get("project"))
+        if project is None:
+            raise BadRequest("/train needs 'project'")
+        config = body.get("label_config")
+        if not isinstance(config, str):
+            raise BadRequest("/train needs 'label_config'")
+        parse_label_config(config)
+        self._configs[project] = config
+        jobs = [self.jobs.submit(name, {"project": project, "mode": "full", "export": export,
+                                        "label_config": config}, key=f"{name}:{project}")
+                for name in self._trainers(project)]
+        return {"status": "queued", "job": jobs[0], "jobs": jobs}
+
+    # --- POST /webhook -----------------------------------------------------------------------
+    def webhook(self, body: Any) -> dict[str, Any]:
+        body = _require_dict(body, "/webhook")
+        action = body.get("action")
+        if not isinstance(action, str):
+            raise BadRequest("webhook body needs 'action'")
+        self.metrics.webhooks.labels(action=action[:40]).inc()
+        project_record = body.get("project") if isinstance(body.get("project"), dict) else {}
+        project = parse_project_id(project_record) if project_record else None
+        if project is None:
+            for key in ("annotation", "task"):
+                if isinstance(body.get(key), dict) and "project" in body[key]:
+                    project = parse_project_id(body[key]["project"])
+        if action not in TRAIN_ON | {"START_TRAINING", "TASKS_CREATED"}:
+            return {"status": "ignored", "action": action}
+        if project is None:
+            raise BadRequest(f"{action} webhook carries no project id")
+        config = project_record.get("label_config")
+        if isinstance(config, str):
+            self._configs[project] = config
+        if action == "TASKS_CREATED":
+            if not isinstance(config, str) or not isinstance(body.get("tasks"), list):
+                return {"status": "ignored", "action": action}
+            try:
+                parsed = parse_label_config(config)
+            except BackendError as exc:  # a project this backend cannot serve: nothing to do
+                return {"status": "ignored", "action": action, "reason": str(exc)}
+            if parsed.prompts:
+                self._precompute_sam(project, config, body["tasks"])
+            if not parsed.for_family(ModelFamily.CLASSIFIER) and not parsed.for_family(
+                    ModelFamily.DETECTOR):
+                return {"status": "queued", "action": action}
+            # Embedding new tasks' images now makes their first /predict fast; the job then
+            # re-ranks the queue so the new tasks take their place in it.
+            job = self.jobs.submit("embed", {"project": project, "tasks": body["tasks"],
+                                             "label_config": config, "rerank": True})
+            return {"status": "queued", "action": action, "job": job}
+        payload: dict[str, Any] = {"project": project,
+                                   "mode": "full" if action == "START_TRAINING" else "incremental",
+                                   "label_config": config if isinstance(config, str) else None}
+        if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}:
+            # The event's own annotation lets training skip a full re-read when recent.
+            for key in ("task", "annotation"):
+                if isinstance(body.get(key), dict):
+                    payload[key] = body[key]
+        jobs = [self.jobs.submit(name, payload, key=f"{name}:{project}")
+                for name in self._trainers(project)]
+        job = jobs[0]
+        annotation = body.get("annotation")
+        if isinstance(annotation, dict) and annotation.get("was_cancelled") \
+                and self.runtime.settings.rerank_after_training and self.runtime.ls_api:
+            # A skip changes no label (training will find nothing new) but the skipped task
+            # must leave the head of the queue.
+            self.jobs.submit("rerank", {"project": project, "force": True},
+                             key=f"rerank:{project}")
+        return {"status": "queued", "action": action, "job": job, "jobs": jobs}
+
+    def _trainers(self, project: int) -> list[str]:
+        """The training jobs a project's config needs; both when its config is unknown (the
+        jobs read it from Label Studio and skip what does not apply)."""
+        config = self._configs.get(project)
+        try:
+            parsed = parse_label_config(config) if config else None
+        except BackendError:
+            parsed = None
+        names = []
+        if parsed is None or parsed.for_family(ModelFamily.CLASSIFIER):
+            names.append("train")
+        if parsed is None or parsed.for_family(ModelFamily.DETECTOR):
+            names.append(DETECTOR_TRAIN_JOB)
+        return names or ["train"]

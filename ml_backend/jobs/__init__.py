@@ -1,0 +1,1 @@
+"""Background jobs: the in-process and Redis + RQ queues, compute threads."""

@@ -1,0 +1,1 @@
+"""Everything that speaks Label Studio: API client, auth, label config, result JSON."""

@@ -1,0 +1,227 @@
+"""What the backend reads from and writes to Label Studio's API (the source of truth).
+
+Training data is always taken from Label Studio, never only from webhook bodies, so that a
+missed or repeated webhook loses nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.core.jsonio import plain
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LabeledTask:
+    """A task with the annotation that counts for training: the ground-truth one if any,
+    else the most recently updated, non-cancelled one."""
+
+    task_id: int
+    data: dict[str, Any]
+    annotation_id: int
+    updated_at: str
+    result: list[dict[str, Any]]
+
+
+def pick_annotation(annotations: list[dict[str, Any]]) -> dict[str, Any] | None:
+    usable = [a for a in annotations if not a.get("was_cancelled") and a.get("result")]
+    if not usable:
+        return None
+    return max(usable, key=lambda a: (bool(a.get("ground_truth")), str(a.get("updated_at")),
+                                      int(a.get("id") or 0)))
+
+
+def labeled_tasks_from_export(tasks: list[dict[str, Any]]) -> list[LabeledTask]:
+    """Label Studio's JSON export (tasks with ``annotations``) → :class:`LabeledTask` list."""
+    out = []
+    for task in tasks:
+        annotation = pick_annotation(task.get("annotations") or [])
+        if annotation is None or not isinstance(task.get("data"), dict):
+            continue
+        out.append(LabeledTask(
+            task_id=int(task["id"]), data=task["data"], annotation_id=int(annotation["id"]),
+            updated_at=str(annotation.get("updated_at") or ""),
+            result=list(annotation.get("result") or []),
+        ))
+    return out
+
+
+class LabelStudioAPI:
+    """Thin wrapper over label-studio-sdk's client for the calls the backend makes."""
+
+    def __init__(self, base_url: str, api_key: str, timeout_s: float = 30.0) -> None:
+        from label_studio_sdk import LabelStudio
+
+        self.base_url = base_url.rstrip("/")
+        self._client = LabelStudio(base_url=self.base_url, api_key=api_key, timeout=timeout_s)
+
+    def label_config(self, project: int) -> str:
+        try:
+            return str(self._client.projects.get(id=project).label_config)
+        except Exception as exc:  # SDK/httpx errors of many kinds: one category for callers
+            raise LabelStudioUnavailable(
+                f"cannot read project {project}: {_short(exc)}") from exc
+
+    def labeled_tasks(self, project: int) -> list[LabeledTask]:
+        """Every annotated task of ``project`` (one export request)."""
+        return labeled_tasks_from_export(self._export(project, all_tasks=False))
+
+    def project_tasks(self, project: int) -> tuple[list[LabeledTask], list[dict[str, Any]]]:
+        """``(labeled, unlabeled)`` tasks of ``project`` from one export: unlabeled ones are
+        those without a submitted annotation, as in Label Studio's ``total_annotations = 0``
+        filter; those an annotator skipped carry ``"skipped": True``."""
+        tasks = self._export(project, all_tasks=True)
+        unlabeled = []
+        for task in tasks:
+            annotations = task.get("annotations") or []
+            if isinstance(task.get("data"), dict) and all(a.get("was_cancelled")
+                                                          for a in annotations):
+                unlabeled.append({"id": int(task["id"]), "data": task["data"],
+                                  "skipped": bool(annotations)})
+        return labeled_tasks_from_export(tasks), unlabeled
+
+    def task_pages(self, project: int, page_size: int = 100) -> Iterator[list[TaskState]]:
+        """Every task of ``project``, a page at a time (the SDK's paginated task list), with
+        the model versions of its predictions."""
+        try:
+            page: list[TaskState] = []
+            for task in self._client.tasks.list(project=project, page_size=page_size,
+                                                fields="all"):
+                page.append(task_state(task))
+                if len(page) == page_size:
+                    yield page
+                    page = []
+            if page:
+                yield page
+        except LabelStudioUnavailable:
+            raise
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot list tasks of project {project}: {_short(exc)}") from exc
+
+    def task(self, task_id: int) -> TaskState:
+        """One task as it is now, with the model versions of its predictions."""
+        try:
+            return task_state(self._client.tasks.get(id=task_id))
+        except Exception as exc:
+            raise LabelStudioUnavailable(f"cannot read task {task_id}: {_short(exc)}") from exc
+
+    def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
+        try:
+            chunks = self._client.projects.exports.download_sync(
+                id=project, export_type="JSON", download_all_tasks=all_tasks)
+            tasks = json.loads(b"".join(chunks))
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot export project {project}: {_short(exc)}") from exc
+        if not isinstance(tasks, list):
+            raise LabelStudioUnavailable(f"export of project {project} is not a task list")
+        return [t for t in tasks if isinstance(t, dict) and "id" in t]
+
+    def import_predictions(self, project: int, predictions: list[dict[str, Any]],
+                           chunk: int = 1000) -> int:
+        """Store ``predictions`` (each with ``task``, ``result``, ``score``,
+        ``model_version``) in bulk; returns how many were created."""
+        from label_studio_sdk import PredictionRequest
+
+        created = 0
+        try:
+            for start in range(0, len(predictions), chunk):
+                batch = [PredictionRequest(**plain(p))
+                         for p in predictions[start:start + chunk]]
+                response = self._client.projects.import_predictions(id=project, request=batch)
+                created += int(getattr(response, "created", None) or len(batch))
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot import predictions into project {project}: {_short(exc)}") from exc
+        return created
+
+    def prediction_versions(self, project: int) -> dict[str, int]:
+        """The model versions the project's predictions carry, with their counts."""
+        try:
+            response = self._client._client_wrapper.httpx_client.request(
+                f"api/projects/{project}/model-versions/", method="GET")
+            response.raise_for_status()
+            data = response.json()
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot list model versions of project {project}: {_short(exc)}") from exc
+        return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def delete_predictions(self, project: int, version: str) -> None:
+        """Delete the project's predictions of one model version (no SDK method for it)."""
+        try:
+            response = self._client._client_wrapper.httpx_client.request(
+                f"api/projects/{project}/model-versions/", method="DELETE",
+                json={"model_version": version})
+            response.raise_for_status()
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot delete predictions {version!r} of project {project}: "
+                f"{_short(exc)}") from exc
+
+    def set_model_version(self, project: int, version: str,
+                          is_ours: Callable[[str], bool], retitle: bool = True) -> None:
+        """Make ``version`` the project's current version so Data Manager shows its scores.
+
+        Label Studio accepts a project version only if an ML backend connection is titled
+        with it or predictions carry it. With ``retitle`` (no predictions of ``version`` yet)
+        the connections of this backend (recognised by ``is_ours(title)``) are retitled
+        first. The re-ranking job writes predictions first and does not retitle: while a
+        connection's title equals the project's version, Label Studio clears that version on
+        every prediction deletion.
+        """
+        try:
+            if retitle:
+                for ml_backend in self._client.ml.list(project=project):
+                    if ml_backend.id is not None and is_ours(str(ml_backend.title or "")) \
+                            and ml_backend.title != version:
+                        # Label Studio 1.23 fails (500) on an update without url and project.
+                        self._client.ml.update(id=ml_backend.id, title=version,
+                                               url=ml_backend.url, project=project)
+            self._client.projects.update(id=project, model_version=version)
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot set model_version of project {project}: {_short(exc)}") from exc
+
+    def model_version(self, project: int) -> str | None:
+        try:
+            return self._client.projects.get(id=project).model_version
+        except Exception as exc:
+            raise LabelStudioUnavailable(
+                f"cannot read project {project}: {_short(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class TaskState:
+    """A task's id and data, and the model version of each of its predictions."""
+
+    id: int
+    data: dict[str, Any]
+    prediction_versions: tuple[str, ...]
+
+
+def task_state(task: Any) -> TaskState:
+    """From the SDK's task record (an object, or a dict in some versions)."""
+    def field(item: Any, name: str) -> Any:
+        return item.get(name) if isinstance(item, dict) else getattr(item, name, None)
+
+    data = field(task, "data")
+    versions = tuple(str(field(p, "model_version") or "")
+                     for p in field(task, "predictions") or ())
+    return TaskState(int(field(task, "id")), data if isinstance(data, dict) else {}, versions)
+
+
+def _short(exc: Exception) -> str:
+    """The SDK's API errors print every response header; keep status and body only."""
+    status, body = getattr(exc, "status_code", None), getattr(exc, "body", None)
+    if status is not None:
+        return f"HTTP {status}: {str(body)[:300]}"
+    return str(exc)[:300]

@@ -1,0 +1,1 @@
+"""Pure functions over arrays: linear heads, calibration, uncertainty and selection."""

@@ -1,0 +1,1 @@
+"""CLIPSeg text-prompted boxes and masks."""

@@ -1,0 +1,1 @@
+"""SAM interactive segmentation (smart keypoints and boxes to masks)."""

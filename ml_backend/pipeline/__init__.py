@@ -1,0 +1,1 @@
+"""Predicting, ranking and pre-annotating tasks across the model families."""
