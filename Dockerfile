@@ -11,7 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CACHE_DIR=/data/cache
 
 WORKDIR /app
-# OpenCV (pulled in by ultralytics) needs these shared libraries at import time.
+# OpenCV (opencv-python, also what ultralytics uses) needs these shared libraries at import time.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libgl1 libglib2.0-0 \
  && rm -rf /var/lib/apt/lists/*

@@ -1,11 +1,12 @@
 """Shared fixtures: an image host on loopback that serves task images the way Label Studio
-does (``/data/upload/…``, ``/data/local-files/?d=…``), digit images, and a backend app on a
-tiny random-init ResNet."""
+does (``/data/upload/…``, ``/data/local-files/?d=…``), digit images, a backend app on a
+tiny random-init ResNet, and a bounded wait for another thread's progress."""
 
 from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ DIGITS_CONFIG = """<View>
     <Choice value="8"/><Choice value="9"/>
   </Choices>
 </View>"""
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` until it holds; fail the test naming ``what`` after ``timeout_s``.
+
+    For waiting on a worker thread or process. A bare ``while not condition(): pass`` hangs
+    the run forever when the condition never comes, and spins a core that the awaited worker
+    needs (a 2-core CI runner has few to spare); the short sleep gives it up.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"waited {timeout_s} s for {what}, in vain", pytrace=False)
+        time.sleep(0.005)
 
 
 def load_capture(name: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ import hashlib
 import io
 import json
 import logging
-import resource
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +21,7 @@ from ml_backend.core.errors import ImageError, ImageNotAllowed, ImageTooLarge
 from ml_backend.core.images import ImageLoader, LoadedImage, decode_image
 from ml_backend.core.settings import Settings
 
-from hostile_inputs import write_huge_png
+from hostile_inputs import BOMB_MEMORY_LIMIT_BYTES, measure_local_load, write_huge_png
 from http_fixtures import wsgi_server  # noqa: F401
 
 LEGACY = "0123456789abcdef0123456789abcdef01234567"
@@ -251,23 +251,36 @@ def test_timeout(tmp_path, wsgi_server) -> None:  # noqa: F811
         make_loader(tmp_path, fetch_timeout_s=0.3).load(f"{wsgi_server(app)}/slow.png")
 
 
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+linux_only = pytest.mark.skipif(sys.platform != "linux",
+                                reason="measures memory through /proc/self/status")
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
-def test_100_megapixel_png_refused_without_decoding(tmp_path, huge_pngs) -> None:
+def test_100_megapixel_png_refused_without_decoding(huge_pngs) -> None:
     data = huge_pngs["100mp"].read_bytes()
     assert len(data) < 1_000_000
-    before = _max_rss_bytes()
     with pytest.raises(ImageTooLarge, match="10000x10000"):
         decode_image(data, max_pixels=40_000_000, source="big.png")
-    # Through the loader too (local-files read, no network).
-    root = huge_pngs["100mp"].parent
-    loader = make_loader(tmp_path, local_files_document_root=root)
-    with pytest.raises(ImageTooLarge):
-        loader.load("/data/local-files/?d=100mp.png")
-    assert _max_rss_bytes() - before < 50 * 1024 * 1024
+
+
+@linux_only
+def test_100_megapixel_png_costs_the_loader_no_memory(tmp_path, huge_pngs) -> None:
+    # Measured in a fresh process: this one's peak memory has been set by earlier tests.
+    load = measure_local_load(huge_pngs["100mp"], tmp_path / "cache", max_pixels=40_000_000)
+    assert load.error is not None and "10000x10000" in load.error
+    assert load.peak_growth_bytes < BOMB_MEMORY_LIMIT_BYTES, load
+
+
+@linux_only
+def test_the_load_measurement_sees_a_decode(tmp_path) -> None:
+    # The bound above means something only if a decode would show: a 10 MP image, a tenth
+    # of the bomb, must already measure over it.
+    path = tmp_path / "docs" / "10mp.png"
+    path.parent.mkdir()
+    write_huge_png(path, 5_000, 2_000)
+    load = measure_local_load(path, tmp_path / "cache", max_pixels=40_000_000)
+    assert load.error is None
+    assert load.peak_growth_bytes > BOMB_MEMORY_LIMIT_BYTES, load
 
 
 def test_decompression_bomb_is_too_large(huge_pngs) -> None:

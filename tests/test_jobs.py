@@ -11,7 +11,7 @@ from ml_backend.jobs.queues import InProcessQueue, JobKind, RQQueue, bind_worker
 from ml_backend.models.classifier.training import merge_train_payloads
 from ml_backend.runtime import Runtime
 
-from conftest import DIGITS_CONFIG, digit_images
+from conftest import DIGITS_CONFIG, digit_images, wait_until
 from fakes import FakeLabelStudioAPI, choice_task
 from redis_fixture import redis_server  # noqa: F401
 
@@ -33,8 +33,7 @@ def test_in_process_runs_records_and_survives_failures(make_settings) -> None:
     try:
         first = queue.submit("slow", {"project": 1, "n": 1, "mode": "incremental"}, key="p1")
         # While the first runs (blocked), two more for the key coalesce into one queued job.
-        while queue.recent()[0]["status"] != "running":
-            pass
+        wait_until(lambda: queue.recent()[0]["status"] == "running", "the first job to run")
         second = queue.submit("slow", {"project": 1, "n": 2, "mode": "incremental",
                                        "task": {"id": 5}}, key="p1")
         third = queue.submit("slow", {"project": 1, "n": 3, "mode": "full"}, key="p1")
@@ -70,14 +69,12 @@ def test_in_process_lanes_and_chained_jobs(make_settings) -> None:
         "train": JobKind(train), "rank": JobKind(slow_rank, lane="ranking")})
     try:
         queue.submit("train", {"n": 1})
-        while not any(r["name"] == "rank" and r["status"] == "running"
-                      for r in queue.recent()):
-            pass
+        wait_until(lambda: any(r["name"] == "rank" and r["status"] == "running"
+                               for r in queue.recent()), "the chained rank job to run")
         # The chained rank job blocks its own lane only: training goes on meanwhile.
         queue.submit("train", {"n": 2})
         queue.submit("train", {"n": 3})
-        while len(order) < 3:
-            pass
+        wait_until(lambda: len(order) >= 3, "three training jobs to finish")
         assert order == ["train1", "train2", "train3"]
         gate.set()
         assert queue.wait_idle(30)
@@ -122,3 +119,9 @@ def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_setting
     assert runtime.ls_api.announced == [(2, version.name)]
     assert queue.wait_idle(5)
     queue.close()
+
+
+def test_wait_until_gives_up_with_what_it_waited_for() -> None:
+    wait_until(lambda: True, "nothing")
+    with pytest.raises(pytest.fail.Exception, match=r"waited 0.05 s for the moon, in vain"):
+        wait_until(lambda: False, "the moon", timeout_s=0.05)

@@ -17,13 +17,10 @@ __all__ = ["SHAPE_CLASSES", "ShapeScene", "render_shape_scene", "shape_scenes", 
 
 
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(images, labels)`` from sklearn's bundled digits (imported lazily)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise RuntimeError(
-            "scikit-learn is needed for the digits data set: pip install -e '.[test]'"
-        ) from exc
+    """Return ``(images, labels)`` from sklearn's bundled digits."""
+    # Imported here: sklearn takes a while to import and only the demos and benchmarks use it.
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     return np.asarray(bunch.images), np.asarray(bunch.target)
 

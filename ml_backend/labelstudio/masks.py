@@ -16,7 +16,7 @@ def mask_to_polygons(mask: np.ndarray, tolerance_px: float) -> list[np.ndarray]:
     more than ``tolerance_px`` from the result (Douglas-Peucker); each ``(K, 2)`` float
     x, y in pixels, K >= 3, largest area first. Holes are not represented (a Label Studio
     polygon has none)."""
-    import cv2  # an ultralytics dependency; imported here to keep module import light
+    import cv2  # imported here to keep module import light
 
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D, got shape {mask.shape}")
