@@ -57,7 +57,7 @@ def test_the_scan_sees_module_level_and_function_local_imports() -> None:
     # Guards the test below against passing because the scan found nothing.
     found = third_party_imports()
     assert "numpy" in found  # module level, many modules
-    assert "ml_backend/masks.py" in found["cv2"]  # imported inside mask_to_polygons
+    assert "ml_backend/labelstudio/masks.py" in found["cv2"]  # imported inside mask_to_polygons
     assert "ml_backend" not in found and "json" not in found
 
 
