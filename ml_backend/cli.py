@@ -24,7 +24,7 @@ def _configure(settings: Settings) -> None:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     if args.dev:
-        from ml_backend.http.app import create_app
+        from ml_backend.app import create_app
 
         create_app(settings).run(host=args.host, port=args.port, threaded=True)
         return 0
@@ -45,7 +45,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         def load(self) -> Any:
             # Each worker imports torch and builds its app after forking: the arbiter never
             # loads torch, so no torch (or OpenMP, CUDA) state crosses a fork.
-            from ml_backend.http.app import create_app
+            from ml_backend.app import create_app
 
             return create_app(settings)
 
@@ -63,18 +63,20 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     from redis import Redis
     from rq import Queue, SimpleWorker
 
-    from ml_backend.jobs.queues import bind_worker_runtime, lanes, rq_queue_name, storage_mismatch
+    from ml_backend.jobs.queues import bind_worker, lanes, rq_queue_name, storage_mismatch
+    from ml_backend.jobs.registry import job_registry
     from ml_backend.runtime import Runtime
 
     runtime = Runtime(settings)
-    bind_worker_runtime(runtime)
+    registry = job_registry()
+    bind_worker(runtime, registry)
     connection = Redis.from_url(settings.redis_url)
     mismatch = storage_mismatch(connection, settings.paths())
     if mismatch:
         logging.warning("%s", mismatch)
     # SimpleWorker runs jobs in this process: models stay loaded between jobs, and no
     # process forks after torch (or CUDA) has initialised.
-    known = lanes()
+    known = lanes(registry)
     chosen = [lane.strip() for lane in args.lanes.split(",")] if args.lanes else known
     unknown = sorted(set(chosen) - set(known))
     if unknown:
@@ -120,8 +122,9 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from ml_backend.core.progress import progress_bar
-    from ml_backend.jobs.queues import make_queue
-    from ml_backend.pipeline.preannotation import PLAN_JOB, plan_key, preannotation_state
+    from ml_backend.jobs.kinds import JobName, job_key
+    from ml_backend.jobs.registry import make_queue
+    from ml_backend.pipeline.preannotation import preannotation_state
     from ml_backend.runtime import Runtime
 
     runtime = Runtime(settings)
@@ -130,7 +133,8 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     queue = make_queue(runtime)
     submitted = time.time()
-    job = queue.submit(PLAN_JOB, {"project": args.project}, key=plan_key(args.project))
+    job = queue.submit(JobName.PREANNOTATE, {"project": args.project},
+                       key=job_key(JobName.PREANNOTATE, args.project))
     print(f"queued pre-annotation of project {args.project} (job {job})", file=sys.stderr)
     if not args.wait and settings.redis_url:
         return 0
@@ -142,7 +146,7 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
             if state["status"] == "finished":
                 break
         failed = [j for j in queue.recent() if j.get("status") == "failed"
-                  and str(j.get("name")).startswith(PLAN_JOB)]
+                  and str(j.get("name")).startswith(JobName.PREANNOTATE.value)]
         if failed and (not settings.redis_url and queue.wait_idle(0.0)):
             # In this process nothing retries: report what failed (a rerun resumes).
             print(f"\npreannotate: {failed[0].get('error')}", file=sys.stderr)
@@ -158,8 +162,9 @@ def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     """Recent jobs: from Redis when REDIS_URL is set, else from a running server."""
     if settings.redis_url:
         from ml_backend.jobs.queues import RQQueue
+        from ml_backend.jobs.registry import job_registry
 
-        queue = RQQueue.from_url(settings.redis_url)
+        queue = RQQueue.from_url(settings.redis_url, job_registry())
         jobs = queue.recent()
         queue.close()
     else:

@@ -30,9 +30,10 @@ import numpy as np
 import requests
 from PIL import Image
 
+from ml_backend.app import create_app
 from ml_backend.core.settings import Settings
-from ml_backend.http.app import create_app
 from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.jobs.registry import job_registry
 from ml_backend.models.sam.precompute import queue_head_job
 from ml_backend.runtime import Runtime
 
@@ -82,7 +83,7 @@ def walk(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                         local_files_document_root=docs,
                         sam_precompute_ahead=args.ahead)
     runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
+    jobs = InProcessQueue(runtime, job_registry())
     app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=True)
     rng = np.random.default_rng(args.seed)
     order = [int(i) for i in rng.permutation([t["id"] for t in tasks])]

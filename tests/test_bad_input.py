@@ -85,7 +85,7 @@ def test_unknown_webhook_action_is_acknowledged_and_ignored(backend) -> None:
 
 
 def test_request_too_large_is_413(make_settings, image_host) -> None:
-    from ml_backend.http.app import create_app
+    from ml_backend.app import create_app
 
     app = create_app(make_settings(max_request_bytes=1000), warm_up=False)
     response = app.test_client().post("/predict", data=b"x" * 5000,
@@ -94,7 +94,7 @@ def test_request_too_large_is_413(make_settings, image_host) -> None:
 
 
 def test_too_many_tasks(make_settings) -> None:
-    from ml_backend.http.app import create_app
+    from ml_backend.app import create_app
 
     client = create_app(make_settings(max_tasks_per_request=2), warm_up=False).test_client()
     response = client.post("/predict", json={"tasks": [{}, {}, {}],

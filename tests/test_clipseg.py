@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from ml_backend.app import create_app
 from ml_backend.core.errors import ModelUnavailable
-from ml_backend.http.app import create_app
 from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.jobs.registry import job_registry
 from ml_backend.labelstudio.rle import rle_to_mask
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.models.clipseg.model import load_clipseg, locate_clipseg
@@ -239,7 +240,7 @@ def test_text_box_sam_mask_when_both_are_configured(make_settings, tiny_clipseg,
                              sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
                              local_files_document_root=docs)
     runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
+    jobs = InProcessQueue(runtime, job_registry())
     client = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False).test_client()
     config = CONFIG.replace('<BrushLabels name="mask" toName="image">',
                             '<BrushLabels name="mask" toName="image" sam_refine="true">')

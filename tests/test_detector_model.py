@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
+from ml_backend.app import create_app
 from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.core.errors import BackendError
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
-from ml_backend.http.app import create_app
 from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.jobs.registry import job_registry
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.models.detector.training import FineTuneSpec, fine_tune, train_detector_job
 from ml_backend.runtime import Runtime
@@ -65,7 +66,7 @@ def detection_backend(make_settings: Any, image_host: Any, tiny_checkpoint: Path
                              detector_min_labels=4, detector_train_every=3,
                              detector_train_nice=0)
     runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime)
+    jobs = InProcessQueue(runtime, job_registry())
     app = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False)
     yield app.test_client(), runtime, jobs
     jobs.close()
@@ -111,7 +112,8 @@ def test_missing_checkpoint_costs_only_the_boxes(make_settings, image_host, tmp_
     tasks = _shape_tasks(image_host, 12)
     runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks)  # type: ignore[assignment]
     assert train_classifier(runtime, {"project": 5, "mode": "full"}).status == "trained"
-    app = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime), warm_up=False)
+    app = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime, job_registry()),
+                     warm_up=False)
     client = app.test_client()
     health = client.get("/health").get_json()["models"]["detector"]
     assert health["status"] == "error" and "does not exist" in health["error"]

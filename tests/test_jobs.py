@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from ml_backend.jobs.queues import InProcessQueue, JobKind, RQQueue, bind_worker_runtime
+from ml_backend.jobs.queues import InProcessQueue, JobKind, RQQueue, bind_worker
+from ml_backend.jobs.registry import job_registry
 from ml_backend.models.classifier.training import merge_train_payloads
 from ml_backend.runtime import Runtime
 
@@ -97,14 +98,14 @@ def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_setting
     runtime = Runtime(settings)
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
 
-    queue = RQQueue.from_url(redis_server)
+    queue = RQQueue.from_url(redis_server, job_registry())
     first = queue.submit("train", {"project": 2, "mode": "incremental"}, key="train:2")
     duplicate = queue.submit("train", {"project": 2, "mode": "full"}, key="train:2")
     assert duplicate == first, "a queued job for the key absorbs the second request"
     bad = queue.submit("train", {"project": "not-a-number"})
     assert queue.queue.count == 2
 
-    bind_worker_runtime(runtime)
+    bind_worker(runtime, job_registry())
     SimpleWorker(list(queue.queues.values()), connection=queue.redis).work(burst=True)
 
     statuses = {r["id"]: r for r in queue.recent()}

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
+from ml_backend.app import create_app
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.local_label_studio import find_label_studio_bin
-from ml_backend.http.app import create_app
 from ml_backend.jobs.queues import (
     InProcessQueue,
     JobKind,

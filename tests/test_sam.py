@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from ml_backend.http.app import create_app
+from ml_backend.app import create_app
 from ml_backend.jobs.queues import InProcessQueue
+from ml_backend.jobs.registry import job_registry
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.labelstudio.rle import rle_to_mask
 from ml_backend.models.classifier.training import train_classifier
@@ -239,7 +240,7 @@ def test_a_checkpoint_of_another_architecture_is_a_clear_error(make_settings, ti
     settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type="vit_b",
                              local_files_document_root=docs)
     runtime = Runtime(settings)
-    client = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime),
+    client = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime, job_registry()),
                         warm_up=False).test_client()
     response = client.post("/predict", json=interactive_body(
         SEGMENTATION_CONFIG, [keypoint(50, 50, "Object")]))

@@ -256,6 +256,7 @@ def _mixed_project(image_host: Any, count: int) -> tuple[list[dict[str, Any]], A
 def test_rerank_precomputes_the_head_of_the_new_queue(make_settings, image_host,
                                                       tiny_sam) -> None:
     from ml_backend.jobs.queues import InProcessQueue
+    from ml_backend.jobs.registry import job_registry
     from ml_backend.pipeline.ranking import rerank_project
     from ml_backend.runtime import Runtime
 
@@ -281,7 +282,7 @@ def test_rerank_precomputes_the_head_of_the_new_queue(make_settings, image_host,
     summary = precompute_project(runtime, 7, limit=4, out=out)
     assert summary["tasks"] == 4 and summary["images"] == {"computed": 4}
     assert "4/4" in out.getvalue()
-    jobs = InProcessQueue(runtime)
+    jobs = InProcessQueue(runtime, job_registry())
     try:
         jobs.submit(follow["name"], follow["payload"], follow["key"])
         assert jobs.wait_idle(60)

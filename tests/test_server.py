@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from ml_backend.http.app import create_app
+from ml_backend.app import create_app
 
 ROUTES = [("GET", "/health"), ("GET", "/"), ("POST", "/setup"), ("POST", "/predict"),
           ("POST", "/webhook"), ("POST", "/train"), ("GET", "/versions"), ("GET", "/metrics"),

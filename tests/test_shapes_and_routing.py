@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ml_backend.devtools.datasets import SHAPE_CLASSES, SHAPE_IMAGE_SIZES, shape_scenes
-from ml_backend.jobs.queues import job_registry
+from ml_backend.jobs.registry import job_registry
 
 from conftest import DIGITS_CONFIG
 

@@ -34,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 _VERSION_RE = re.compile(r"-v(\d+)-")
+# The re-ranked queue of a project (written by ml_backend.pipeline.ranking, read by SAM's
+# precompute to encode in queue order).
+RANKING_STATE = "ranking"
 _JOB_FAILURES = "job-failures"
 _STALE_TMP_S = 3600.0  # a .tmp- version folder this old belongs to a dead saver
 log = logging.getLogger(__name__)

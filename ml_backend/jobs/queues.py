@@ -20,19 +20,20 @@ import time
 import traceback
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ml_backend.jobs.compute_threads import on_short_lived_thread
-from ml_backend.runtime import Runtime
 
 if TYPE_CHECKING:
     from redis import Redis
 
+    from ml_backend.runtime import Runtime
+
 log = logging.getLogger(__name__)
-JobFunction = Callable[[Runtime, dict[str, Any]], Any]
+JobFunction = Callable[["Runtime", dict[str, Any]], Any]
 PayloadMerge = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
 
 
@@ -50,45 +51,8 @@ class JobKind:
     lane: str = "models"
 
 
-def job_registry() -> dict[str, JobKind]:
-    from ml_backend.models.classifier.training import (
-        merge_train_payloads,
-        precompute_embeddings,
-        train_classifier,
-    )
-    from ml_backend.models.detector.training import JOB as TRAIN_DETECTOR
-    from ml_backend.models.detector.training import train_detector_job
-    from ml_backend.models.sam.precompute import JOB as SAM_EMBED
-    from ml_backend.models.sam.precompute import merge_precompute_payloads, precompute_sam_job
-    from ml_backend.pipeline.preannotation import (
-        CHUNK_JOB,
-        PLAN_JOB,
-        preannotate_chunk,
-        preannotate_project,
-    )
-    from ml_backend.pipeline.ranking import rerank_project
-
-    def train(runtime: Runtime, payload: dict[str, Any]) -> Any:
-        return train_classifier(runtime, payload).as_dict()
-
-    return {"train": JobKind(train, merge_train_payloads), "embed": JobKind(precompute_embeddings),
-            # Re-ranking waits mostly on Label Studio's API: its own lane keeps it from
-            # delaying the next training (annotation → new version stays fast).
-            "rerank": JobKind(rerank_project, merge_rerank_payloads, lane="ranking"),
-            # A detector fine-tune takes minutes: its own lane keeps classifier updates (and
-            # other projects' jobs) from queueing behind it.
-            TRAIN_DETECTOR: JobKind(train_detector_job, merge_train_payloads,
-                                      lane="detector"),
-            # SAM encodes ahead of clicks: seconds each on a CPU, so apart from training.
-            SAM_EMBED: JobKind(precompute_sam_job, merge_precompute_payloads, lane="sam"),
-            # Whole-project pre-annotation: a planner and its chunks, on their own lane so a
-            # 100k-task project never delays training (and can get its own GPU workers).
-            PLAN_JOB: JobKind(preannotate_project, lane="predict"),
-            CHUNK_JOB: JobKind(preannotate_chunk, lane="predict")}
-
-
-def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    return {**new, "force": bool(queued.get("force") or new.get("force"))}
+# Job kinds by name (see ml_backend.jobs.registry for the product's): passed to the queues.
+Registry = Mapping[str, JobKind]
 
 
 @dataclass(frozen=True)
@@ -129,7 +93,7 @@ class JobRecord:
         return out
 
 
-def execute(runtime: Runtime, record: JobRecord, registry: dict[str, JobKind]) -> JobRecord:
+def execute(runtime: Runtime, record: JobRecord, registry: Registry) -> JobRecord:
     """Run one job; the single place where any failure is caught, logged with its
     traceback and recorded on the job."""
     record.status, record.started_at = "running", time.time()
@@ -173,10 +137,10 @@ class InProcessQueue:
     to install; jobs die with the process, which loses nothing because training data is
     re-read from Label Studio."""
 
-    def __init__(self, runtime: Runtime, registry: dict[str, JobKind] | None = None,
+    def __init__(self, runtime: Runtime, registry: Registry,
                  on_done: Callable[[JobRecord], None] | None = None) -> None:
         self.runtime = runtime
-        self.registry = registry if registry is not None else job_registry()
+        self.registry = registry
         self.on_done = on_done
         self._pending: dict[str, JobRecord] = {}
         self._history: deque[JobRecord] = deque(maxlen=200)
@@ -290,22 +254,26 @@ def rq_queue_name(lane: str) -> str:
     return QUEUE_NAME if lane == "models" else f"{QUEUE_NAME}-{lane}"
 
 
-def lanes(registry: dict[str, JobKind] | None = None) -> list[str]:
-    return sorted({kind.lane for kind in (registry or job_registry()).values()})
-_worker_runtime: Runtime | None = None
+def lanes(registry: Registry) -> list[str]:
+    return sorted({kind.lane for kind in registry.values()})
 
 
-def bind_worker_runtime(runtime: Runtime) -> None:
+# What RQ workers run jobs against: RQ calls run_rq_job by its dotted name, so the worker
+# entry point binds its runtime and registry here once (the only module state).
+_worker: tuple[Runtime, Registry] | None = None
+
+
+def bind_worker(runtime: Runtime, registry: Registry) -> None:
     """Called once by the worker entry point: jobs run against this process's runtime."""
-    global _worker_runtime
-    _worker_runtime = runtime
+    global _worker
+    _worker = (runtime, registry)
 
 
 def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> Any:
     """What an RQ worker executes. Raises on failure so RQ records the job as failed."""
-    if _worker_runtime is None:
+    if _worker is None:
         raise RuntimeError("no runtime bound: start workers with `ml-backend worker`")
-    registry = job_registry()
+    runtime, registry = _worker
     if key is not None:
         from rq import get_current_job
 
@@ -315,7 +283,7 @@ def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> An
             coalesced = job.connection.getdel(_coalesced_key(key))
             if coalesced:
                 payload = registry[name].merge(payload, json.loads(coalesced))
-    record = execute(_worker_runtime, JobRecord(id="rq", name=name, key=key, payload=payload),
+    record = execute(runtime, JobRecord(id="rq", name=name, key=key, payload=payload),
                      registry)
     if record.status == "failed":
         raise RuntimeError(record.error)
@@ -326,7 +294,7 @@ def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> An
         job = get_current_job()
         if job is None:
             raise RuntimeError("next_jobs outside an RQ job")
-        queue = RQQueue(job.connection)
+        queue = RQQueue(job.connection, registry)
         for follow_up in follow_ups:
             queue.submit(follow_up.name, follow_up.payload, follow_up.key)
     return record.result
@@ -343,20 +311,20 @@ def _coalesced_key(key: str) -> str:
 class RQQueue:
     """Jobs on Redis, run by `ml-backend worker` processes (possibly on other machines)."""
 
-    def __init__(self, connection: Redis) -> None:
+    def __init__(self, connection: Redis, registry: Registry) -> None:
         from rq import Queue
 
         self.redis = connection
-        self.registry = job_registry()
+        self.registry = registry
         self.queues = {lane: Queue(rq_queue_name(lane), connection=self.redis)
                        for lane in lanes(self.registry)}
         self.queue = self.queues["models"]
 
     @classmethod
-    def from_url(cls, redis_url: str) -> RQQueue:
+    def from_url(cls, redis_url: str, registry: Registry) -> RQQueue:
         from redis import Redis
 
-        return cls(Redis.from_url(redis_url))
+        return cls(Redis.from_url(redis_url), registry)
 
     def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
         if name not in self.registry:
@@ -438,7 +406,3 @@ def storage_mismatch(connection: Redis, paths: dict[str, str]) -> str | None:
         "both, on shared storage)")
 
 
-def make_queue(runtime: Runtime) -> JobQueue:
-    if runtime.settings.redis_url:
-        return RQQueue.from_url(runtime.settings.redis_url)
-    return InProcessQueue(runtime)

@@ -22,7 +22,8 @@ import time
 from typing import Any
 
 from ml_backend.core.errors import BadRequest
-from ml_backend.http.metrics import Metrics
+from ml_backend.core.metrics import Metrics
+from ml_backend.jobs.kinds import JobName, job_key
 from ml_backend.jobs.queues import exclusive
 from ml_backend.labelstudio.api import LabelStudioAPI
 from ml_backend.labelstudio.label_config import parse_label_config
@@ -31,8 +32,6 @@ from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-PLAN_JOB = "preannotate"
-CHUNK_JOB = "preannotate_chunk"
 STATE = "preannotate"
 
 
@@ -47,10 +46,6 @@ def _api(runtime: Runtime) -> LabelStudioAPI:
 def _predictor(runtime: Runtime) -> Predictor:
     """One per process and runtime: it owns image download threads."""
     return Predictor(runtime, Metrics())
-
-
-def plan_key(project: int) -> str:
-    return f"{PLAN_JOB}:{project}"
 
 
 def preannotate_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +75,8 @@ def preannotate_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, 
         runtime.store.write_state(project, STATE, state)
     log.info("pre-annotation of project %s (%s): %d tasks, %d already predicted, %d chunks",
              project, version, total, already, len(chunks))
-    jobs = [{"name": CHUNK_JOB, "key": f"{CHUNK_JOB}:{project}:{chunk[0]}",
+    jobs = [{"name": JobName.PREANNOTATE_CHUNK,
+             "key": job_key(JobName.PREANNOTATE_CHUNK, project, chunk[0]),
              "payload": {"project": project, "version": version, "task_ids": chunk,
                          "label_config": config,
                          "timeout_s": settings.preannotate_chunk_timeout_s,
@@ -95,7 +91,7 @@ def preannotate_chunk(runtime: Runtime, payload: dict[str, Any]) -> dict[str, An
     ids = [int(i) for i in payload["task_ids"]]
     api = _api(runtime)
     parsed = parse_label_config(payload["label_config"])
-    with exclusive(f"{CHUNK_JOB}:{project}:{ids[0]}",
+    with exclusive(job_key(JobName.PREANNOTATE_CHUNK, project, ids[0]),
                    ttl_s=float(payload.get("timeout_s") or 600)):
         version = runtime.model_version(project)
         tasks = [api.task(task_id) for task_id in ids]

@@ -18,7 +18,7 @@ import numpy as np
 
 from ml_backend.core.errors import BadRequest, ImageError, LabelStudioUnavailable, ModelUnavailable
 from ml_backend.core.images import LoadedImage
-from ml_backend.http.metrics import Metrics
+from ml_backend.core.metrics import Metrics
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, ParsedConfig
 from ml_backend.labelstudio.results import (
     Mask,

@@ -25,6 +25,7 @@ from ml_backend.core.errors import (
     ModelUnavailable,
 )
 from ml_backend.core.settings import Settings
+from ml_backend.core.store import RANKING_STATE
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
 from ml_backend.labelstudio.results import (
@@ -41,7 +42,6 @@ from ml_backend.models.sam.precompute import queue_head_job
 from ml_backend.runtime import Runtime, version_index
 
 log = logging.getLogger(__name__)
-RANKING_STATE = "ranking"
 STATE_TOP = 2000  # tasks whose uncertainties the backend keeps for GET /ranking
 
 

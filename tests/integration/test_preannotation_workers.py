@@ -53,8 +53,9 @@ def test_500_tasks_two_workers_one_killed(label_studio, ls_client, redis_server,
                                           tmp_path: Path) -> None:
     from redis import Redis
 
+    from ml_backend.jobs.kinds import JobName, job_key
     from ml_backend.jobs.queues import RQQueue
-    from ml_backend.pipeline.preannotation import PLAN_JOB, plan_key
+    from ml_backend.jobs.registry import job_registry
 
     from conftest import digit_images
     from fakes import FakeLabelStudioAPI, choice_task
@@ -89,7 +90,8 @@ def test_500_tasks_two_workers_one_killed(label_studio, ls_client, redis_server,
     workers = [_start_worker(env, log) for log in logs]
     connection = Redis.from_url(redis_server)
     try:
-        RQQueue(connection).submit(PLAN_JOB, {"project": project}, key=plan_key(project))
+        RQQueue(connection, job_registry()).submit(
+            JobName.PREANNOTATE, {"project": project}, key=job_key(JobName.PREANNOTATE, project))
         deadline = time.monotonic() + 180
         killed = None
         while killed is None:

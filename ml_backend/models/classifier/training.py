@@ -24,6 +24,7 @@ import numpy as np
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.images import decode_image
 from ml_backend.core.store import ModelVersion
+from ml_backend.jobs.kinds import JobName, job_key
 from ml_backend.labelstudio.api import LabeledTask, labeled_tasks_from_export
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
 from ml_backend.learning.heads import LinearHead, fit_head
@@ -367,7 +368,8 @@ def after_new_version(runtime: Runtime, project: int, version: str) -> list[dict
     announces the version once its predictions are written, so Data Manager never shows a
     version whose scores are not there yet; without re-ranking, the announcement now."""
     if runtime.settings.rerank_after_training and runtime.ls_api is not None:
-        return [{"name": "rerank", "payload": {"project": project}, "key": f"rerank:{project}"}]
+        return [{"name": JobName.RERANK, "payload": {"project": project},
+                 "key": job_key(JobName.RERANK, project)}]
     announce(runtime, project, version)
     return []
 
@@ -400,7 +402,8 @@ def precompute_embeddings(runtime: Runtime, payload: dict[str, Any]) -> dict[str
     project = int(payload["project"])
     if (payload.get("rerank") and runtime.settings.rerank_after_training
             and runtime.ls_api is not None and runtime.store.latest(project) is not None):
-        result["next_jobs"] = [{"name": "rerank", "payload": {"project": project, "force": True},
-                                "key": f"rerank:{project}"}]
+        result["next_jobs"] = [{"name": JobName.RERANK,
+                                "payload": {"project": project, "force": True},
+                                "key": job_key(JobName.RERANK, project)}]
     return result
 

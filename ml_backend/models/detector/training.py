@@ -51,7 +51,6 @@ from ml_backend.models.detector.model import (
 from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
-JOB = "train_detector"
 LEDGER = "detector-labels"
 WEIGHTS_FILE = "detector.pt"
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "WEBP": ".webp", "TIFF": ".tif"}

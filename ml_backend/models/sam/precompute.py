@@ -18,17 +18,14 @@ from typing import Any, TextIO
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.images import decode_image
 from ml_backend.core.progress import progress_bar
+from ml_backend.core.store import RANKING_STATE
+from ml_backend.jobs.kinds import JobName, job_key
 from ml_backend.labelstudio.label_config import parse_label_config
 from ml_backend.models.sam.embeddings import Lookup
 from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
-JOB = "sam_embed"
-
-
-def job_key(project: int) -> str:
-    return f"{JOB}:{project}"
 
 
 def prompt_keys(label_config: str) -> list[str]:
@@ -73,7 +70,8 @@ def queue_head_job(runtime: Runtime, project: int, config: str, order: Sequence[
     payload = precompute_payload(project, head, prompt_keys(config))
     if payload is None:
         return None
-    return {"name": JOB, "payload": payload, "key": job_key(project)}
+    return {"name": JobName.SAM_EMBED, "payload": payload,
+            "key": job_key(JobName.SAM_EMBED, project)}
 
 
 def embed_image(runtime: Runtime, url: str, task_id: int | None) -> Lookup:
@@ -109,8 +107,9 @@ def precompute_sam_job(runtime: Runtime, payload: dict[str, Any]) -> dict[str, A
         result["encoded"].append({"key": key, "source": lookup.source})
     remaining = [r for r in requests if r.get("tasks")]
     if remaining:
-        result["next_jobs"] = [{"name": JOB, "payload": {**payload, "requests": remaining},
-                                "key": job_key(project)}]
+        result["next_jobs"] = [{"name": JobName.SAM_EMBED,
+                                "payload": {**payload, "requests": remaining},
+                                "key": job_key(JobName.SAM_EMBED, project)}]
     return result
 
 
@@ -154,8 +153,6 @@ def ranked_first(runtime: Runtime, project: int
                  ) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
     """Order tasks as the annotators' queue: the last ranking's order, then the rest by
     id (Label Studio's default order)."""
-    from ml_backend.pipeline.ranking import RANKING_STATE  # reranking queues this module's job
-
     state = runtime.store.read_state(project, RANKING_STATE) or {}
     position = {int(row["task"]): i for i, row in enumerate(state.get("top") or [])}
 

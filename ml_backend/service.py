@@ -11,16 +11,15 @@ import time
 from typing import Any
 
 from ml_backend.core.errors import BackendError, BadRequest, NotFound
-from ml_backend.http.metrics import Metrics
+from ml_backend.core.metrics import Metrics
 from ml_backend.jobs.compute_threads import on_short_lived_thread
+from ml_backend.jobs.kinds import JobName, job_key
 from ml_backend.jobs.queues import JobQueue
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.models.clipseg.prompts import typed_prompt
-from ml_backend.models.detector.training import JOB as DETECTOR_TRAIN_JOB
-from ml_backend.models.sam.precompute import JOB as SAM_EMBED_JOB
-from ml_backend.models.sam.precompute import job_key, precompute_payload, prompt_keys
+from ml_backend.models.sam.precompute import precompute_payload, prompt_keys
 from ml_backend.models.sam.prompts import click_request
-from ml_backend.pipeline.preannotation import PLAN_JOB, plan_key, preannotation_state
+from ml_backend.pipeline.preannotation import preannotation_state
 from ml_backend.pipeline.prediction import Predictor
 from ml_backend.pipeline.ranking import STATE_TOP, ranking_state
 from ml_backend.runtime import Runtime
@@ -69,8 +68,8 @@ class Backend:
     def health(self) -> dict[str, Any]:
         failing = self.runtime.store.failing_jobs()
         detector = self.runtime.detector_status()
-        fine_tunes = {str(p): jobs[DETECTOR_TRAIN_JOB] for p, jobs in failing.items()
-                      if DETECTOR_TRAIN_JOB in jobs}
+        fine_tunes = {str(p): jobs[JobName.TRAIN_DETECTOR] for p, jobs in failing.items()
+                      if JobName.TRAIN_DETECTOR in jobs}
         if fine_tunes:
             detector["training_failures"] = fine_tunes
             detector["training_warning"] = "; ".join(
@@ -93,7 +92,12 @@ class Backend:
             "uptime_s": round(time.time() - self.started_at, 1),
         }
 
-    def versions(self, project: int | None = None) -> dict[str, Any]:
+    def recent_jobs(self) -> list[dict[str, Any]]:
+        return self.jobs.recent()
+
+    def versions(self, project: Any = None) -> dict[str, Any]:
+        """All versions, or ``project``'s (an id or Label Studio's ``"<id>.<ts>"``)."""
+        project = parse_project_id(project)
         store = self.runtime.store
         projects = [project] if project is not None else store.projects()
         names = [name for p in projects for name in reversed(store.versions(p))]
@@ -111,8 +115,8 @@ class Backend:
         if self.runtime.ls_api is None:
             raise BadRequest("re-ranking writes to Label Studio: set LABEL_STUDIO_URL and "
                              "LABEL_STUDIO_API_KEY")
-        job = self.jobs.submit("rerank", {"project": project, "force": True},
-                               key=f"rerank:{project}")
+        job = self.jobs.submit(JobName.RERANK, {"project": project, "force": True},
+                               key=job_key(JobName.RERANK, project))
         return {"status": "queued", "job": job}
 
     # --- POST/GET /preannotate/<project> ---------------------------------------------------
@@ -120,7 +124,8 @@ class Backend:
         if self.runtime.ls_api is None:
             raise BadRequest("pre-annotation reads and writes Label Studio: set "
                              "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        job = self.jobs.submit(PLAN_JOB, {"project": project}, key=plan_key(project))
+        job = self.jobs.submit(JobName.PREANNOTATE, {"project": project},
+                               key=job_key(JobName.PREANNOTATE, project))
         return {"status": "queued", "job": job}
 
     def preannotation(self, project: int) -> dict[str, Any]:
@@ -184,7 +189,7 @@ class Backend:
         payload = precompute_payload(project, tasks, prompt_keys(config),
                                      self.runtime.settings.sam_precompute_max_tasks)
         if payload is not None:
-            self.jobs.submit(SAM_EMBED_JOB, payload, key=job_key(project))
+            self.jobs.submit(JobName.SAM_EMBED, payload, key=job_key(JobName.SAM_EMBED, project))
 
     # --- POST /train (only when Label Studio's start-training webhook flag is off) ----------
     def train(self, body: Any) -> dict[str, Any]:
@@ -201,7 +206,7 @@ class Backend:
         parse_label_config(config)
         self._configs[project] = config
         jobs = [self.jobs.submit(name, {"project": project, "mode": "full", "export": export,
-                                        "label_config": config}, key=f"{name}:{project}")
+                                        "label_config": config}, key=job_key(name, project))
                 for name in self._trainers(project)]
         return {"status": "queued", "job": jobs[0], "jobs": jobs}
 
@@ -239,7 +244,7 @@ class Backend:
                 return {"status": "queued", "action": action}
             # Embedding new tasks' images now makes their first /predict fast; the job then
             # re-ranks the queue so the new tasks take their place in it.
-            job = self.jobs.submit("embed", {"project": project, "tasks": body["tasks"],
+            job = self.jobs.submit(JobName.EMBED, {"project": project, "tasks": body["tasks"],
                                              "label_config": config, "rerank": True})
             return {"status": "queued", "action": action, "job": job}
         payload: dict[str, Any] = {"project": project,
@@ -250,7 +255,7 @@ class Backend:
             for key in ("task", "annotation"):
                 if isinstance(body.get(key), dict):
                     payload[key] = body[key]
-        jobs = [self.jobs.submit(name, payload, key=f"{name}:{project}")
+        jobs = [self.jobs.submit(name, payload, key=job_key(name, project))
                 for name in self._trainers(project)]
         job = jobs[0]
         annotation = body.get("annotation")
@@ -258,11 +263,11 @@ class Backend:
                 and self.runtime.settings.rerank_after_training and self.runtime.ls_api:
             # A skip changes no label (training will find nothing new) but the skipped task
             # must leave the head of the queue.
-            self.jobs.submit("rerank", {"project": project, "force": True},
-                             key=f"rerank:{project}")
+            self.jobs.submit(JobName.RERANK, {"project": project, "force": True},
+                             key=job_key(JobName.RERANK, project))
         return {"status": "queued", "action": action, "job": job, "jobs": jobs}
 
-    def _trainers(self, project: int) -> list[str]:
+    def _trainers(self, project: int) -> list[JobName]:
         """The training jobs a project's config needs; both when its config is unknown (the
         jobs read it from Label Studio and skip what does not apply)."""
         config = self._configs.get(project)
@@ -272,7 +277,7 @@ class Backend:
             parsed = None
         names = []
         if parsed is None or parsed.for_family(ModelFamily.CLASSIFIER):
-            names.append("train")
+            names.append(JobName.TRAIN)
         if parsed is None or parsed.for_family(ModelFamily.DETECTOR):
-            names.append(DETECTOR_TRAIN_JOB)
-        return names or ["train"]
+            names.append(JobName.TRAIN_DETECTOR)
+        return names or [JobName.TRAIN]

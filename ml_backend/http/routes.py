@@ -1,26 +1,24 @@
 """The HTTP layer (Flask): routing, auth, JSON in/out, error → status mapping, metrics.
 
-It knows nothing of torch or models; :class:`ml_backend.http.service.Backend` does the work.
+It knows nothing of torch or models: it serves any :class:`EndpointService`, which
+:mod:`ml_backend.app` wires to :class:`ml_backend.service.Backend`. A test walks the import
+graph to keep it that way.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from ml_backend.core.errors import BackendError, BadRequest
 from ml_backend.core.jsonio import ArrayJSONProvider
+from ml_backend.core.metrics import Metrics
 from ml_backend.core.settings import WEBHOOK_SECRET_HEADER, Settings
-from ml_backend.http.metrics import Metrics
-from ml_backend.http.service import Backend, parse_project_id
-from ml_backend.jobs.queues import InProcessQueue, JobQueue, JobRecord, RQQueue, publish_storage
-from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -35,43 +33,30 @@ def _json_body() -> Any:
     return body
 
 
-def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
-               jobs: JobQueue | None = None, warm_up: bool = True) -> Flask:
-    """Build the app. Tests pass their own ``runtime``/``jobs``; production reads settings
-    from the environment."""
-    settings = settings or (runtime.settings if runtime else Settings.from_env())
-    runtime = runtime or Runtime(settings)
-    metrics = Metrics()
-    if jobs is None:
-        if settings.redis_url:
-            jobs = RQQueue.from_url(settings.redis_url)
-            publish_storage(jobs.redis, settings.paths())
-        else:
-            def on_done(record: JobRecord) -> None:
-                metrics.jobs.labels(name=record.name, status=record.status).inc()
-                if record.started_at and record.ended_at:
-                    metrics.job_seconds.labels(name=record.name).observe(
-                        record.ended_at - record.started_at)
+class EndpointService(Protocol):
+    """What the routes call: each method takes a parsed JSON body (or path/query values) and
+    returns a JSON-able dict, or raises an :mod:`ml_backend.core.errors` category.
+    :class:`ml_backend.service.Backend` implements it."""
 
-            jobs = InProcessQueue(runtime, on_done=on_done)
-    backend = Backend(runtime, jobs, metrics)
-    sam_counts = runtime.sam_embeddings.counts
-    metrics.watch_caches({
-        "classifier_embeddings": lambda: (runtime.embedding_cache.hits,
-                                          runtime.embedding_cache.misses),
-        "sam_embeddings": lambda: (sam_counts["memory"] + sam_counts["disk"]
-                                   + sam_counts["waited"], sam_counts["computed"]),
-    })
-    # The SDK's config parser is slow to import; do it now so the first /setup stays fast.
-    import label_studio_sdk.label_interface  # noqa: F401
+    def health(self) -> dict[str, Any]: ...
+    def setup(self, body: Any) -> dict[str, Any]: ...
+    def predict(self, body: Any) -> dict[str, Any]: ...
+    def webhook(self, body: Any) -> dict[str, Any]: ...
+    def train(self, body: Any) -> dict[str, Any]: ...
+    def versions(self, project: Any) -> dict[str, Any]: ...
+    def ranking(self, project: int, limit: int) -> dict[str, Any]: ...
+    def rerank(self, project: int) -> dict[str, Any]: ...
+    def preannotate(self, project: int) -> dict[str, Any]: ...
+    def preannotation(self, project: int) -> dict[str, Any]: ...
+    def recent_jobs(self) -> list[dict[str, Any]]: ...
 
-    if warm_up:
-        threading.Thread(target=runtime.warm_up, name="warm-up", daemon=True).start()
 
+def build_flask_app(service: EndpointService, settings: Settings, metrics: Metrics) -> Flask:
+    """The Flask app serving ``service``: routes, basic auth and the webhook secret from
+    ``settings``, request metrics into ``metrics``, errors mapped to status codes."""
     app = Flask("ml_backend")
     app.json = ArrayJSONProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    app.extensions["ml_backend"] = backend
 
     @app.before_request
     def _start() -> Response | None:
@@ -121,47 +106,47 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     @app.get("/")
     @app.get("/health")
     def health() -> Response:
-        return jsonify(backend.health())
+        return jsonify(service.health())
 
     @app.post("/setup")
     def setup() -> Response:
-        return jsonify(backend.setup(_json_body()))
+        return jsonify(service.setup(_json_body()))
 
     @app.post("/predict")
     def predict() -> Response:
-        return jsonify(backend.predict(_json_body()))
+        return jsonify(service.predict(_json_body()))
 
     @app.post("/webhook")
     def webhook() -> Response:
-        return jsonify(backend.webhook(_json_body()))
+        return jsonify(service.webhook(_json_body()))
 
     @app.post("/train")
     def train() -> Response:
-        return jsonify(backend.train(_json_body()))
+        return jsonify(service.train(_json_body()))
 
     @app.get("/versions")
     def versions() -> Response:
-        return jsonify(backend.versions(parse_project_id(request.args.get("project"))))
+        return jsonify(service.versions(request.args.get("project")))
 
     @app.get("/ranking/<int:project>")
     def ranking(project: int) -> Response:
-        return jsonify(backend.ranking(project, request.args.get("limit", 50, type=int)))
+        return jsonify(service.ranking(project, request.args.get("limit", 50, type=int)))
 
     @app.post("/ranking/<int:project>")
     def rerank(project: int) -> Response:
-        return jsonify(backend.rerank(project))
+        return jsonify(service.rerank(project))
 
     @app.post("/preannotate/<int:project>")
     def preannotate(project: int) -> Response:
-        return jsonify(backend.preannotate(project))
+        return jsonify(service.preannotate(project))
 
     @app.get("/preannotate/<int:project>")
     def preannotation(project: int) -> Response:
-        return jsonify(backend.preannotation(project))
+        return jsonify(service.preannotation(project))
 
     @app.get("/jobs")
     def job_list() -> Response:
-        return jsonify(jobs=backend.jobs.recent())
+        return jsonify(jobs=service.recent_jobs())
 
     @app.get("/metrics")
     def metrics_route() -> Response:
