@@ -136,8 +136,6 @@ def test_resnet18_in_torchvision_format_loads_its_own_values(make_settings, tmp_
     status = runtime.classifier_status()
     assert (status["status"], status["weights"]) == ("ready", "checkpoint"), status
     loaded = runtime.embedder(None).backbone.state_dict()
-    assert loaded.keys() == {k for k in saved if not k.startswith("fc.")} | (
-        set() if counters else {k for k in loaded if k.endswith("num_batches_tracked")})
     for key, value in saved.items():
         if not key.startswith("fc."):  # the ImageNet classifier is replaced by the identity
             assert torch.equal(loaded[key], value), key
