@@ -11,6 +11,8 @@ import logging
 import re
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,22 @@ def resolve_device(device: Device) -> torch.device:
     if device is Device.CUDA and not torch.cuda.is_available():
         raise ModelUnavailable("DEVICE=cuda but no CUDA device is available")
     return torch.device(device.value)
+
+
+# A file's path, size, mtime (ns) and inode: one stat that changes when the file is replaced
+# or rewritten. A load that failed is not retried until its file's signature changes.
+FileSignature = tuple[str, int, int, int]
+
+
+def file_signature(path: Path | str | None) -> FileSignature:
+    """The :data:`FileSignature` of ``path``; a missing file (or none) has size 0."""
+    if path is None:
+        return ("", 0, 0, 0)
+    try:
+        stat = Path(path).stat()
+    except FileNotFoundError:  # reported by whoever locates it; here only "not this file"
+        return (str(path), 0, 0, 0)
+    return (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
 
 
 def version_index(name: str) -> int | None:
@@ -93,12 +111,18 @@ class Runtime:
                                          settings.label_studio_api_key)
         self._lock = threading.Lock()  # guards the small state below; never held while loading
         self._load_lock = threading.Lock()  # serialises slow loads
-        self._weights: BackboneWeights | None = None
-        self._weights_error: str | None = None
+        # Families being loaded now ("classifier", "detector:<digest>"), for /health.
+        self._loading: set[str] = set()
+        self._weights: BackboneWeights | None = None  # located, not necessarily loaded
+        self._weights_failure: tuple[FileSignature, str] | None = None
+        self._base_loaded = False  # the base backbone has been loaded into an embedder
         self._embedders: OrderedDict[str, ResNetEmbedder] = OrderedDict()
         self._heads: OrderedDict[str, dict[str, LinearHead]] = OrderedDict()
         self._detectors: OrderedDict[str, YoloDetector] = OrderedDict()
-        self._detector_base: DetectorWeights | None = None
+        self._detector_base: tuple[FileSignature, DetectorWeights] | None = None
+        self._detectors_loaded: set[str] = set()  # digests loaded at least once
+        # Detector files that failed to load, by path: (signature then, the error).
+        self._detector_failures: dict[str, tuple[FileSignature, str]] = {}
         self._sam_lock = threading.Lock()  # SAM loads apart: a slow one blocks no classifier
         self._sam: SamSegmenter | None = None
         self._sam_failure: tuple[tuple[str, int, float], str] | None = None
@@ -110,13 +134,21 @@ class Runtime:
 
     # --- status (cheap, never loads anything) -----------------------------------------
     def classifier_status(self) -> dict[str, Any]:
+        """The base backbone as /health reports it: ``ready`` (or ``degraded`` on a random
+        init) only once it has loaded; ``not-loaded`` / ``loading`` before; ``error`` with
+        the reason when locating or loading it failed."""
         with self._lock:
-            if self._weights_error:
-                return {"status": "error", "error": self._weights_error}
-            if self._weights is None:
-                return {"status": "loading"}
-            weights = self._weights
-        status: dict[str, Any] = {
+            failure, weights, loaded = self._weights_failure, self._weights, self._base_loaded
+            loading = "classifier" in self._loading
+        if failure is not None:
+            return {"status": "error", "error": failure[1]}
+        if weights is None or not loaded:
+            status: dict[str, Any] = {"status": "loading" if loading else "not-loaded",
+                                      "arch": self.settings.resnet_arch}
+            if weights is not None:
+                status.update(weights=weights.source, path=str(weights.path))
+            return status
+        status = {
             "status": "degraded" if weights.degraded else "ready",
             "arch": weights.arch, "weights": weights.source, "digest": weights.digest,
         }
@@ -126,14 +158,25 @@ class Runtime:
         return status
 
     def detector_status(self) -> dict[str, Any]:
-        """The base detector, as /health reports it (cheap: locating reads no weights)."""
+        """The base detector, as /health reports it: ``ready`` only once its weights have
+        loaded, ``not-loaded`` / ``loading`` before, ``error`` with the reason when the file
+        is missing or failed to load (until it changes). Never loads; a stat per call, and a
+        hash of the file when it changed."""
         try:
             base = self.detector_base()
         except ModelUnavailable as exc:
             return {"status": "error", "error": str(exc)}
         if base.trained:
-            return {"status": "ready", "weights": base.source, "path": base.spec,
-                    "digest": base.digest}
+            where = {"weights": base.source, "path": base.spec, "digest": base.digest}
+            with self._lock:
+                loaded = base.digest in self._detectors_loaded
+                loading = f"detector:{base.digest}" in self._loading
+                failure = self._detector_failures.get(base.spec)
+            if loaded:
+                return {"status": "ready", **where}
+            if failure is not None and failure[0] == file_signature(base.spec):
+                return {"status": "error", "error": failure[1], **where}
+            return {"status": "loading" if loading else "not-loaded", **where}
         return {"status": "untrained", "arch": base.spec,
                 "warning": "no YOLO_CHECKPOINT: no boxes until the first fine-tune trains "
                            f"{base.spec} from scratch on the project's annotations (set "
@@ -255,14 +298,18 @@ class Runtime:
 
     def detector_base(self) -> DetectorWeights:
         """The configured starting point of every project's detector (see
-        :func:`locate_detector`). A missing checkpoint is looked for again on the next call,
-        so one copied in later is picked up without a restart."""
+        :func:`locate_detector`). The checkpoint is located again whenever its file changes
+        (one stat per call): one copied in or replaced later is picked up without a restart,
+        under its new digest."""
+        checkpoint = self.settings.yolo_checkpoint
+        signature = file_signature(checkpoint.expanduser() if checkpoint else None)
         with self._lock:
-            if self._detector_base is not None:
-                return self._detector_base
-        base = locate_detector(self.settings.yolo_checkpoint, self.settings.yolo_arch)
+            cached = self._detector_base
+        if cached is not None and cached[0] == signature:
+            return cached[1]
+        base = locate_detector(str(checkpoint) if checkpoint else None, self.settings.yolo_arch)
         with self._lock:
-            self._detector_base = base
+            self._detector_base = (signature, base)
         return base
 
     def detector(self, project: int | None) -> DetectorModel | None:
@@ -284,47 +331,106 @@ class Runtime:
                 with self._lock:
                     detector = self._detectors.get(digest)
                 if detector is None:
-                    if version is not None and info:
-                        try:  # a damaged file must not load: verify it against the manifest
-                            version.read_bytes(info["file"])
-                        except OSError as exc:
-                            raise ModelUnavailable(f"detector of {version.name}: {exc}") from exc
-                    detector = YoloDetector(Path(path), self.yolo_config_dir(),
-                                            str(self.device), self.settings.detector_image_size)
-                    with self._lock:
-                        self._detectors[digest] = detector
-                        while len(self._detectors) > 4:
-                            self._detectors.popitem(last=False)
+                    detector = self._load_detector(Path(path), digest, version,
+                                                   info["file"] if info else None)
         return DetectorModel(name, detector, digest)
+
+    def _load_detector(self, path: Path, digest: str, version: ModelVersion | None,
+                       file_name: str | None) -> YoloDetector:
+        """Load one detector file (caller holds the load lock). A file that failed is not
+        read again until it changes: the error is raised from memory, so a broken
+        checkpoint costs one load per file, not one per request."""
+        signature = file_signature(path)
+        with self._lock:
+            failure = self._detector_failures.get(str(path))
+        if failure is not None and failure[0] == signature:
+            raise ModelUnavailable(failure[1])
+        try:
+            with self._marking(f"detector:{digest}"):
+                if version is not None and file_name is not None:
+                    try:  # a damaged file must not load: verify it against the manifest
+                        version.read_bytes(file_name)
+                    except OSError as exc:
+                        raise ModelUnavailable(f"detector of {version.name}: {exc}") from exc
+                detector = YoloDetector(path, self.yolo_config_dir(), str(self.device),
+                                        self.settings.detector_image_size)
+        except ModelUnavailable as exc:
+            with self._lock:
+                self._detector_failures[str(path)] = (signature, str(exc))
+            raise
+        log.info("detector %s loaded from %s", digest, path)
+        with self._lock:
+            self._detector_failures.pop(str(path), None)
+            self._detectors_loaded.add(digest)
+            self._detectors[digest] = detector
+            while len(self._detectors) > 4:
+                self._detectors.popitem(last=False)
+        return detector
+
+    @contextmanager
+    def _marking(self, key: str) -> Iterator[None]:
+        """``key`` is in :attr:`_loading` while the block runs (status says ``loading``)."""
+        with self._lock:
+            self._loading.add(key)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._loading.discard(key)
 
     def yolo_config_dir(self) -> Path:
         return self.settings.cache_dir / "ultralytics"
 
     def base_weights(self) -> BackboneWeights:
-        if self._weights is not None:
-            return self._weights
+        """The located base backbone weights. A failure to locate or load them is kept and
+        raised again without another attempt until the file changes (``RESNET_CHECKPOINT``
+        appears or is replaced); once loaded, the base stays fixed for the process, since
+        trained heads read its embeddings (a replaced file is read at the next start)."""
+        with self._lock:
+            weights, failure = self._weights, self._weights_failure
+        if weights is not None and failure is None:
+            return weights
+        # Before waiting on the load lock: another family's slow load may hold it.
+        if failure is not None and failure[0] == self._base_signature(weights):
+            raise ModelUnavailable(failure[1])
         with self._load_lock:
-            if self._weights is None:
+            with self._lock:
+                weights, failure = self._weights, self._weights_failure
+            if failure is not None:
+                if failure[0] == self._base_signature(weights):
+                    raise ModelUnavailable(failure[1])
+                weights = None  # the file changed: locate it afresh, then load it again
+            if weights is None:
                 try:
-                    weights = locate_weights(self.settings.resnet_arch,
-                                             self.settings.resnet_checkpoint,
-                                             self.settings.model_dir)
+                    with self._marking("classifier"):  # may write the shared random init
+                        weights = locate_weights(self.settings.resnet_arch,
+                                                 self.settings.resnet_checkpoint,
+                                                 self.settings.model_dir)
                 except ModelUnavailable as exc:
                     with self._lock:
-                        self._weights_error = str(exc)
+                        self._weights_failure = (self._base_signature(None), str(exc))
                     raise
                 with self._lock:
-                    self._weights = weights
-            return self._weights
+                    self._weights, self._weights_failure = weights, None
+            return weights
+
+    def _base_signature(self, weights: BackboneWeights | None) -> FileSignature:
+        """What a base-weights failure waits on: the configured checkpoint, else the file
+        that was located."""
+        path = self.settings.resnet_checkpoint or (weights.path if weights else None)
+        return file_signature(path)
 
     def embedder(self, version: ModelVersion | None = None) -> ResNetEmbedder:
         """The embedder for ``version``: its own fine-tuned backbone if it has one, else the
-        shared base backbone. Loaded once per process and reused."""
+        shared base backbone. Loaded once per process and reused; a base backbone that
+        fails to load is remembered (see :meth:`base_weights`)."""
         weights = self.base_weights()
+        base = True
         if version is not None and version.manifest.get("backbone", {}).get("file"):
             info = version.manifest["backbone"]
             weights = BackboneWeights(weights.arch, "finetuned", version.file(info["file"]),
                                       info["digest"])
+            base = False
         with self._lock:
             embedder = self._embedders.get(weights.digest)
         if embedder is not None:
@@ -333,10 +439,19 @@ class Runtime:
             with self._lock:
                 embedder = self._embedders.get(weights.digest)
             if embedder is None:
-                embedder = ResNetEmbedder(load_backbone(weights, self.device), weights.digest,
+                try:
+                    with self._marking("classifier" if base else f"backbone:{weights.digest}"):
+                        backbone = load_backbone(weights, self.device)
+                except ModelUnavailable as exc:
+                    if base:
+                        with self._lock:
+                            self._weights_failure = (self._base_signature(weights), str(exc))
+                    raise
+                embedder = ResNetEmbedder(backbone, weights.digest,
                                           self.settings.classifier_image_size, self.device,
                                           self.embedding_cache)
                 with self._lock:
+                    self._base_loaded = self._base_loaded or base
                     self._embedders[weights.digest] = embedder
                     while len(self._embedders) > 4:
                         self._embedders.popitem(last=False)
@@ -361,12 +476,18 @@ class Runtime:
         return ClassifierModel(version.name, self.embedder(version), heads)
 
     def warm_up(self) -> None:
-        """Locate weights and load the base backbone, and SAM when it is configured (run in
-        a background thread)."""
+        """Locate weights and load the base backbone, the detector's checkpoint, SAM and
+        CLIPSeg when they are configured (run in a background thread), so /health says
+        ``ready`` soon after start for what loads."""
         try:
             self.embedder(None)
         except ModelUnavailable as exc:
             log.error("classifier unavailable: %s", exc)
+        if self.settings.yolo_checkpoint is not None:
+            try:
+                self.detector(None)
+            except ModelUnavailable as exc:
+                log.error("detector unavailable: %s", exc)
         if self.settings.sam_checkpoint is not None:
             try:
                 self.segmenter()

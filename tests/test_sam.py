@@ -11,17 +11,19 @@ import pytest
 import torch
 
 from ml_backend.app import create_app
+from ml_backend.core.errors import ModelUnavailable
 from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.jobs.registry import job_registry
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.labelstudio.rle import rle_to_mask
 from ml_backend.models.classifier.training import train_classifier
+from ml_backend.models.sam.model import SamPrompt, SamSegmenter, load_sam, locate_sam
 from ml_backend.runtime import Runtime
 
 from app_fixture import backend_app
 from conftest import DIGITS_CONFIG, hosted_digit_tasks, load_capture
 from fakes import FakeLabelStudioAPI
-from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, WIDTH
+from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, TINY_SAM_TYPE, WIDTH, square_scene
 
 
 class PromptSpy:
@@ -247,3 +249,76 @@ def test_a_checkpoint_of_another_architecture_is_a_clear_error(make_settings, ti
     assert response.status_code == 503
     assert "does not fit SAM_MODEL_TYPE=vit_b" in response.get_json()["error"]
     assert "does not fit" in client.get("/health").get_json()["models"]["sam"]["error"]
+
+
+def test_a_checkpoint_with_one_renamed_key_is_refused_naming_it(tiny_sam, tmp_path) -> None:
+    state = torch.load(tiny_sam, map_location="cpu", weights_only=True)
+    state["mask_decoder.iou_head.weight"] = state.pop(
+        "mask_decoder.iou_prediction_head.layers.0.weight")
+    torch.save(state, tmp_path / "renamed.pth")
+    weights = locate_sam(TINY_SAM_TYPE, tmp_path / "renamed.pth")
+    with pytest.raises(ModelUnavailable) as caught:
+        load_sam(weights, torch.device("cpu"))
+    assert ("1 missing from the checkpoint (mask_decoder.iou_prediction_head.layers.0.weight)"
+            in str(caught.value))
+    assert "1 not in the architecture (mask_decoder.iou_head.weight)" in str(caught.value)
+
+
+SAM_PROMPTS = {  # image pixels of square_scene(112, 72): x, y; box x0, y0, x1, y1
+    "one positive click": (np.array([[60.0, 30.0]]), np.array([True]), None),
+    "positive and negative clicks": (np.array([[60.0, 30.0], [10.0, 10.0]]),
+                                     np.array([True, False]), None),
+    "a box": (np.zeros((0, 2)), np.zeros(0, dtype=bool), np.array([50.0, 15.0, 100.0, 60.0])),
+    "a box and clicks": (np.array([[70.0, 35.0], [20.0, 60.0]]), np.array([True, False]),
+                         np.array([50.0, 15.0, 100.0, 60.0])),
+}
+
+
+@pytest.mark.parametrize("favoured", [None, 0, 1, 2, 3])
+@pytest.mark.parametrize("prompt", SAM_PROMPTS)
+def test_the_stateless_path_gives_the_stock_predictors_masks(tiny_sam, monkeypatch,
+                                                             prompt: str, favoured: int | None
+                                                             ) -> None:
+    """Our path (embedding as a value, then prompt encoder + decoder) against segment-
+    anything's own SamPredictor on the same weights, image and prompt: the same candidate
+    scores, and the mask we choose equal, pixel for pixel, to the stock mask of the same
+    candidate (stock multimask off gives candidate 0, on gives 1-3).
+
+    ``favoured`` raises one candidate's predicted IoU (in the decoder both paths call) so that
+    each candidate in turn is the one chosen and compared; None leaves the model's choice."""
+    from segment_anything import SamPredictor
+
+    weights = locate_sam(TINY_SAM_TYPE, tiny_sam)
+    model = load_sam(weights, torch.device("cpu"))
+    if favoured is not None:
+        decode = model.mask_decoder.predict_masks
+
+        def favouring(**kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            masks, iou = decode(**kwargs)
+            return masks, iou + 10 * (torch.arange(iou.shape[1]) == favoured)
+
+        monkeypatch.setattr(model.mask_decoder, "predict_masks", favouring)
+    pixels = square_scene(112, 72)
+    points, positive, box = SAM_PROMPTS[prompt]
+    segmenter = SamSegmenter(model, weights.model_id, torch.device("cpu"))
+    ours = segmenter.segment(segmenter.embed(pixels), SamPrompt(points, positive, box))
+
+    stock = SamPredictor(model)
+    stock.set_image(pixels)  # RGB
+    clicks = {"point_coords": points if len(points) else None,
+              "point_labels": positive.astype(np.int64) if len(points) else None, "box": box}
+    multi_masks, multi_scores, _ = stock.predict(multimask_output=True, **clicks)
+    single_mask, single_score, _ = stock.predict(multimask_output=False, **clicks)
+    if len(points) == 1 and box is None:  # one click is ambiguous: SAM's three masks only
+        masks, scores = multi_masks, multi_scores
+    else:
+        masks = np.concatenate([single_mask, multi_masks])
+        scores = np.concatenate([single_score, multi_scores])
+    np.testing.assert_allclose(ours.candidate_scores, scores, rtol=0, atol=5e-7)  # 6 decimals
+    chosen = int(np.argmax(scores))
+    if favoured is not None and (len(scores) == 4 or favoured > 0):  # else never a choice
+        assert chosen == favoured - (4 - len(scores))
+    assert ours.score == float(scores[chosen])
+    assert ours.mask.dtype == masks.dtype == np.bool_
+    assert np.array_equal(ours.mask, masks[chosen])
+    assert 0 < ours.mask.mean() < 1  # a real comparison: not an empty or full mask

@@ -55,8 +55,14 @@ def test_detection_loop(label_studio, ls_client, tmp_path: Path) -> None:
     }, tmp_path / "backend.log")
     try:
         backend.wait_ready()
-        health = requests.get(f"{backend.url}/health").json()["models"]["detector"]
-        assert health["status"] == "ready" and health["weights"] == "checkpoint"
+        # The warm-up loads YOLO_CHECKPOINT after the classifier; "ready" once it has loaded.
+        deadline = time.monotonic() + 60
+        while True:
+            health = requests.get(f"{backend.url}/health").json()["models"]["detector"]
+            if health["status"] not in {"not-loaded", "loading"} or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert health["status"] == "ready" and health["weights"] == "checkpoint", health
         project = create_project(ls_client, "shapes-loop",
                                  REPO / "labeling_configs" / "shapes_detection.xml")
         task_ids = upload_images(label_studio.url, label_studio.api_key, project, paths)

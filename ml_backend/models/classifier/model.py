@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import pickle
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from torch.nn import functional as F
 
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.store import atomic_write_bytes
+from ml_backend.models.checkpoints import describe_mismatch, reshaped_keys
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 
 log = logging.getLogger(__name__)
@@ -91,20 +93,46 @@ def locate_weights(arch: str, checkpoint: Path | None, model_dir: Path) -> Backb
 
 
 def load_backbone(weights: BackboneWeights, device: torch.device) -> nn.Module:
-    """The ResNet without its ImageNet classifier: images → pooled features ``(N, D)``."""
+    """The ResNet without its ImageNet classifier: images → pooled features ``(N, D)``.
+
+    The file must be a state dict of exactly ``weights.arch`` (torchvision's key names); a
+    file that cannot be read, or whose keys or shapes differ, is a ModelUnavailable that
+    names the file and the keys: a backbone with layers left at random values would embed
+    images plausibly and wrongly."""
     model = _new_resnet(weights.arch)
-    state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(weights.path, map_location="cpu", weights_only=True)
+    # A damaged file reaches torch as one of these, by how it is damaged: RuntimeError (a
+    # truncated zip), EOFError (empty), UnpicklingError (not a pickle, or one holding more
+    # than tensors), OSError (unreadable).
+    except (RuntimeError, EOFError, pickle.UnpicklingError, OSError) as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise ModelUnavailable(f"{weights.path} could not be read as a {weights.arch} state "
+                               f"dict: {type(exc).__name__}: {first}") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelUnavailable(f"{weights.path} holds a {type(state).__name__}, not a "
+                               f"{weights.arch} state dict")
+    # The ImageNet classifier (fc) is replaced by the identity below, so whether the file has
+    # one (fine-tuned backbones are saved without it), and for how many classes, does not
+    # matter; every other key must match.
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    reshaped = reshaped_keys(state, model.state_dict())
+    if reshaped:
+        raise ModelUnavailable(f"{weights.path} does not fit {weights.arch}: "
+                               f"{describe_mismatch((), (), reshaped)}")
+    # torch's own key matching, not a comparison of key sets: it also accepts files saved
+    # before BatchNorm had num_batches_tracked (torchvision's older releases).
     try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise ModelUnavailable(f"{weights.path} does not fit {weights.arch}: {exc}") from exc
-    # The ImageNet classifier (fc) is optional: fine-tuned backbones are saved without it.
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ModelUnavailable(f"{weights.path} does not fit {weights.arch}: missing "
-                               f"{missing[:5]}, unexpected {list(unexpected)[:5]}")
+        result = model.load_state_dict(state, strict=False)
+    except (RuntimeError, TypeError, AttributeError) as exc:  # values that are not tensors
+        first = str(exc).splitlines()[0][:300]
+        raise ModelUnavailable(f"{weights.path} does not fit {weights.arch}: {first}") from exc
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    problem = describe_mismatch(missing, result.unexpected_keys)
+    if problem:
+        raise ModelUnavailable(f"{weights.path} does not fit {weights.arch}: {problem}")
     model.fc = nn.Identity()  # type: ignore[assignment]
     return model.eval().to(device)
 

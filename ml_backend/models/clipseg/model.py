@@ -28,6 +28,7 @@ import torch
 
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.lru import BoundedLRU
+from ml_backend.models.checkpoints import describe_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ RD64_REFINED: dict[str, Any] = {"vision_config": {"patch_size": 16}, "reduce_dim
 RD64_IMAGE_SIDE = 352
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# The only keys a checkpoint may lack or carry beyond the architecture's: the text and vision
+# embeddings' ``position_ids``, ``arange`` buffers the model builds itself. The released
+# CIDAS/clipseg-rd64-refined was converted when they were persistent and carries them (its
+# conversion checked that nothing else was missing); models saved since do not, and an older
+# transformers may expect them. Any other difference would be served as random values or
+# dropped weights.
+REBUILT_BUFFERS = re.compile(r"(^|\.)embeddings\.position_ids$")
 
 
 @dataclass(frozen=True)
@@ -107,16 +115,32 @@ def _directory_digest(path: Path) -> str:
 
 def load_clipseg(weights: ClipSegWeights, device: torch.device) -> TextSegmenter:
     """The model and its processor from ``weights.path``; anything unloadable is a
-    ModelUnavailable naming the directory."""
+    ModelUnavailable naming the directory.
+
+    Strict: ``from_pretrained`` gives a key the checkpoint lacks a random value and drops a
+    key the architecture lacks, with a log line only. Such a model would segment plausibly
+    and wrongly, so any key that differs (beyond :data:`REBUILT_BUFFERS`) is refused here,
+    named."""
     from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
     try:
-        model = CLIPSegForImageSegmentation.from_pretrained(weights.path, local_files_only=True)
+        # ignore_mismatched_sizes: a tensor of another shape is then reported in the loading
+        # info with both shapes (and refused below) instead of failing with a generic message.
+        model, info = CLIPSegForImageSegmentation.from_pretrained(
+            weights.path, local_files_only=True, output_loading_info=True,
+            ignore_mismatched_sizes=True)
         processor = CLIPSegProcessor.from_pretrained(weights.path, local_files_only=True)
     except Exception as exc:  # transformers raises OSError, ValueError, KeyError … by cause
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise ModelUnavailable(f"CLIPSEG_MODEL={weights.source}: {weights.path} could not be "
                                f"loaded as CLIPSeg: {first}") from exc
+    problem = describe_mismatch(
+        [k for k in info.get("missing_keys", ()) if not REBUILT_BUFFERS.search(k)],
+        [k for k in info.get("unexpected_keys", ()) if not REBUILT_BUFFERS.search(k)],
+        {key: (ckpt, own) for key, ckpt, own in info.get("mismatched_keys", ())})
+    if problem:
+        raise ModelUnavailable(f"CLIPSEG_MODEL={weights.source}: {weights.path} does not fit "
+                               f"the CLIPSeg architecture of its config.json: {problem}")
     return TextSegmenter(model.to(device).eval(), processor, weights.model_id, device)
 
 

@@ -12,6 +12,7 @@ probes public DNS, and its dataset checks fetch a font, unless told otherwise.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -27,6 +28,7 @@ import numpy as np
 
 from ml_backend.core.detections import Detections, xyxy_to_yolo
 from ml_backend.core.errors import ModelUnavailable
+from ml_backend.models.checkpoints import compare_state_dicts
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,8 @@ _IMPORT_LOCK = threading.Lock()
 MAX_BOXES = 100  # per image: more is noise to an annotator
 # Ultralytics checks for these fonts before training and downloads them when missing.
 _FONTS = ("Arial.ttf", "Arial.Unicode.ttf")
+# Ultralytics tasks whose results carry ``boxes`` (a classify or OBB model's do not).
+BOX_TASKS = ("detect", "segment", "pose")
 
 
 def ultralytics_module(config_dir: Path) -> ModuleType:
@@ -98,6 +102,37 @@ def locate_detector(checkpoint: str | None, arch: str) -> DetectorWeights:
     return DetectorWeights("architecture", arch, f"arch-{arch}")
 
 
+def verify_architecture(model: Any, weights_path: Path) -> None:
+    """Raise ModelUnavailable unless ``model``'s tensors are exactly (keys and shapes) those
+    of the architecture it declares (``model.yaml``, which Ultralytics stores in the file).
+
+    An Ultralytics ``.pt`` pickles the module itself, so loading it checks nothing: a file
+    whose tensors were renamed or dropped loads, reports itself ready and fails mid-request,
+    or serves a layer that lost its weights. The declared architecture is rebuilt (cheap: it
+    is the config without weights) and compared; a fused checkpoint is compared with the
+    fused architecture."""
+    import torch
+
+    declared = getattr(model, "yaml", None)
+    if not isinstance(declared, dict):
+        raise ModelUnavailable(f"YOLO weights {weights_path} declare no architecture (no "
+                               "model.yaml): not a checkpoint saved by Ultralytics")
+    try:
+        # Building initialises weights from torch's global generator: leave it as it was.
+        with torch.random.fork_rng(devices=[]):
+            reference = type(model)(cfg=copy.deepcopy(declared), verbose=False)
+            if model.is_fused():
+                reference.fuse(verbose=False)
+    except Exception as exc:  # Ultralytics' builder raises KeyError, ValueError … by cause
+        raise ModelUnavailable(f"YOLO weights {weights_path}: the architecture they declare "
+                               f"cannot be built to check them against: "
+                               f"{type(exc).__name__}: {exc}") from exc
+    problem = compare_state_dicts(model.state_dict(), reference.state_dict())
+    if problem:
+        raise ModelUnavailable(f"YOLO weights {weights_path} do not fit the architecture they "
+                               f"declare ({declared.get('yaml_file', 'model.yaml')}): {problem}")
+
+
 class YoloDetector:
     """One loaded YOLO model. Ultralytics' predictor keeps per-call state, so calls are
     serialised by a lock; load one object per weights file and reuse it."""
@@ -109,6 +144,11 @@ class YoloDetector:
             self.model = yolo(str(weights_path), task="detect")
         except Exception as exc:  # ultralytics raises several types for unreadable files
             raise ModelUnavailable(f"cannot load YOLO weights {weights_path}: {exc}") from exc
+        task = getattr(self.model, "task", None)
+        if task not in BOX_TASKS:
+            raise ModelUnavailable(f"YOLO weights {weights_path} are a {task!r} model, which "
+                                   f"predicts no boxes (expected one of {', '.join(BOX_TASKS)})")
+        verify_architecture(self.model.model, weights_path)
         names = self.model.names
         self.classes: tuple[str, ...] = tuple(str(names[i]) for i in sorted(names))
         self.device = device

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ml_backend.core.errors import ModelUnavailable
+from ml_backend.models.checkpoints import compare_state_dicts
 
 log = logging.getLogger(__name__)
 
@@ -121,9 +122,17 @@ def load_sam(weights: SamWeights, device: torch.device) -> torch.nn.Module:
                                f"{type(exc).__name__}: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
+    if not isinstance(state, dict):
+        raise ModelUnavailable(f"SAM_CHECKPOINT {weights.path} holds a "
+                               f"{type(state).__name__}, not a SAM state dict")
+    # Named keys rather than torch's message, whose first line names none.
+    problem = compare_state_dicts(state, model.state_dict())
+    if problem:
+        raise ModelUnavailable(f"SAM_CHECKPOINT {weights.path} does not fit "
+                               f"SAM_MODEL_TYPE={weights.model_type}: {problem}")
     try:
         model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as exc:
+    except (RuntimeError, TypeError, AttributeError) as exc:  # values that are not tensors
         first = str(exc).splitlines()[0][:300]
         raise ModelUnavailable(f"SAM_CHECKPOINT {weights.path} does not fit "
                                f"SAM_MODEL_TYPE={weights.model_type}: {first}") from exc
