@@ -8,7 +8,6 @@ import threading
 
 from flask import Flask
 
-from ml_backend.core.metrics import Metrics
 from ml_backend.core.settings import Settings
 from ml_backend.http.routes import build_flask_app
 from ml_backend.jobs.queues import JobQueue, JobRecord, RQQueue, publish_storage
@@ -23,7 +22,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     from the environment."""
     settings = settings or (runtime.settings if runtime else Settings.from_env())
     runtime = runtime or Runtime(settings)
-    metrics = Metrics()
+    metrics = runtime.metrics
 
     def on_done(record: JobRecord) -> None:  # in-process jobs: RQ's are its workers'
         metrics.jobs.labels(name=record.name, status=record.status).inc()
@@ -35,7 +34,7 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
         jobs = make_queue(runtime, on_done=on_done)
     if isinstance(jobs, RQQueue):
         publish_storage(jobs.redis, settings.paths())
-    backend = Backend(runtime, jobs, metrics)
+    backend = Backend(runtime, jobs)
     sam_counts = runtime.sam_embeddings.counts
     metrics.watch_caches({
         "classifier_embeddings": lambda: (runtime.embedding_cache.hits,

@@ -22,6 +22,7 @@ import torch
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.images import ImageLoader
 from ml_backend.core.lru import BoundedLRU
+from ml_backend.core.metrics import Metrics
 from ml_backend.core.settings import Device, Settings
 from ml_backend.core.store import ModelStore, ModelVersion
 from ml_backend.labelstudio.api import LabelStudioAPI
@@ -98,6 +99,8 @@ class DetectorModel:
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # This process's counters: /metrics exports them, whoever counted (requests or jobs).
+        self.metrics = Metrics()
         self.store = ModelStore(settings.model_dir)
         self.images = ImageLoader(settings)
         self.embedding_cache = EmbeddingCache(settings.cache_dir / "embeddings")

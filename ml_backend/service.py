@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 from ml_backend.core.errors import BackendError, BadRequest, NotFound
-from ml_backend.core.metrics import Metrics
 from ml_backend.jobs.compute_threads import on_short_lived_thread
 from ml_backend.jobs.kinds import JobName, job_key
 from ml_backend.jobs.queues import JobQueue
@@ -20,7 +19,7 @@ from ml_backend.models.clipseg.prompts import typed_prompt
 from ml_backend.models.sam.precompute import precompute_payload, prompt_keys
 from ml_backend.models.sam.prompts import click_request
 from ml_backend.pipeline.preannotation import preannotation_state
-from ml_backend.pipeline.prediction import Predictor
+from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.pipeline.ranking import STATE_TOP, ranking_state
 from ml_backend.runtime import Runtime
 
@@ -56,12 +55,12 @@ def _require_dict(body: Any, what: str) -> dict[str, Any]:
 
 
 class Backend:
-    def __init__(self, runtime: Runtime, jobs: JobQueue, metrics: Metrics) -> None:
+    def __init__(self, runtime: Runtime, jobs: JobQueue) -> None:
         self.runtime = runtime
         self.jobs = jobs
-        self.metrics = metrics
+        self.metrics = runtime.metrics
         self._configs: dict[int, str] = {}
-        self.predictor = Predictor(runtime, metrics)
+        self.predictor = predictor_for(runtime)
         self.started_at = time.time()
 
     # --- GET /health, GET /versions --------------------------------------------------------

@@ -50,6 +50,9 @@ def test_every_task_once_and_a_rerun_adds_nothing(backend, image_host) -> None:
     state = client.get(f"/preannotate/{PROJECT}").get_json()
     assert state["status"] == "finished" and state["progress"] == 1.0
     assert (state["total"], state["chunks"], state["predicted"]) == (130, 9, 130)
+    # The jobs predicted with the server's own predictor: /metrics counts them.
+    exported = client.get("/metrics").get_data(as_text=True)
+    assert 'mlb_predictions_total{family="classifier"} 130.0' in exported
 
     client.post(f"/preannotate/{PROJECT}")  # nothing left to do
     assert jobs.wait_idle(60)

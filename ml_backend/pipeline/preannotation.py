@@ -16,18 +16,16 @@ and ``ml-backend preannotate``.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from typing import Any
 
 from ml_backend.core.errors import BadRequest
-from ml_backend.core.metrics import Metrics
 from ml_backend.jobs.kinds import JobName, job_key
 from ml_backend.jobs.queues import exclusive
 from ml_backend.labelstudio.api import LabelStudioAPI
 from ml_backend.labelstudio.label_config import parse_label_config
-from ml_backend.pipeline.prediction import Predictor
+from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -40,12 +38,6 @@ def _api(runtime: Runtime) -> LabelStudioAPI:
         raise BadRequest("pre-annotation reads and writes Label Studio: set LABEL_STUDIO_URL "
                          "and LABEL_STUDIO_API_KEY")
     return runtime.ls_api
-
-
-@functools.lru_cache(maxsize=4)
-def _predictor(runtime: Runtime) -> Predictor:
-    """One per process and runtime: it owns image download threads."""
-    return Predictor(runtime, Metrics())
 
 
 def preannotate_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
@@ -97,7 +89,7 @@ def preannotate_chunk(runtime: Runtime, payload: dict[str, Any]) -> dict[str, An
         tasks = [api.task(task_id) for task_id in ids]
         todo = [t for t in tasks if version not in t.prediction_versions]
         if todo:
-            predictions = _predictor(runtime).predict_tasks(
+            predictions = predictor_for(runtime).predict_tasks(
                 [{"id": t.id, "data": t.data} for t in todo], parsed, project)
             api.import_predictions(project, [{"task": t.id, **p}
                                              for t, p in zip(todo, predictions, strict=True)])

@@ -8,6 +8,7 @@ the batch is unaffected. A family whose model is unavailable adds nothing (its e
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -56,9 +57,16 @@ EMBED_CHUNK = 16
 TaskOutputs = tuple[list[Output], float]  # one task's outputs and its uncertainty
 
 
+@functools.lru_cache(maxsize=4)
+def predictor_for(runtime: Runtime) -> Predictor:
+    """The one Predictor of ``runtime`` (it owns image download threads): ``/predict`` and
+    the pre-annotation jobs share it, and count into the runtime's metrics."""
+    return Predictor(runtime, runtime.metrics)
+
+
 class Predictor:
-    """Predictions for tasks of a parsed label config; one per process (it owns the image
-    download threads)."""
+    """Predictions for tasks of a parsed label config; one per runtime (see
+    :func:`predictor_for`)."""
 
     def __init__(self, runtime: Runtime, metrics: Metrics) -> None:
         self.runtime = runtime
