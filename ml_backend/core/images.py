@@ -33,8 +33,8 @@ import requests
 from PIL import Image
 
 from ml_backend.core.errors import ImageError, ImageNotAllowed, ImageTooLarge
+from ml_backend.core.files import Countdown
 from ml_backend.core.settings import Settings
-from ml_backend.core.store import Countdown
 from ml_backend.core.url_guard import AddressPolicy, AddressRefused, GuardedAdapter
 from ml_backend.labelstudio.auth import LabelStudioAuth, url_origin
 

@@ -18,7 +18,6 @@ and replaced by the newest version that verifies.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -32,6 +31,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ml_backend.core.files import atomic_write_bytes, atomic_write_json, file_lock, fsync_dir
 
 _VERSION_RE = re.compile(r"-v(\d+)-")
 # The re-ranked queue of a project (written by ml_backend.pipeline.ranking, read by SAM's
@@ -59,67 +60,6 @@ class ModelVersion:
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
             raise OSError(f"checksum mismatch for {self.path / name}")
         return data
-
-
-@contextlib.contextmanager
-def file_lock(path: Path, remove: bool = False) -> Iterator[None]:
-    """An exclusive ``flock`` on ``path`` (created if missing), across processes and threads;
-    ``remove`` deletes the file on release (for one-off locks, e.g. one per cached item)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if remove:
-                path.unlink(missing_ok=True)
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-class Countdown:
-    """True every ``every``-th call of :meth:`due` (the first call too), thread-safe: how
-    caches decide when to sweep without scanning on every write."""
-
-    def __init__(self, every: int) -> None:
-        self.every = every
-        self._left = 1
-        self._lock = threading.Lock()
-
-    def due(self) -> bool:
-        with self._lock:
-            self._left -= 1
-            if self._left > 0:
-                return False
-            self._left = self.every
-            return True
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (a crash must not lose a completed save)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode("utf-8"))
 
 
 class ModelStore:
@@ -292,7 +232,7 @@ class ModelStore:
                         "files": checksums, **metadata}
             atomic_write_json(tmp / "manifest.json", manifest)
             os.rename(tmp, versions_dir / name)
-            _fsync_dir(versions_dir)
+            fsync_dir(versions_dir)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

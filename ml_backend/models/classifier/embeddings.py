@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml_backend.core.files import atomic_write_bytes
 from ml_backend.core.lru import BoundedLRU
-from ml_backend.core.store import atomic_write_bytes
 
 
 class EmbeddingCache:

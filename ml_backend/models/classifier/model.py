@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ml_backend.core.errors import ModelUnavailable
-from ml_backend.core.store import atomic_write_bytes
+from ml_backend.core.files import atomic_write_bytes
 from ml_backend.models.checkpoints import describe_mismatch, reshaped_keys
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 

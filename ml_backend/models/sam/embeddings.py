@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ml_backend.core.files import Countdown, atomic_write_bytes, file_lock
 from ml_backend.core.lru import BoundedLRU
-from ml_backend.core.store import Countdown, atomic_write_bytes, file_lock
 from ml_backend.models.sam.model import SamEmbedding
 
 log = logging.getLogger(__name__)
