@@ -94,10 +94,12 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
+    from ml_backend.jobs.kinds import TrainRequest
     from ml_backend.models.classifier.training import train_classifier
     from ml_backend.runtime import Runtime
 
-    outcome = train_classifier(Runtime(settings), {"project": args.project, "mode": args.mode})
+    request = TrainRequest(args.project, args.mode)
+    outcome = train_classifier(Runtime(settings), request)
     print(json.dumps(outcome.as_dict(), indent=1))
     return 0
 
@@ -122,7 +124,7 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     from ml_backend.core.progress import progress_bar
-    from ml_backend.jobs.kinds import JobName, job_key
+    from ml_backend.jobs.kinds import JobName, PreannotateRequest, job_key
     from ml_backend.jobs.registry import make_queue
     from ml_backend.pipeline.preannotation import preannotation_state
     from ml_backend.runtime import Runtime
@@ -133,7 +135,7 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     queue = make_queue(runtime)
     submitted = time.time()
-    job = queue.submit(JobName.PREANNOTATE, {"project": args.project},
+    job = queue.submit(JobName.PREANNOTATE, PreannotateRequest(args.project),
                        key=job_key(JobName.PREANNOTATE, args.project))
     print(f"queued pre-annotation of project {args.project} (job {job})", file=sys.stderr)
     if not args.wait and settings.redis_url:

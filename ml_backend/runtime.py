@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from ml_backend.core.errors import ModelUnavailable
+from ml_backend.core.errors import LabelStudioNotConfigured, ModelUnavailable
 from ml_backend.core.images import ImageLoader
 from ml_backend.core.lru import BoundedLRU
 from ml_backend.core.metrics import Metrics
@@ -134,6 +134,13 @@ class Runtime:
         self._clipseg_failure: tuple[str, str] | None = None  # (model digest, error)
         self.clipseg_activations: BoundedLRU[tuple[str, str], ClipSegActivations] = \
             BoundedLRU(settings.clipseg_cache_mb * 2**20, lambda a: a.nbytes)
+
+    def label_studio(self, purpose: str) -> LabelStudioAPI:
+        """The Label Studio API client, or LabelStudioNotConfigured saying that ``purpose``
+        (e.g. "re-ranking") needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY."""
+        if self.ls_api is None:
+            raise LabelStudioNotConfigured(purpose)
+        return self.ls_api
 
     # --- status (cheap, never loads anything) -----------------------------------------
     def classifier_status(self) -> dict[str, Any]:

@@ -12,11 +12,19 @@ from typing import Any
 
 from ml_backend.core.errors import BackendError, BadRequest, NotFound
 from ml_backend.jobs.compute_threads import on_short_lived_thread
-from ml_backend.jobs.kinds import JobName, job_key
+from ml_backend.jobs.kinds import (
+    EmbedRequest,
+    JobName,
+    PreannotateRequest,
+    RerankRequest,
+    TrainMode,
+    TrainRequest,
+    job_key,
+)
 from ml_backend.jobs.queues import JobQueue
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.models.clipseg.prompts import typed_prompt
-from ml_backend.models.sam.precompute import precompute_payload, prompt_keys
+from ml_backend.models.sam.precompute import precompute_request, prompt_keys
 from ml_backend.models.sam.prompts import click_request
 from ml_backend.pipeline.preannotation import preannotation_state
 from ml_backend.pipeline.prediction import predictor_for
@@ -111,19 +119,15 @@ class Backend:
         return state
 
     def rerank(self, project: int) -> dict[str, Any]:
-        if self.runtime.ls_api is None:
-            raise BadRequest("re-ranking writes to Label Studio: set LABEL_STUDIO_URL and "
-                             "LABEL_STUDIO_API_KEY")
-        job = self.jobs.submit(JobName.RERANK, {"project": project, "force": True},
+        self.runtime.label_studio("re-ranking")
+        job = self.jobs.submit(JobName.RERANK, RerankRequest(project, force=True),
                                key=job_key(JobName.RERANK, project))
         return {"status": "queued", "job": job}
 
     # --- POST/GET /preannotate/<project> ---------------------------------------------------
     def preannotate(self, project: int) -> dict[str, Any]:
-        if self.runtime.ls_api is None:
-            raise BadRequest("pre-annotation reads and writes Label Studio: set "
-                             "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-        job = self.jobs.submit(JobName.PREANNOTATE, {"project": project},
+        self.runtime.label_studio("pre-annotation")
+        job = self.jobs.submit(JobName.PREANNOTATE, PreannotateRequest(project),
                                key=job_key(JobName.PREANNOTATE, project))
         return {"status": "queued", "job": job}
 
@@ -185,10 +189,10 @@ class Backend:
         click (queued first: they are what an annotator is about to see)."""
         if not self.runtime.sam_configured():
             return
-        payload = precompute_payload(project, tasks, prompt_keys(config),
+        request = precompute_request(project, tasks, prompt_keys(config),
                                      self.runtime.settings.sam_precompute_max_tasks)
-        if payload is not None:
-            self.jobs.submit(JobName.SAM_EMBED, payload, key=job_key(JobName.SAM_EMBED, project))
+        if request is not None:
+            self.jobs.submit(JobName.SAM_EMBED, request, key=job_key(JobName.SAM_EMBED, project))
 
     # --- POST /train (only when Label Studio's start-training webhook flag is off) ----------
     def train(self, body: Any) -> dict[str, Any]:
@@ -204,8 +208,8 @@ class Backend:
             raise BadRequest("/train needs 'label_config'")
         parse_label_config(config)
         self._configs[project] = config
-        jobs = [self.jobs.submit(name, {"project": project, "mode": "full", "export": export,
-                                        "label_config": config}, key=job_key(name, project))
+        request = TrainRequest(project, TrainMode.FULL.value, label_config=config, export=export)
+        jobs = [self.jobs.submit(name, request, key=job_key(name, project))
                 for name in self._trainers(project)]
         return {"status": "queued", "job": jobs[0], "jobs": jobs}
 
@@ -243,18 +247,19 @@ class Backend:
                 return {"status": "queued", "action": action}
             # Embedding new tasks' images now makes their first /predict fast; the job then
             # re-ranks the queue so the new tasks take their place in it.
-            job = self.jobs.submit(JobName.EMBED, {"project": project, "tasks": body["tasks"],
-                                             "label_config": config, "rerank": True})
+            job = self.jobs.submit(JobName.EMBED, EmbedRequest(
+                project, body["tasks"], label_config=config, rerank=True))
             return {"status": "queued", "action": action, "job": job}
-        payload: dict[str, Any] = {"project": project,
-                                   "mode": "full" if action == "START_TRAINING" else "incremental",
-                                   "label_config": config if isinstance(config, str) else None}
-        if action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}:
-            # The event's own annotation lets training skip a full re-read when recent.
-            for key in ("task", "annotation"):
-                if isinstance(body.get(key), dict):
-                    payload[key] = body[key]
-        jobs = [self.jobs.submit(name, payload, key=job_key(name, project))
+        # The event's own task and annotation let training skip a full re-read when recent.
+        event = action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}
+        task, annotation = body.get("task"), body.get("annotation")
+        mode = TrainMode.FULL if action == "START_TRAINING" else TrainMode.INCREMENTAL
+        request = TrainRequest(
+            project, mode.value,
+            label_config=config if isinstance(config, str) else None,
+            task=task if event and isinstance(task, dict) else None,
+            annotation=annotation if event and isinstance(annotation, dict) else None)
+        jobs = [self.jobs.submit(name, request, key=job_key(name, project))
                 for name in self._trainers(project)]
         job = jobs[0]
         annotation = body.get("annotation")
@@ -262,7 +267,7 @@ class Backend:
                 and self.runtime.settings.rerank_after_training and self.runtime.ls_api:
             # A skip changes no label (training will find nothing new) but the skipped task
             # must leave the head of the queue.
-            self.jobs.submit(JobName.RERANK, {"project": project, "force": True},
+            self.jobs.submit(JobName.RERANK, RerankRequest(project, force=True),
                              key=job_key(JobName.RERANK, project))
         return {"status": "queued", "action": action, "job": job, "jobs": jobs}
 

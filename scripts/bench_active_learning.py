@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.core.settings import Settings
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.learning.selection import Strategy
 from ml_backend.models.classifier.training import embed_images, fetch_images, train_classifier
@@ -114,7 +115,7 @@ def _simulate(runtime: Runtime, data: Dataset, project: int, strategy: Strategy,
         _label(annotator, data.pool[i], data.truth_of[data.pool[i]["id"]])
     sizes, accuracies = [], []
     while True:
-        train_classifier(runtime, {"project": project, "mode": "incremental"})
+        train_classifier(runtime, TrainRequest(project=project, mode="incremental"))
         sizes.append(len(annotator.done))
         accuracies.append(_accuracy(runtime, project, data.heldout, data.heldout_truth))
         if len(annotator.done) >= args.max_labels:
@@ -146,7 +147,7 @@ def run_in_process(args: argparse.Namespace, work: Path, data: Dataset) -> dict[
     runtime.ls_api = full  # type: ignore[assignment]
     for task in data.pool:
         _label(full, task, data.truth_of[task["id"]])
-    train_classifier(runtime, {"project": 1, "mode": "incremental"})
+    train_classifier(runtime, TrainRequest(project=1, mode="incremental"))
     full_accuracy = _accuracy(runtime, 1, data.heldout, data.heldout_truth)
     target = 0.95 * full_accuracy
 

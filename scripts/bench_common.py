@@ -131,8 +131,8 @@ def serve_backend(env: dict[str, str], log_path: Path, serve_args: list[str],
                 try:
                     if ready(requests.get(f"{base}/health", timeout=5).json()):
                         break
-                except requests.ConnectionError:
-                    pass
+                except (requests.ConnectionError, requests.Timeout):
+                    pass  # not listening yet, or busy loading models on a loaded machine
                 if time.monotonic() > deadline:
                     raise RuntimeError("the backend was not ready within 600 s")
                 time.sleep(0.5)

@@ -33,6 +33,7 @@ from PIL import Image
 from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.learning.selection import Strategy
 from ml_backend.models.detector.model import (
     DetectionSample,
@@ -103,7 +104,7 @@ def _simulate(runtime: Runtime, tasks: list[dict[str, Any]], scenes: list[ShapeS
     rounds = []
     while True:
         started = time.perf_counter()
-        outcome = train_detector_job(runtime, {"project": project, "mode": "full"})
+        outcome = train_detector_job(runtime, TrainRequest(project=project, mode="full"))
         if outcome["status"] != "trained":
             raise RuntimeError(f"round did not train: {outcome}")
         trained_s = time.perf_counter() - started

@@ -32,6 +32,7 @@ from PIL import Image
 
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import write_digit_pngs
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
 
@@ -70,7 +71,7 @@ def _train(settings: Settings, root: Path) -> str:
               "value": {"choices": [str(label)]}}])
     runtime = Runtime(settings)
     runtime.ls_api = annotator  # type: ignore[assignment]
-    outcome = train_classifier(runtime, {"project": PROJECT, "mode": "full"})
+    outcome = train_classifier(runtime, TrainRequest(project=PROJECT, mode="full"))
     if outcome.status != "trained":
         raise RuntimeError(f"training failed: {outcome.as_dict()}")
     return runtime.model_version(PROJECT)

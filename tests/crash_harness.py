@@ -73,13 +73,14 @@ def _child(mode: str, model_dir: Path, files: Path) -> None:
             files_ = {f"part{i}.bin": os.urandom(rng.randint(1, 3) * 2**20) for i in range(3)}
             with store.locked(PROJECT):
                 store.save(PROJECT, "crash", files_, {"note": "kill test"})
+    from ml_backend.jobs.kinds import TrainRequest
     from ml_backend.models.classifier.training import train_classifier
     from ml_backend.runtime import Runtime
 
     runtime = Runtime(settings_for(model_dir, files))
     runtime.ls_api = _Annotations(files)  # type: ignore[assignment]
     while True:
-        train_classifier(runtime, {"project": PROJECT, "mode": "full"})
+        train_classifier(runtime, TrainRequest(project=PROJECT, mode="full"))
 
 
 @dataclass

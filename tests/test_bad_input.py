@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.models.classifier.training import train_classifier
 
 from conftest import DIGITS_CONFIG, digit_images
@@ -40,7 +41,7 @@ def trained(backend, image_host) -> Any:
         image_host.files[f"/data/upload/1/ok{i}.png"] = png
         tasks.append(choice_task(i + 1, f"/data/upload/1/ok{i}.png", "digit", [str(label)]))
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
-    version = train_classifier(runtime, {"project": 1, "mode": "incremental"}).version
+    version = train_classifier(runtime, TrainRequest(project=1, mode="incremental")).version
     return client, image_host, version
 
 

@@ -23,6 +23,7 @@ import ml_backend.runtime as runtime_module
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.models.classifier.model import BackboneWeights, load_backbone
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.models.clipseg.model import load_clipseg, locate_clipseg
@@ -234,7 +235,7 @@ def test_a_truncated_yolo_checkpoint_is_an_error_read_once_until_replaced(
     with backend_app(settings) as (client, runtime, _):
         tasks = shape_tasks(image_host, 12)
         runtime.ls_api = FakeLabelStudioAPI(MIXED, tasks)  # type: ignore[assignment]
-        assert train_classifier(runtime, {"project": 5, "mode": "full"}).status == "trained"
+        assert train_classifier(runtime, TrainRequest(project=5, mode="full")).status == "trained"
         before = client.get("/health").get_json()["models"]["detector"]
         assert before["status"] == "not-loaded", before  # the file exists; nothing loaded yet
 

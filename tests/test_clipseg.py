@@ -15,6 +15,7 @@ import torch
 
 from ml_backend.app import create_app
 from ml_backend.core.errors import ModelUnavailable
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.jobs.registry import job_registry
 from ml_backend.labelstudio.rle import rle_to_mask
@@ -210,7 +211,7 @@ def test_missing_model_fails_clipseg_only(make_settings, image_host, tmp_path: P
     with backend_app(settings) as (client, runtime, _):
         tasks = hosted_digit_tasks(image_host, 50)
         runtime.ls_api = FakeLabelStudioAPI(MIXED, tasks[:40])  # type: ignore[assignment]
-        assert train_classifier(runtime, {"project": 7, "mode": "full"}).status == "trained"
+        assert train_classifier(runtime, TrainRequest(project=7, mode="full")).status == "trained"
 
         typed = {"tasks": [{"id": 41, "data": tasks[40]["data"]}], "project": "7.1",
                  "label_config": MIXED, "params": {"context": {"result": [

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,7 @@ import torch
 from test_sam import interactive_body, keypoint
 
 from ml_backend.jobs.compute_threads import on_short_lived_thread
+from ml_backend.jobs.kinds import RerankRequest
 from ml_backend.jobs.queues import InProcessQueue, JobKind
 from ml_backend.runtime import Runtime
 
@@ -36,13 +39,14 @@ def test_result_and_exception_come_back_to_the_caller() -> None:
 def test_a_job_runs_on_its_own_thread_that_ends_with_it(make_settings) -> None:
     ran_on: list[threading.Thread] = []
 
-    def record(runtime: Runtime, payload: dict[str, Any]) -> Any:
+    def record(runtime: Runtime, request: RerankRequest) -> Any:
         ran_on.append(threading.current_thread())
         return None
 
-    queue = InProcessQueue(Runtime(make_settings()), registry={"record": JobKind(record)})
+    queue = InProcessQueue(Runtime(make_settings()),
+                           registry={"record": JobKind(record, RerankRequest)})
     try:
-        queue.submit("record", {})
+        queue.submit("record", RerankRequest(1))
         assert queue.wait_idle(10)
     finally:
         queue.close()
@@ -94,3 +98,17 @@ def test_a_request_thread_holds_no_openmp_pool_after_a_click(sam_app) -> None:
         control = _settled_os_threads()
     assert after == idle
     assert control > idle
+
+
+def test_loading_the_detector_library_leaves_torch_threads_alone(tmp_path: Path) -> None:
+    """Ultralytics sets OMP_NUM_THREADS=1 when imported; torch reads it for each new thread,
+    so every later request would have computed on one core."""
+    code = ("import os\nfrom pathlib import Path\n"
+            "from ml_backend.models.detector.model import ultralytics_module\n"
+            f"ultralytics_module(Path({str(tmp_path)!r}))\n"
+            "print('OMP_NUM_THREADS', os.environ.get('OMP_NUM_THREADS'))")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert "OMP_NUM_THREADS None" in out.stdout
+

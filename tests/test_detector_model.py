@@ -8,15 +8,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from ml_backend.app import create_app
 from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.core.errors import BackendError
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.jobs.registry import job_registry
 from ml_backend.models.classifier.training import train_classifier
+from ml_backend.models.detector.model import YoloDetector
 from ml_backend.models.detector.training import FineTuneSpec, fine_tune, train_detector_job
 from ml_backend.runtime import Runtime
 
@@ -111,7 +114,7 @@ def test_missing_checkpoint_costs_only_the_boxes(make_settings, image_host, tmp_
     runtime = Runtime(settings)
     tasks = _shape_tasks(image_host, 12)
     runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks)  # type: ignore[assignment]
-    assert train_classifier(runtime, {"project": 5, "mode": "full"}).status == "trained"
+    assert train_classifier(runtime, TrainRequest(project=5, mode="full")).status == "trained"
     app = create_app(settings, runtime=runtime, jobs=InProcessQueue(runtime, job_registry()),
                      warm_up=False)
     client = app.test_client()
@@ -142,15 +145,15 @@ def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
     tasks = _shape_tasks(image_host, 10)
     fake = FakeLabelStudioAPI(MIXED_CONFIG, tasks[:2])
     runtime.ls_api = fake  # type: ignore[assignment]
-    assert train_classifier(runtime, {"project": 5, "mode": "full"}).status == "trained"
-    too_few = train_detector_job(runtime, {"project": 5, "mode": "full"})
+    assert train_classifier(runtime, TrainRequest(project=5, mode="full")).status == "trained"
+    too_few = train_detector_job(runtime, TrainRequest(project=5, mode="full"))
     assert too_few["status"] == "no-labels" and "DETECTOR_MIN_LABELS" in too_few["detail"]
 
     fake.tasks = tasks[:8]
     before = runtime.store.latest(5)
-    outcome = train_detector_job(runtime, {"project": 5, "mode": "incremental"})
+    outcome = train_detector_job(runtime, TrainRequest(project=5, mode="incremental"))
     assert outcome["status"] == "trained", outcome
-    assert outcome["next_jobs"] == [{"name": "rerank", "payload": {"project": 5},
+    assert outcome["next_jobs"] == [{"name": "rerank", "payload": {"project": 5, "force": False},
                                      "key": "rerank:5"}]
     version = runtime.store.latest(5)
     assert version is not None and version.name != before.name
@@ -164,11 +167,11 @@ def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
 
     # Below DETECTOR_TRAIN_EVERY new annotations an event does not retrain …
     fake.tasks = tasks[:9]
-    waiting = train_detector_job(runtime, {"project": 5, "mode": "incremental"})
+    waiting = train_detector_job(runtime, TrainRequest(project=5, mode="incremental"))
     assert waiting["status"] == "skipped" and "1 new annotated tasks" in waiting["detail"]
     # … and the next round warm-starts from the version just saved.
     fake.tasks = tasks
-    again = train_detector_job(runtime, {"project": 5, "mode": "full"})
+    again = train_detector_job(runtime, TrainRequest(project=5, mode="full"))
     assert again["status"] == "trained"
     assert runtime.store.latest(5).manifest["detector"]["start"] == f"version {version.name}"
 
@@ -185,7 +188,7 @@ def test_a_damaged_detector_file_costs_only_the_boxes(detection_backend, image_h
     client, runtime, _ = detection_backend
     tasks = _shape_tasks(image_host, 8)
     runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks)  # type: ignore[assignment]
-    assert train_detector_job(runtime, {"project": 5, "mode": "full"})["status"] == "trained"
+    assert train_detector_job(runtime, TrainRequest(project=5, mode="full"))["status"] == "trained"
     version = runtime.store.latest(5)
     weights = version.file(version.manifest["detector"]["file"])
     weights.write_bytes(weights.read_bytes()[:-10] + b"corrupted!")
@@ -206,3 +209,16 @@ def test_a_fine_tune_past_its_time_limit_is_killed_and_the_store_is_untouched(
         fine_tune(spec, tmp_path, timeout_s=0.5)
     _, runtime, _ = detection_backend
     assert runtime.store.latest(5) is None
+
+
+def test_detecting_boxes_leaves_torch_threads_alone(tiny_checkpoint: Path,
+                                                    tmp_path: Path) -> None:
+    """Ultralytics' CPU device selection sets torch's intra-op threads to CPUs - 1 for the
+    whole process (1 on a 2-core machine); the detector puts them back, so SAM and the
+    classifier keep every core."""
+    import torch
+
+    threads = torch.get_num_threads()
+    detector = YoloDetector(tiny_checkpoint, tmp_path / "cfg", "cpu", SIZE)
+    detector.detect([np.zeros((48, 64, 3), np.uint8)], 0.0)
+    assert torch.get_num_threads() == threads

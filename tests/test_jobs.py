@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from ml_backend.jobs.queues import InProcessQueue, JobKind, RQQueue, bind_worker
+from ml_backend.jobs.kinds import JobRequest, TrainRequest
+from ml_backend.jobs.queues import InProcessQueue, JobKind, RQQueue, bind_worker, run_rq_job
 from ml_backend.jobs.registry import job_registry
-from ml_backend.models.classifier.training import merge_train_payloads
+from ml_backend.models.classifier.training import merge_train_requests
 from ml_backend.runtime import Runtime
 
 from conftest import DIGITS_CONFIG, digit_images, wait_until
@@ -17,29 +19,35 @@ from fakes import FakeLabelStudioAPI, choice_task
 from redis_fixture import redis_server  # noqa: F401
 
 
+@dataclass(frozen=True)
+class Step(JobRequest):
+    """A test job's request."""
+
+    n: int = 0
+
+
 def test_in_process_runs_records_and_survives_failures(make_settings) -> None:
     gate = threading.Event()
-    seen: list[dict[str, Any]] = []
+    seen: list[TrainRequest] = []
 
-    def slow(runtime: Runtime, payload: dict[str, Any]) -> Any:
+    def slow(runtime: Runtime, request: TrainRequest) -> Any:
         gate.wait(10)
-        seen.append(payload)
-        return {"ok": payload["n"]}
+        seen.append(request)
+        return {"ok": request.mode}
 
-    def boom(runtime: Runtime, payload: dict[str, Any]) -> Any:
+    def boom(runtime: Runtime, request: Step) -> Any:
         raise ValueError("bad payload")
 
     queue = InProcessQueue(Runtime(make_settings()), registry={
-        "slow": JobKind(slow, merge_train_payloads), "boom": JobKind(boom)})
+        "slow": JobKind(slow, TrainRequest, merge_train_requests), "boom": JobKind(boom, Step)})
     try:
-        first = queue.submit("slow", {"project": 1, "n": 1, "mode": "incremental"}, key="p1")
+        first = queue.submit("slow", TrainRequest(1, "incremental"), key="p1")
         # While the first runs (blocked), two more for the key coalesce into one queued job.
         wait_until(lambda: queue.recent()[0]["status"] == "running", "the first job to run")
-        second = queue.submit("slow", {"project": 1, "n": 2, "mode": "incremental",
-                                       "task": {"id": 5}}, key="p1")
-        third = queue.submit("slow", {"project": 1, "n": 3, "mode": "full"}, key="p1")
+        second = queue.submit("slow", TrainRequest(1, "incremental", task={"id": 5}), key="p1")
+        third = queue.submit("slow", {"project": 1, "mode": "full"}, key="p1")  # as a dict too
         assert second == third != first
-        failing = queue.submit("boom", {}, key=None)
+        failing = queue.submit("boom", Step(), key=None)
         gate.set()
         assert queue.wait_idle(30)
         records = {r["id"]: r for r in queue.recent()}
@@ -47,9 +55,16 @@ def test_in_process_runs_records_and_survives_failures(make_settings) -> None:
         assert records[failing]["status"] == "failed"
         assert "ValueError: bad payload" in records[failing]["error"]
         # The coalesced job became a full re-read (no single-event body) and ran once.
-        assert len(seen) == 2 and seen[1]["mode"] == "full" and "task" not in seen[1]
+        assert len(seen) == 2 and seen[1].full and seen[1].task is None
         with pytest.raises(ValueError, match="unknown job"):
-            queue.submit("nope", {})
+            queue.submit("nope", Step())
+        # A request of the wrong shape is refused at once, saying what is wrong.
+        with pytest.raises(ValueError, match="unknown fields"):
+            queue.submit("slow", {"project": 1, "n": 3})
+        with pytest.raises(ValueError, match="project must be a non-negative integer"):
+            queue.submit("slow", {"project": "not-a-number"})
+        with pytest.raises(TypeError, match="expected a TrainRequest"):
+            queue.submit("slow", Step())
     finally:
         queue.close()
 
@@ -58,23 +73,23 @@ def test_in_process_lanes_and_chained_jobs(make_settings) -> None:
     gate = threading.Event()
     order: list[str] = []
 
-    def slow_rank(runtime: Runtime, payload: dict[str, Any]) -> Any:
+    def slow_rank(runtime: Runtime, request: Step) -> Any:
         gate.wait(10)
-        order.append(f"rank{payload['n']}")
+        order.append(f"rank{request.n}")
 
-    def train(runtime: Runtime, payload: dict[str, Any]) -> Any:
-        order.append(f"train{payload['n']}")
-        return {"next_jobs": [{"name": "rank", "payload": {"n": payload["n"]}, "key": "r"}]}
+    def train(runtime: Runtime, request: Step) -> Any:
+        order.append(f"train{request.n}")
+        return {"next_jobs": [{"name": "rank", "payload": {"n": request.n}, "key": "r"}]}
 
     queue = InProcessQueue(Runtime(make_settings()), registry={
-        "train": JobKind(train), "rank": JobKind(slow_rank, lane="ranking")})
+        "train": JobKind(train, Step), "rank": JobKind(slow_rank, Step, lane="ranking")})
     try:
-        queue.submit("train", {"n": 1})
+        queue.submit("train", Step(1))
         wait_until(lambda: any(r["name"] == "rank" and r["status"] == "running"
                                for r in queue.recent()), "the chained rank job to run")
         # The chained rank job blocks its own lane only: training goes on meanwhile.
-        queue.submit("train", {"n": 2})
-        queue.submit("train", {"n": 3})
+        queue.submit("train", Step(2))
+        queue.submit("train", Step(3))
         wait_until(lambda: len(order) >= 3, "three training jobs to finish")
         assert order == ["train1", "train2", "train3"]
         gate.set()
@@ -102,7 +117,10 @@ def test_rq_queue_trains_with_a_real_redis_and_worker(redis_server, make_setting
     first = queue.submit("train", {"project": 2, "mode": "incremental"}, key="train:2")
     duplicate = queue.submit("train", {"project": 2, "mode": "full"}, key="train:2")
     assert duplicate == first, "a queued job for the key absorbs the second request"
-    bad = queue.submit("train", {"project": "not-a-number"})
+    with pytest.raises(ValueError, match="project must be"):
+        queue.submit("train", {"project": "not-a-number"})
+    # A payload that reaches Redis by another way (an older version's job) fails in the worker.
+    bad = queue.queue.enqueue(run_rq_job, "train", {"project": "not-a-number"}, None).id
     assert queue.queue.count == 2
 
     bind_worker(runtime, job_registry())

@@ -9,6 +9,7 @@ from collections import Counter
 from typing import Any
 
 from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.models.classifier.training import train_classifier
 
 from conftest import DIGITS_CONFIG, digit_images
@@ -38,7 +39,7 @@ def test_every_task_once_and_a_rerun_adds_nothing(backend, image_host) -> None:
     runtime.ls_api = api  # type: ignore[assignment]
     runtime.settings = runtime.settings.__class__(**{**runtime.settings.__dict__,
                                                      "preannotate_chunk_size": 16})
-    assert train_classifier(runtime, {"project": PROJECT, "mode": "full"}).status == "trained"
+    assert train_classifier(runtime, TrainRequest(project=PROJECT, mode="full")).status == "trained"
     version = runtime.model_version(PROJECT)
 
     response = client.post(f"/preannotate/{PROJECT}")

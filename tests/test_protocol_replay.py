@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.models.classifier.training import train_classifier
 
 from conftest import CAPTURES, digit_images, load_capture
@@ -79,7 +80,7 @@ def test_replay_predict_after_training(backend, image_host, name: str) -> None:
     labeled = [choice_task(100 + i, url, "quality", ["good" if i % 2 else "bad"])
                for i, url in enumerate(sorted(image_host.files))]
     runtime.ls_api = FakeLabelStudioAPI(SCHEMA, labeled)  # type: ignore[assignment]
-    version = train_classifier(runtime, {"project": 1, "mode": "full"}).version
+    version = train_classifier(runtime, TrainRequest(project=1, mode="full")).version
     capture = load_capture(name)
     response = _replay(client, name)
     if _is_click(capture):
@@ -102,7 +103,7 @@ def test_setup_reports_the_trained_version(backend, image_host) -> None:
     labeled = [choice_task(1 + i, url, "quality", ["good" if i % 2 else "bad"])
                for i, url in enumerate(sorted(image_host.files))]
     runtime.ls_api = FakeLabelStudioAPI(SCHEMA, labeled)  # type: ignore[assignment]
-    version = train_classifier(runtime, {"project": 1, "mode": "incremental"}).version
+    version = train_classifier(runtime, TrainRequest(project=1, mode="incremental")).version
     response = _replay(client, "setup.json")
     assert response.get_json() == {"model_version": version}
     assert version in _replay(client, "versions.json").get_json()["versions"]

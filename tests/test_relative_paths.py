@@ -14,6 +14,7 @@ import pytest
 from ml_backend.app import create_app
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.local_label_studio import find_label_studio_bin
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.jobs.queues import (
     InProcessQueue,
     JobKind,
@@ -86,7 +87,7 @@ def test_repeated_job_failures_show_in_health_until_one_succeeds(make_settings) 
     outcomes = iter([RuntimeError("fine-tune failed (exit 1): spec.json missing")] * 3
                     + [None])
 
-    def flaky(runtime: Runtime, payload: dict[str, Any]) -> Any:
+    def flaky(runtime: Runtime, request: TrainRequest) -> Any:
         error = next(outcomes)
         if error is not None:
             raise error
@@ -94,7 +95,7 @@ def test_repeated_job_failures_show_in_health_until_one_succeeds(make_settings) 
 
     settings = make_settings()
     runtime = Runtime(settings)
-    jobs = InProcessQueue(runtime, registry={"train_detector": JobKind(flaky)})
+    jobs = InProcessQueue(runtime, registry={"train_detector": JobKind(flaky, TrainRequest)})
     client = create_app(settings, runtime=runtime, jobs=jobs, warm_up=False).test_client()
     try:
         for _ in range(3):

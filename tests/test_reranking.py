@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ml_backend.core.errors import BackendError
+from ml_backend.jobs.kinds import RerankRequest, TrainRequest
 from ml_backend.learning.selection import Strategy
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.pipeline.ranking import rank_tasks, rerank_project, throttle_rerank
@@ -24,7 +25,7 @@ def trained_project(backend, image_host):
     labeled = [choice_task(i + 1, f"/data/upload/4/{i}.png", "digit", [str(labels[i])])
                for i in range(20)]
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, labeled)  # type: ignore[assignment]
-    version = train_classifier(runtime, {"project": 4, "mode": "incremental"}).version
+    version = train_classifier(runtime, TrainRequest(project=4, mode="incremental")).version
     candidates = [{"id": i + 1, "data": {"image": f"/data/upload/4/{i}.png"}}
                   for i in range(20, 40)]
     # Two candidates show the very same image as candidate 21.
@@ -98,7 +99,7 @@ def test_rerank_job_writes_the_queue_and_cleans_up(trained_project, image_host) 
     fake.predictions = [{"task": 21, "result": [], "score": 0.5,
                          "model_version": "resnet18-v0-untrained"},
                         {"task": 21, "result": [], "score": 0.5, "model_version": "manual"}]
-    outcome = rerank_project(runtime, {"project": 4})
+    outcome = rerank_project(runtime, RerankRequest(project=4))
     assert outcome["status"] == "ranked" and outcome["version"] == version
     assert outcome["scored"] == len(candidates) - 1 and outcome["failed"] == 1
     assert outcome["deleted_versions"] == ["resnet18-v0-untrained"]
@@ -112,9 +113,9 @@ def test_rerank_job_writes_the_queue_and_cleans_up(trained_project, image_host) 
     state = runtime.store.read_state(4, "ranking")
     assert state["version"] == version and [t["task"] for t in state["top"][:10]] == by_score[:10]
 
-    again = rerank_project(runtime, {"project": 4})
+    again = rerank_project(runtime, RerankRequest(project=4))
     assert again["status"] == "skipped" and len(fake.predictions) == len(written) + 1
-    forced = rerank_project(runtime, {"project": 4, "force": True})
+    forced = rerank_project(runtime, RerankRequest(project=4, force=True))
     assert forced["status"] == "ranked"
     # Re-ranking the same version replaces its predictions instead of adding a second set.
     assert len([p for p in fake.predictions if p["model_version"] == version]) == len(written)
@@ -127,7 +128,7 @@ def test_skipped_tasks_go_to_the_end_of_the_queue(trained_project) -> None:
     top = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, [], Strategy.MARGIN, 10, 0.0,
                      np.random.default_rng(0)).batch[:2]
     fake.unlabeled = [{**c, "skipped": c["id"] in top} for c in candidates]
-    outcome = rerank_project(runtime, {"project": 4})
+    outcome = rerank_project(runtime, RerankRequest(project=4))
     assert outcome["skipped"] == 2 and not set(top) & set(outcome["batch"])
     written = {p["task"]: p for p in fake.predictions if p["model_version"] == version}
     assert len(written) == len(candidates)
@@ -151,7 +152,7 @@ def test_task_deleted_during_a_rerank_costs_only_that_task(trained_project) -> N
         return (labeled, [*unlabeled, ghost]) if len(reads) == 1 else (labeled, unlabeled)
 
     fake.project_tasks = read_then_delete
-    outcome = rerank_project(runtime, {"project": 4})
+    outcome = rerank_project(runtime, RerankRequest(project=4))
     assert outcome["status"] == "ranked" and len(reads) == 2
     tasks = [p["task"] for p in fake.predictions]
     assert sorted(tasks) == sorted(c["id"] for c in candidates), "no duplicates, no ghost"
@@ -219,7 +220,7 @@ def test_each_control_is_ranked_on_its_own_image(backend, image_host) -> None:
             {"from_name": "back_digit", "to_name": "back", "type": "choices",
              "value": {"choices": [side(j)]}}]}]})
     runtime.ls_api = FakeLabelStudioAPI(TWO_IMAGES, labeled)  # type: ignore[assignment]
-    assert train_classifier(runtime, {"project": 6, "mode": "full"}).status == "trained"
+    assert train_classifier(runtime, TrainRequest(project=6, mode="full")).status == "trained"
     candidates = [task(i, 39 - i) for i in range(24, 32)]
     ranked = rank_tasks(runtime, 6, TWO_IMAGES, candidates, [], Strategy.MARGIN, 3, 0.0,
                         np.random.default_rng(0))

@@ -12,6 +12,7 @@ import torch
 
 from ml_backend.app import create_app
 from ml_backend.core.errors import ModelUnavailable
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.jobs.registry import job_registry
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
@@ -219,7 +220,7 @@ def test_missing_checkpoint_fails_sam_only(make_settings, image_host) -> None:
     with backend_app(settings) as (client, runtime, _):
         tasks = hosted_digit_tasks(image_host, 60)
         runtime.ls_api = FakeLabelStudioAPI(MIXED_CONFIG, tasks[:40])  # type: ignore[assignment]
-        assert train_classifier(runtime, {"project": 7, "mode": "full"}).status == "trained"
+        assert train_classifier(runtime, TrainRequest(project=7, mode="full")).status == "trained"
 
         health = client.get("/health").get_json()["models"]["sam"]
         assert health["status"] == "error" and "SAM_CHECKPOINT is not set" in health["error"]

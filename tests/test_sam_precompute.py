@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 from test_sam import MIXED_CONFIG, interactive_body, keypoint
 
+from ml_backend.jobs.kinds import RerankRequest, SamEmbedRequest, TrainRequest
 from ml_backend.labelstudio.rle import rle_to_mask
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.models.sam.embeddings import SamEmbeddingStore, serialize
 from ml_backend.models.sam.model import SamEmbedding
 from ml_backend.models.sam.precompute import (
-    merge_precompute_payloads,
-    precompute_payload,
+    merge_precompute_requests,
     precompute_project,
+    precompute_request,
     precompute_sam_job,
 )
 
@@ -219,11 +220,12 @@ def test_opening_a_task_precomputes_its_embedding(sam_app, docs) -> None:
 def test_newest_request_goes_first_one_task_per_run(sam_app, docs) -> None:
     _, runtime, _ = sam_app
     tasks = _tasks(docs, 4)
-    old = precompute_payload(3, tasks[:3], ["image"])
+    old = precompute_request(3, tasks[:3], ["image"])
     time.sleep(0.01)
-    new = precompute_payload(3, tasks[3:], ["image"])
-    merged = merge_precompute_payloads(old, new)
-    assert [t["id"] for r in merged["requests"] for t in r["tasks"]] == [103, 100, 101, 102]
+    new = precompute_request(3, tasks[3:], ["image"])
+    assert old is not None and new is not None
+    merged = merge_precompute_requests(old, new)
+    assert [t["id"] for r in merged.requests for t in r["tasks"]] == [103, 100, 101, 102]
     result = precompute_sam_job(runtime, merged)
     assert result["task"] == 103 and result["encoded"] == [{"key": "image",
                                                             "source": "computed"}]
@@ -238,9 +240,12 @@ def test_a_broken_image_costs_only_its_task(sam_app, docs) -> None:
     (docs / "set1" / "bad.png").write_bytes(b"broken")
     tasks = [{"id": 1, "data": {"image": "/data/local-files/?d=set1/bad.png"}},
              *_tasks(docs, 1)]
-    result = precompute_sam_job(runtime, precompute_payload(3, tasks, ["image"]))
+    request = precompute_request(3, tasks, ["image"])
+    assert request is not None
+    result = precompute_sam_job(runtime, request)
     assert "decode" in result["encoded"][0]["error"]
-    result = precompute_sam_job(runtime, result["next_jobs"][0]["payload"])
+    result = precompute_sam_job(runtime, SamEmbedRequest.from_payload(
+        result["next_jobs"][0]["payload"]))
     assert result["encoded"][0]["source"] == "computed" and "next_jobs" not in result
 
 
@@ -269,8 +274,8 @@ def test_rerank_precomputes_the_head_of_the_new_queue(make_settings, image_host,
     fake = FakeLabelStudioAPI(MIXED_CONFIG, tasks[:40])
     fake.unlabeled = [{"id": t["id"], "data": t["data"]} for t in tasks[40:]]
     runtime.ls_api = fake  # type: ignore[assignment]
-    assert train_classifier(runtime, {"project": 7, "mode": "full"}).status == "trained"
-    result = rerank_project(runtime, {"project": 7, "force": True})
+    assert train_classifier(runtime, TrainRequest(project=7, mode="full")).status == "trained"
+    result = rerank_project(runtime, RerankRequest(project=7, force=True))
     (follow,) = result["next_jobs"]
     assert follow["name"] == "sam_embed" and follow["key"] == "sam_embed:7"
     head = runtime.store.read_state(7, "ranking")["top"][:3]

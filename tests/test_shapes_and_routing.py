@@ -46,8 +46,8 @@ def test_an_object_fills_its_box_centre_in_one_colour() -> None:
 def test_webhooks_start_the_trainers_the_config_needs(backend, monkeypatch) -> None:
     client, _, jobs = backend
     submitted: list[tuple[str, int]] = []
-    monkeypatch.setattr(jobs, "submit", lambda name, payload, key=None: (
-        submitted.append((name, payload["project"])) or f"job-{len(submitted)}"))
+    monkeypatch.setattr(jobs, "submit", lambda name, request, key=None: (
+        submitted.append((name, request.project)) or f"job-{len(submitted)}"))
     mixed = DIGITS_CONFIG.replace(
         "</View>", '<RectangleLabels name="shape" toName="image"><Label value="circle"/>'
         "</RectangleLabels></View>")

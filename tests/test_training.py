@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.models.classifier.training import targets_for, train_classifier
 
@@ -42,7 +43,7 @@ def test_train_then_predict_improves_and_versions_change(backend, image_host) ->
     assert all(r["result"] == [] for r in before)
     assert before[0]["model_version"].endswith("v0-untrained")
 
-    outcome = train_classifier(runtime, {"project": 7, "mode": "full"})
+    outcome = train_classifier(runtime, TrainRequest(project=7, mode="full"))
     assert outcome.status == "trained" and outcome.n_labeled == 80
     setup = client.post("/setup", json={"project": "7.1700000000", "schema": DIGITS_CONFIG})
     assert setup.get_json()["model_version"] == outcome.version
@@ -55,11 +56,11 @@ def test_train_then_predict_improves_and_versions_change(backend, image_host) ->
     assert all(0.0 <= r["score"] <= 1.0 for r in after)
     # The re-ranking job announces the version once the queue's predictions are written.
     assert fake.announced == []
-    assert outcome.next_jobs == [{"name": "rerank", "payload": {"project": 7},
+    assert outcome.next_jobs == [{"name": "rerank", "payload": {"project": 7, "force": False},
                                   "key": "rerank:7"}]
 
     # Nothing new: an incremental request is a no-op and keeps the version.
-    again = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    again = train_classifier(runtime, TrainRequest(project=7, mode="incremental"))
     assert again.status == "skipped" and again.version == outcome.version
 
 
@@ -68,13 +69,13 @@ def test_incremental_update_uses_webhook_body_without_reexport(backend, image_ho
     tasks, _ = _project(image_host, 30)
     fake = FakeLabelStudioAPI(DIGITS_CONFIG, tasks[:20])
     runtime.ls_api = fake  # type: ignore[assignment]
-    first = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    first = train_classifier(runtime, TrainRequest(project=7, mode="incremental"))
     assert fake.exports == 1
     new_task = tasks[20]
     payload = {"project": 7, "mode": "incremental", "label_config": DIGITS_CONFIG,
                "task": {"id": new_task["id"], "data": new_task["data"]},
                "annotation": new_task["annotations"][0]}
-    second = train_classifier(runtime, payload)
+    second = train_classifier(runtime, TrainRequest.from_payload(payload))
     assert fake.exports == 1, "a recent full sync plus the event body is enough"
     assert second.status == "trained" and second.n_labeled == 21
     assert second.version != first.version
@@ -106,7 +107,7 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
                                     finetune_epochs=1))
     tasks, _ = _project(image_host, 90)
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
-    outcome = train_classifier(runtime, {"project": 7, "mode": "full"})
+    outcome = train_classifier(runtime, TrainRequest(project=7, mode="full"))
     assert outcome.status == "trained"
     manifest = runtime.store.latest(7).manifest
     report = manifest["backbone"]["finetune"]
@@ -122,11 +123,11 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
         assert "file" not in manifest["backbone"]
         assert model.embedder.digest.startswith(runtime.base_weights().digest)
     # An incremental update keeps the version's backbone and is a no-op when nothing changed.
-    again = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    again = train_classifier(runtime, TrainRequest(project=7, mode="incremental"))
     assert again.status == "skipped"
     tasks.append(choice_task(99, tasks[0]["data"]["image"], "digit", ["3"]))
     runtime.ls_api = FakeLabelStudioAPI(DIGITS_CONFIG, tasks)  # type: ignore[assignment]
-    updated = train_classifier(runtime, {"project": 7, "mode": "incremental"})
+    updated = train_classifier(runtime, TrainRequest(project=7, mode="incremental"))
     assert updated.status == "trained"
     assert runtime.store.latest(7).manifest["backbone"].get("file") == \
         manifest["backbone"].get("file")

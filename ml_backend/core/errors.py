@@ -47,6 +47,14 @@ class ModelUnavailable(BackendError):
     http_status = 503
 
 
+class LabelStudioNotConfigured(BadRequest):
+    """Work that reads or writes Label Studio asked of a backend without its URL and key."""
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__(f"{purpose} needs Label Studio's API: set LABEL_STUDIO_URL and "
+                         "LABEL_STUDIO_API_KEY")
+
+
 class LabelStudioUnavailable(BackendError):
     """Label Studio's API cannot be reached or refused our credentials."""
 

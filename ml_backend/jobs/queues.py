@@ -1,13 +1,16 @@
 """Background jobs behind one interface: an in-process worker (embedded default) or Redis + RQ.
 
-Jobs are named functions ``(runtime, payload) -> JSON-able result`` with JSON-able payloads.
-Submitting with a ``key`` coalesces: while a job with that key waits in the queue, further
-submissions with the same key are dropped (the queued job will read the newest data anyway,
-because training re-reads labels when it starts). A job chains others by listing them under
-``next_jobs`` in its result (training does so to re-rank after a new version); both queues
-submit those, with their keys, before the job counts as done. On Redis, a payload may carry
-``timeout_s`` (the job's time limit; default an hour) and ``retries`` (how often RQ runs it
-again after a failure, a timeout or its worker's death).
+A job kind (:class:`JobKind`) is a function ``(runtime, request) -> JSON-able result`` and the
+type of its request (a :class:`ml_backend.jobs.kinds.JobRequest` dataclass). A submission is
+checked against that type at once (a bad one is a ValueError with the reason), travels as a
+plain dict, and is rebuilt as the typed request when the job runs. Submitting with a ``key``
+coalesces: while a job with that key waits in the queue, further submissions with the same key
+are merged into it (the queued job will read the newest data anyway, because training re-reads
+labels when it starts). A job chains others by listing them under ``next_jobs`` in its result
+(training does so to re-rank after a new version); both queues submit those, with their keys,
+before the job counts as done. On Redis, a request's ``timeout_s`` (default an hour) and
+``retries`` (how often RQ runs it again after a failure, a timeout or its worker's death)
+become the job's limits.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ml_backend.jobs.compute_threads import on_short_lived_thread
+from ml_backend.jobs.kinds import JobRequest
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -33,22 +37,35 @@ if TYPE_CHECKING:
     from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
-JobFunction = Callable[["Runtime", dict[str, Any]], Any]
-PayloadMerge = Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]]
+JobFunction = Callable[["Runtime", Any], Any]  # (runtime, request of the kind's type)
+RequestMerge = Callable[[Any, Any], Any]  # (queued request, new request) -> merged
 
 
-def keep_newest(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def keep_newest(queued: JobRequest, new: JobRequest) -> JobRequest:
     return new
 
 
 @dataclass(frozen=True)
 class JobKind:
-    """A job function, how two coalesced submissions' payloads combine, and the in-process
-    lane (worker thread) it runs on."""
+    """A job function, the type of request it takes, how two coalesced requests combine, and
+    the in-process lane (worker thread) it runs on."""
 
     run: JobFunction
-    merge: PayloadMerge = keep_newest
+    request: type[JobRequest]
+    merge: RequestMerge = keep_newest
     lane: str = "models"
+
+    def parse(self, payload: JobRequest | Mapping[str, Any]) -> JobRequest:
+        """``payload`` as this kind's request (a ValueError or TypeError says what is wrong)."""
+        if isinstance(payload, self.request):
+            return payload
+        if isinstance(payload, JobRequest):
+            raise TypeError(f"expected a {self.request.__name__}, got {type(payload).__name__}")
+        return self.request.from_payload(payload)
+
+    def merged(self, queued: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+        """Two coalesced payloads as one (transported as dicts, merged as requests)."""
+        return self.merge(self.parse(queued), self.parse(new)).as_payload()
 
 
 # Job kinds by name (see ml_backend.jobs.registry for the product's): passed to the queues.
@@ -100,8 +117,9 @@ def execute(runtime: Runtime, record: JobRecord, registry: Registry) -> JobRecor
     try:
         # On a thread of its own, which ends with the job: see compute_threads.
         kind = registry[record.name]
+        request = kind.parse(record.payload)
         record.result = on_short_lived_thread(f"job-{record.name}",
-                                              lambda: kind.run(runtime, record.payload))
+                                              lambda: kind.run(runtime, request))
         record.status = "finished"
     except Exception as exc:
         record.status = "failed"
@@ -125,8 +143,18 @@ def _record_outcome(runtime: Runtime, record: JobRecord) -> None:
         log.warning("job %s: could not record its outcome: %s", record.id, exc)
 
 
+def _payload(registry: Registry, name: str, request: JobRequest | Mapping[str, Any]
+             ) -> dict[str, Any]:
+    """What a queue stores for a submission: the request checked against the kind's type
+    (a bad one is refused here, at once, with the reason), as a JSON-able dict."""
+    if name not in registry:
+        raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(registry))}")
+    return registry[name].parse(request).as_payload()
+
+
 class JobQueue(Protocol):
-    def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str: ...
+    def submit(self, name: str, request: JobRequest | Mapping[str, Any],
+               key: str | None = None) -> str: ...
     def recent(self) -> list[dict[str, Any]]: ...
     def wait_idle(self, timeout_s: float) -> bool: ...
     def close(self) -> None: ...
@@ -155,13 +183,13 @@ class InProcessQueue:
             self._lanes[lane] = (lane_queue, thread)
             thread.start()
 
-    def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
-        if name not in self.registry:
-            raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(self.registry))}")
+    def submit(self, name: str, request: JobRequest | Mapping[str, Any],
+               key: str | None = None) -> str:
+        payload = _payload(self.registry, name, request)
         with self._lock:
             if key is not None and key in self._pending:
                 queued = self._pending[key]
-                queued.payload = self.registry[name].merge(queued.payload, payload)
+                queued.payload = self.registry[name].merged(queued.payload, payload)
                 return queued.id
             record = JobRecord(id=uuid.uuid4().hex[:12], name=name, key=key, payload=payload)
             if key is not None:
@@ -282,7 +310,7 @@ def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> An
             job.connection.delete(_pending_key(key))
             coalesced = job.connection.getdel(_coalesced_key(key))
             if coalesced:
-                payload = registry[name].merge(payload, json.loads(coalesced))
+                payload = registry[name].merged(payload, json.loads(coalesced))
     record = execute(runtime, JobRecord(id="rq", name=name, key=key, payload=payload),
                      registry)
     if record.status == "failed":
@@ -326,15 +354,15 @@ class RQQueue:
 
         return cls(Redis.from_url(redis_url), registry)
 
-    def submit(self, name: str, payload: dict[str, Any], key: str | None = None) -> str:
-        if name not in self.registry:
-            raise ValueError(f"unknown job {name!r}; known: {', '.join(sorted(self.registry))}")
+    def submit(self, name: str, request: JobRequest | Mapping[str, Any],
+               key: str | None = None) -> str:
+        payload = _payload(self.registry, name, request)
         job_id = uuid.uuid4().hex[:12]
         if key is not None and not self.redis.set(_pending_key(key), job_id, nx=True, ex=3600):
             # A job with this key is queued: record that it must also cover this request.
             # (Payload merges for RQ assume merge(a, merge(b, c)) == merge(merge(a, b), c).)
             previous = self.redis.get(_coalesced_key(key))
-            merged = self.registry[name].merge(json.loads(previous), payload) if previous \
+            merged = self.registry[name].merged(json.loads(previous), payload) if previous \
                 else payload
             self.redis.set(_coalesced_key(key), json.dumps(merged), ex=3600)
             existing = self.redis.get(_pending_key(key))

@@ -9,45 +9,56 @@ from __future__ import annotations
 
 from typing import Any
 
-from ml_backend.jobs.kinds import JobName
+from ml_backend.jobs.kinds import (
+    EmbedRequest,
+    JobName,
+    PreannotateChunkRequest,
+    PreannotateRequest,
+    RerankRequest,
+    SamEmbedRequest,
+    TrainRequest,
+)
 from ml_backend.jobs.queues import InProcessQueue, JobKind, JobQueue, JobRecord, Registry, RQQueue
 from ml_backend.models.classifier.training import (
-    merge_train_payloads,
+    merge_train_requests,
     precompute_embeddings,
     train_classifier,
 )
 from ml_backend.models.detector.training import train_detector_job
-from ml_backend.models.sam.precompute import merge_precompute_payloads, precompute_sam_job
+from ml_backend.models.sam.precompute import merge_precompute_requests, precompute_sam_job
 from ml_backend.pipeline.preannotation import preannotate_chunk, preannotate_project
 from ml_backend.pipeline.ranking import rerank_project
 from ml_backend.runtime import Runtime
 
 
-def _train(runtime: Runtime, payload: dict[str, Any]) -> Any:
-    return train_classifier(runtime, payload).as_dict()
+def _train(runtime: Runtime, request: TrainRequest) -> Any:
+    return train_classifier(runtime, request).as_dict()
 
 
-def merge_rerank_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    return {**new, "force": bool(queued.get("force") or new.get("force"))}
+def merge_rerank_requests(queued: RerankRequest, new: RerankRequest) -> RerankRequest:
+    return RerankRequest(new.project, force=queued.force or new.force)
 
 
 def job_registry() -> Registry:
     return {
-        JobName.TRAIN: JobKind(_train, merge_train_payloads),
-        JobName.EMBED: JobKind(precompute_embeddings),
+        JobName.TRAIN: JobKind(_train, TrainRequest, merge_train_requests),
+        JobName.EMBED: JobKind(precompute_embeddings, EmbedRequest),
         # Re-ranking waits mostly on Label Studio's API: its own lane keeps it from
         # delaying the next training (annotation → new version stays fast).
-        JobName.RERANK: JobKind(rerank_project, merge_rerank_payloads, lane="ranking"),
+        JobName.RERANK: JobKind(rerank_project, RerankRequest, merge_rerank_requests,
+                                lane="ranking"),
         # A detector fine-tune takes minutes: its own lane keeps classifier updates (and
         # other projects' jobs) from queueing behind it.
-        JobName.TRAIN_DETECTOR: JobKind(train_detector_job, merge_train_payloads,
+        JobName.TRAIN_DETECTOR: JobKind(train_detector_job, TrainRequest, merge_train_requests,
                                         lane="detector"),
         # SAM encodes ahead of clicks: seconds each on a CPU, so apart from training.
-        JobName.SAM_EMBED: JobKind(precompute_sam_job, merge_precompute_payloads, lane="sam"),
+        JobName.SAM_EMBED: JobKind(precompute_sam_job, SamEmbedRequest,
+                                   merge_precompute_requests, lane="sam"),
         # Whole-project pre-annotation: a planner and its chunks, on their own lane so a
         # 100k-task project never delays training (and can get its own GPU workers).
-        JobName.PREANNOTATE: JobKind(preannotate_project, lane="predict"),
-        JobName.PREANNOTATE_CHUNK: JobKind(preannotate_chunk, lane="predict"),
+        JobName.PREANNOTATE: JobKind(preannotate_project, PreannotateRequest, lane="predict"),
+        JobName.PREANNOTATE_CHUNK: JobKind(preannotate_chunk, PreannotateChunkRequest,
+                                           lane="predict"),
     }
 
 
@@ -60,4 +71,4 @@ def make_queue(runtime: Runtime, on_done: Any = None) -> JobQueue:
     return InProcessQueue(runtime, registry, on_done=on_done)
 
 
-__all__ = ["JobRecord", "job_registry", "make_queue", "merge_rerank_payloads"]
+__all__ = ["JobRecord", "job_registry", "make_queue", "merge_rerank_requests"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,11 +64,8 @@ class LabelStudioAPI:
         self._client = LabelStudio(base_url=self.base_url, api_key=api_key, timeout=timeout_s)
 
     def label_config(self, project: int) -> str:
-        try:
+        with _calling(f"read project {project}"):
             return str(self._client.projects.get(id=project).label_config)
-        except Exception as exc:  # SDK/httpx errors of many kinds: one category for callers
-            raise LabelStudioUnavailable(
-                f"cannot read project {project}: {_short(exc)}") from exc
 
     def labeled_tasks(self, project: int) -> list[LabeledTask]:
         """Every annotated task of ``project`` (one export request)."""
@@ -90,37 +88,34 @@ class LabelStudioAPI:
     def task_pages(self, project: int, page_size: int = 100) -> Iterator[list[TaskState]]:
         """Every task of ``project``, a page at a time (the SDK's paginated task list), with
         the model versions of its predictions."""
-        try:
-            page: list[TaskState] = []
-            for task in self._client.tasks.list(project=project, page_size=page_size,
-                                                fields="all"):
-                page.append(task_state(task))
-                if len(page) == page_size:
-                    yield page
-                    page = []
-            if page:
+        page: list[TaskState] = []
+        with _calling(f"list tasks of project {project}"):
+            records = iter(self._client.tasks.list(project=project, page_size=page_size,
+                                                   fields="all"))
+        while True:
+            # Each step may fetch the next page; the caller's work between pages is not
+            # wrapped (its errors are its own).
+            with _calling(f"list tasks of project {project}"):
+                task = next(records, None)
+            if task is None:
+                break
+            page.append(task_state(task))
+            if len(page) == page_size:
                 yield page
-        except LabelStudioUnavailable:
-            raise
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot list tasks of project {project}: {_short(exc)}") from exc
+                page = []
+        if page:
+            yield page
 
     def task(self, task_id: int) -> TaskState:
         """One task as it is now, with the model versions of its predictions."""
-        try:
+        with _calling(f"read task {task_id}"):
             return task_state(self._client.tasks.get(id=task_id))
-        except Exception as exc:
-            raise LabelStudioUnavailable(f"cannot read task {task_id}: {_short(exc)}") from exc
 
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
-        try:
+        with _calling(f"export project {project}"):
             chunks = self._client.projects.exports.download_sync(
                 id=project, export_type="JSON", download_all_tasks=all_tasks)
             tasks = json.loads(b"".join(chunks))
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot export project {project}: {_short(exc)}") from exc
         if not isinstance(tasks, list):
             raise LabelStudioUnavailable(f"export of project {project} is not a task list")
         return [t for t in tasks if isinstance(t, dict) and "id" in t]
@@ -132,40 +127,25 @@ class LabelStudioAPI:
         from label_studio_sdk import PredictionRequest
 
         created = 0
-        try:
+        with _calling(f"import predictions into project {project}"):
             for start in range(0, len(predictions), chunk):
                 batch = [PredictionRequest(**plain(p))
                          for p in predictions[start:start + chunk]]
                 response = self._client.projects.import_predictions(id=project, request=batch)
                 created += int(getattr(response, "created", None) or len(batch))
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot import predictions into project {project}: {_short(exc)}") from exc
         return created
 
     def prediction_versions(self, project: int) -> dict[str, int]:
         """The model versions the project's predictions carry, with their counts."""
-        try:
-            response = self._client._client_wrapper.httpx_client.request(
-                f"api/projects/{project}/model-versions/", method="GET")
-            response.raise_for_status()
-            data = response.json()
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot list model versions of project {project}: {_short(exc)}") from exc
+        with _calling(f"list model versions of project {project}"):
+            data = self._raw("GET", f"api/projects/{project}/model-versions/").json()
         return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     def delete_predictions(self, project: int, version: str) -> None:
         """Delete the project's predictions of one model version (no SDK method for it)."""
-        try:
-            response = self._client._client_wrapper.httpx_client.request(
-                f"api/projects/{project}/model-versions/", method="DELETE",
-                json={"model_version": version})
-            response.raise_for_status()
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot delete predictions {version!r} of project {project}: "
-                f"{_short(exc)}") from exc
+        with _calling(f"delete predictions {version!r} of project {project}"):
+            self._raw("DELETE", f"api/projects/{project}/model-versions/",
+                      json={"model_version": version})
 
     def set_model_version(self, project: int, version: str,
                           is_ours: Callable[[str], bool], retitle: bool = True) -> None:
@@ -178,7 +158,7 @@ class LabelStudioAPI:
         connection's title equals the project's version, Label Studio clears that version on
         every prediction deletion.
         """
-        try:
+        with _calling(f"set model_version of project {project}"):
             if retitle:
                 for ml_backend in self._client.ml.list(project=project):
                     if ml_backend.id is not None and is_ours(str(ml_backend.title or "")) \
@@ -187,16 +167,19 @@ class LabelStudioAPI:
                         self._client.ml.update(id=ml_backend.id, title=version,
                                                url=ml_backend.url, project=project)
             self._client.projects.update(id=project, model_version=version)
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot set model_version of project {project}: {_short(exc)}") from exc
 
     def model_version(self, project: int) -> str | None:
-        try:
+        with _calling(f"read project {project}"):
             return self._client.projects.get(id=project).model_version
-        except Exception as exc:
-            raise LabelStudioUnavailable(
-                f"cannot read project {project}: {_short(exc)}") from exc
+
+    def _raw(self, method: str, path: str, **kwargs: Any) -> Any:
+        """A call the SDK has no method for (the project's model-versions endpoint), through
+        the SDK's own authenticated HTTP client (its only private attribute we touch), so
+        tokens and their refresh stay in one place."""
+        response = self._client._client_wrapper.httpx_client.request(path, method=method,
+                                                                     **kwargs)
+        response.raise_for_status()
+        return response
 
 
 @dataclass(frozen=True)
@@ -217,6 +200,18 @@ def task_state(task: Any) -> TaskState:
     versions = tuple(str(field(p, "model_version") or "")
                      for p in field(task, "predictions") or ())
     return TaskState(int(field(task, "id")), data if isinstance(data, dict) else {}, versions)
+
+
+@contextmanager
+def _calling(what: str) -> Iterator[None]:
+    """Any failure of the SDK or its HTTP client inside becomes one category for callers:
+    LabelStudioUnavailable("cannot <what>: <status and body>")."""
+    try:
+        yield
+    except LabelStudioUnavailable:
+        raise
+    except Exception as exc:  # SDK/httpx errors of many kinds, by version
+        raise LabelStudioUnavailable(f"cannot {what}: {_short(exc)}") from exc
 
 
 def _short(exc: Exception) -> str:

@@ -20,10 +20,13 @@ import logging
 import time
 from typing import Any
 
-from ml_backend.core.errors import BadRequest
-from ml_backend.jobs.kinds import JobName, job_key
+from ml_backend.jobs.kinds import (
+    JobName,
+    PreannotateChunkRequest,
+    PreannotateRequest,
+    job_key,
+)
 from ml_backend.jobs.queues import exclusive
-from ml_backend.labelstudio.api import LabelStudioAPI
 from ml_backend.labelstudio.label_config import parse_label_config
 from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.runtime import Runtime
@@ -33,17 +36,10 @@ log = logging.getLogger(__name__)
 STATE = "preannotate"
 
 
-def _api(runtime: Runtime) -> LabelStudioAPI:
-    if runtime.ls_api is None:
-        raise BadRequest("pre-annotation reads and writes Label Studio: set LABEL_STUDIO_URL "
-                         "and LABEL_STUDIO_API_KEY")
-    return runtime.ls_api
-
-
-def preannotate_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+def preannotate_project(runtime: Runtime, request: PreannotateRequest) -> dict[str, Any]:
     """Queue a chunk job for every task without a prediction of the current version."""
-    project = int(payload["project"])
-    api = _api(runtime)
+    project = request.project
+    api = runtime.label_studio("pre-annotation")
     settings = runtime.settings
     config = api.label_config(project)
     parse_label_config(config)  # a config this backend cannot serve fails here, clearly
@@ -69,22 +65,21 @@ def preannotate_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, 
              project, version, total, already, len(chunks))
     jobs = [{"name": JobName.PREANNOTATE_CHUNK,
              "key": job_key(JobName.PREANNOTATE_CHUNK, project, chunk[0]),
-             "payload": {"project": project, "version": version, "task_ids": chunk,
-                         "label_config": config,
-                         "timeout_s": settings.preannotate_chunk_timeout_s,
-                         "retries": settings.preannotate_retries}}
+             "payload": PreannotateChunkRequest(
+                 project, version, chunk, config, timeout_s=settings.preannotate_chunk_timeout_s,
+                 retries=settings.preannotate_retries).as_payload()}
             for chunk in chunks]
     return {**state, "next_jobs": jobs}
 
 
-def preannotate_chunk(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+def preannotate_chunk(runtime: Runtime, request: PreannotateChunkRequest) -> dict[str, Any]:
     """Predict and write the chunk's tasks that have no prediction of the current version."""
-    project = int(payload["project"])
-    ids = [int(i) for i in payload["task_ids"]]
-    api = _api(runtime)
-    parsed = parse_label_config(payload["label_config"])
+    project = request.project
+    ids = [int(i) for i in request.task_ids]
+    api = runtime.label_studio("pre-annotation")
+    parsed = parse_label_config(request.label_config)
     with exclusive(job_key(JobName.PREANNOTATE_CHUNK, project, ids[0]),
-                   ttl_s=float(payload.get("timeout_s") or 600)):
+                   ttl_s=float(request.timeout_s or 600)):
         version = runtime.model_version(project)
         tasks = [api.task(task_id) for task_id in ids]
         todo = [t for t in tasks if version not in t.prediction_versions]

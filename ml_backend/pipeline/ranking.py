@@ -26,6 +26,7 @@ from ml_backend.core.errors import (
 )
 from ml_backend.core.settings import Settings
 from ml_backend.core.store import RANKING_STATE
+from ml_backend.jobs.kinds import RerankRequest
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
 from ml_backend.labelstudio.results import (
@@ -210,13 +211,13 @@ def _seed(version: str) -> int:
     return int(hashlib.sha256(version.encode()).hexdigest()[:8], 16)
 
 
-def rerank_project(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    """Job entry: ``payload = {"project": int, "force": bool}``. Skips when the newest
-    version already ranked the queue, unless forced. One re-rank per project at a time, so
-    an older version never announces itself after a newer one."""
-    project = int(payload["project"])
+def rerank_project(runtime: Runtime, request: RerankRequest) -> dict[str, Any]:
+    """Job entry: re-score the project's unlabeled tasks. Skips when the newest version
+    already ranked the queue, unless ``force``. One re-rank per project at a time, so an
+    older version never announces itself after a newer one."""
+    project = request.project
     with runtime.store.locked(project, "ranking"):
-        return _rerank_locked(runtime, project, bool(payload.get("force")))
+        return _rerank_locked(runtime, project, request.force)
 
 
 def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from ml_backend.devtools.project_setup import (
     retrieve_predictions,
     upload_images,
 )
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.api import LabelStudioAPI
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
@@ -102,7 +103,7 @@ def _digits_project(label_studio: Any, ls_client: Any, work: Path, count: int,
         LabelStudioAPI(label_studio.url, label_studio.api_key).label_config(project),
         [choice_task(t, data[t]["image"], "digit", [str(label)])
          for t, label in zip(ids[:labeled], labels[:labeled], strict=True)])
-    assert train_classifier(runtime, {"project": project, "mode": "full"}).status == "trained"
+    assert train_classifier(runtime, TrainRequest(project=project, mode="full")).status == "trained"
     return project, ids, list(labels), env
 
 

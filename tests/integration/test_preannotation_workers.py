@@ -17,6 +17,7 @@ import pytest
 
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.project_setup import create_project, upload_images
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.api import LabelStudioAPI
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.runtime import Runtime
@@ -83,7 +84,7 @@ def test_500_tasks_two_workers_one_killed(label_studio, ls_client, redis_server,
                for task_id, label in zip(task_ids[:40], labels[:40], strict=True)]
     label_config = LabelStudioAPI(label_studio.url, label_studio.api_key).label_config(project)
     runtime.ls_api = FakeLabelStudioAPI(label_config, labeled)  # type: ignore[assignment]
-    assert train_classifier(runtime, {"project": project, "mode": "full"}).status == "trained"
+    assert train_classifier(runtime, TrainRequest(project=project, mode="full")).status == "trained"
     version = runtime.model_version(project)
 
     logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]

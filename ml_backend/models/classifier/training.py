@@ -24,7 +24,14 @@ import numpy as np
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.images import decode_image
 from ml_backend.core.store import ModelVersion
-from ml_backend.jobs.kinds import JobName, job_key
+from ml_backend.jobs.kinds import (
+    EmbedRequest,
+    JobName,
+    RerankRequest,
+    TrainMode,
+    TrainRequest,
+    job_key,
+)
 from ml_backend.labelstudio.api import LabeledTask, labeled_tasks_from_export
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
 from ml_backend.learning.heads import LinearHead, fit_head
@@ -76,24 +83,24 @@ def targets_for(control: ControlSpec, results: Sequence[list[dict[str, Any]]]
     return rows, np.array(targets, dtype=np.int64)
 
 
-def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any],
+def _sync_labels(runtime: Runtime, request: TrainRequest,
                  ledger_name: str = LEDGER) -> tuple[str, list[LabeledTask]]:
     """The project's label config and labeled tasks. Reads Label Studio's export unless the
     event carries the changed task and the last full read is recent enough. Each trainer
     keeps its own ledger (``ledger_name``): they run concurrently."""
+    project = request.project
     ledger = runtime.store.read_state(project, ledger_name)
-    fresh = (ledger is not None and payload.get("mode") == "incremental"
+    fresh = (ledger is not None and not request.full
              and time.time() - ledger["synced_at"] < runtime.settings.full_sync_interval_s
-             and isinstance(payload.get("task"), dict)
-             and isinstance(payload.get("annotation"), dict))
-    if isinstance(payload.get("export"), list):
+             and isinstance(request.task, dict) and isinstance(request.annotation, dict))
+    if isinstance(request.export, list):
         # Legacy POST /train: Label Studio sent every annotated task itself.
-        tasks = {int(t["id"]): t for t in payload["export"] if isinstance(t, dict) and "id" in t}
-        config = payload.get("label_config") or (ledger or {}).get("label_config") or ""
+        tasks = {int(t["id"]): t for t in request.export if isinstance(t, dict) and "id" in t}
+        config = request.label_config or (ledger or {}).get("label_config") or ""
         synced_at = time.time()
     elif fresh and ledger is not None:
         tasks = {int(k): v for k, v in ledger["tasks"].items()}
-        task, annotation = payload["task"], payload["annotation"]
+        task, annotation = dict(request.task or {}), dict(request.annotation or {})
         task_id = int(task["id"])
         known = tasks.get(task_id, {}).get("annotations", [])
         stored = next((a for a in known if a.get("id") == annotation.get("id")), None)
@@ -103,14 +110,12 @@ def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any],
             annotation = stored
         merged = [a for a in known if a.get("id") != annotation.get("id")] + [annotation]
         tasks[task_id] = {"id": task_id, "data": task.get("data", {}), "annotations": merged}
-        config = payload.get("label_config") or ledger["label_config"]
+        config = request.label_config or ledger["label_config"]
         synced_at = ledger["synced_at"]
     else:
-        if runtime.ls_api is None:
-            raise BackendError("training needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY to "
-                               "read annotations from Label Studio")
-        config = runtime.ls_api.label_config(project)
-        exported = runtime.ls_api.labeled_tasks(project)
+        ls_api = runtime.label_studio("training")
+        config = ls_api.label_config(project)
+        exported = ls_api.labeled_tasks(project)
         tasks = {t.task_id: {"id": t.task_id, "data": t.data, "annotations": [
             {"id": t.annotation_id, "updated_at": t.updated_at, "result": t.result}]}
             for t in exported}
@@ -121,16 +126,21 @@ def _sync_labels(runtime: Runtime, project: int, payload: dict[str, Any],
     return config, labeled_tasks_from_export(list(tasks.values()))
 
 
-def merge_train_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+def rerank_next_job(project: int, force: bool = False) -> dict[str, Any]:
+    """The re-ranking a job chains after it (``next_jobs`` in its result)."""
+    return {"name": JobName.RERANK, "payload": RerankRequest(project, force).as_payload(),
+            "key": job_key(JobName.RERANK, project)}
+
+
+def merge_train_requests(queued: TrainRequest, new: TrainRequest) -> TrainRequest:
     """Coalesce two train requests for one project into the one still queued: the stronger
     mode wins, and the event bodies are dropped so the job re-reads every label from Label
     Studio instead of applying only one of the events."""
-    mode = "full" if "full" in (queued.get("mode"), new.get("mode")) else "incremental"
-    merged = {"project": new.get("project", queued.get("project")), "mode": mode,
-              "label_config": new.get("label_config") or queued.get("label_config")}
-    if isinstance(new.get("export"), list):
-        merged["export"] = new["export"]
-    return merged
+    full = queued.full or new.full
+    return TrainRequest(project=new.project,
+                        mode=(TrainMode.FULL if full else TrainMode.INCREMENTAL).value,
+                        label_config=new.label_config or queued.label_config,
+                        export=new.export if isinstance(new.export, list) else None)
 
 
 def _fingerprint(config: str, labeled: Sequence[LabeledTask], backbone: str) -> str:
@@ -192,11 +202,11 @@ def embed_images(runtime: Runtime, embedder: ResNetEmbedder, images: EncodedImag
     return [images.rows[i] for i in good], vectors
 
 
-def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
-    """Job entry: ``payload = {"project": int, "mode": "incremental"|"full", …event}``."""
+def train_classifier(runtime: Runtime, request: TrainRequest) -> TrainOutcome:
+    """Job entry: update the project's classifier from its labels (see TrainRequest)."""
     started = time.perf_counter()
-    project = int(payload["project"])
-    full = payload.get("mode", "incremental") != "incremental"
+    project = request.project
+    full = request.full
     phases: dict[str, float] = {}
 
     def mark(phase: str) -> None:
@@ -204,7 +214,7 @@ def train_classifier(runtime: Runtime, payload: dict[str, Any]) -> TrainOutcome:
 
     with runtime.store.locked(project):
         mark("lock")
-        config, labeled = _sync_labels(runtime, project, payload)
+        config, labeled = _sync_labels(runtime, request)
         mark("sync")
         try:
             controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
@@ -368,8 +378,7 @@ def after_new_version(runtime: Runtime, project: int, version: str) -> list[dict
     announces the version once its predictions are written, so Data Manager never shows a
     version whose scores are not there yet; without re-ranking, the announcement now."""
     if runtime.settings.rerank_after_training and runtime.ls_api is not None:
-        return [{"name": JobName.RERANK, "payload": {"project": project},
-                 "key": job_key(JobName.RERANK, project)}]
+        return [rerank_next_job(project)]
     announce(runtime, project, version)
     return []
 
@@ -385,25 +394,23 @@ def announce(runtime: Runtime, project: int, version: str, retitle: bool = True)
         log.warning("could not set project %s model_version: %s", project, exc)
 
 
-def precompute_embeddings(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+def precompute_embeddings(runtime: Runtime, request: EmbedRequest) -> dict[str, Any]:
     """Job: embed new tasks' images ahead of time so the first /predict is fast."""
-    tasks = payload.get("tasks") or []
-    config = payload.get("label_config") or ""
+    tasks = request.tasks
+    config = request.label_config
     controls = parse_label_config(config).for_family(ModelFamily.CLASSIFIER)
     keys = {c.value_key for c in controls}
     fake = [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in tasks
             if isinstance(t, dict) and "id" in t]
-    embedder = runtime.embedder(runtime.store.latest(int(payload["project"])))
+    project = request.project
+    embedder = runtime.embedder(runtime.store.latest(project))
     done = 0
     for key in keys:
         rows, _ = embed_images(runtime, embedder, fetch_images(runtime, fake, key))
         done += len(rows)
     result: dict[str, Any] = {"embedded": done}
-    project = int(payload["project"])
-    if (payload.get("rerank") and runtime.settings.rerank_after_training
+    if (request.rerank and runtime.settings.rerank_after_training
             and runtime.ls_api is not None and runtime.store.latest(project) is not None):
-        result["next_jobs"] = [{"name": JobName.RERANK,
-                                "payload": {"project": project, "force": True},
-                                "key": job_key(JobName.RERANK, project)}]
+        result["next_jobs"] = [rerank_next_job(project, force=True)]
     return result
 

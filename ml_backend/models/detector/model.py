@@ -12,19 +12,21 @@ probes public DNS, and its dataset checks fetch a font, unless told otherwise.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import logging
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+import torch
 
 from ml_backend.core.detections import Detections, xyxy_to_yolo
 from ml_backend.core.errors import ModelUnavailable
@@ -58,12 +60,33 @@ def ultralytics_module(config_dir: Path) -> ModuleType:
             font = font_manager.findfont("DejaVu Sans", fallback_to_default=True)
             for name in missing:
                 shutil.copyfile(font, target / name)
+        # Ultralytics sets OMP_NUM_THREADS=1 on import when it is unset (for its training
+        # dataloaders). Torch reads that variable for every new thread, and each request and
+        # job runs on a new one (jobs/compute_threads.py): left set, every model in this
+        # process would compute on one core once a detector had loaded.
+        omp_threads = os.environ.get("OMP_NUM_THREADS")
         import ultralytics
         from ultralytics.utils import SETTINGS
+
+        if omp_threads is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
 
         if SETTINGS.get("sync"):
             SETTINGS.update({"sync": False})
         return ultralytics
+
+
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Undo what Ultralytics does to the whole process: choosing the CPU sets torch's
+    intra-op threads to its own training default (CPUs - 1, so 1 on a 2-core machine), which
+    would slow every other model served here (SAM, the classifier) from then on."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)
@@ -141,7 +164,8 @@ class YoloDetector:
                  ) -> None:
         yolo = ultralytics_module(config_dir).YOLO
         try:
-            self.model = yolo(str(weights_path), task="detect")
+            with keep_torch_threads():
+                self.model = yolo(str(weights_path), task="detect")
         except Exception as exc:  # ultralytics raises several types for unreadable files
             raise ModelUnavailable(f"cannot load YOLO weights {weights_path}: {exc}") from exc
         task = getattr(self.model, "task", None)
@@ -162,7 +186,7 @@ class YoloDetector:
             return []
         # Ultralytics reads numpy images as OpenCV's BGR.
         batch = [np.ascontiguousarray(image[..., ::-1]) for image in images]
-        with self._lock:
+        with self._lock, keep_torch_threads():
             results = self.model.predict(batch, imgsz=self.image_size, conf=min_score,
                                          device=self.device, max_det=MAX_BOXES, verbose=False)
         out = []

@@ -33,6 +33,7 @@ from PIL import Image
 from ml_backend.core.detections import ls_rect_to_xyxy
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.settings import absolute_path
+from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
 from ml_backend.models.classifier.training import (
@@ -176,14 +177,14 @@ def _fingerprint(control: ControlSpec, samples: Sequence[DetectionSample], ids: 
     return digest.hexdigest()[:16]
 
 
-def train_detector_job(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
-    """Job entry: ``payload = {"project": int, "mode": "incremental"|"full", …event}``.
-    Incremental events train once ``DETECTOR_TRAIN_EVERY`` tasks were annotated since the
-    current detector; ``full`` (START_TRAINING) trains whenever anything changed."""
+def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any]:
+    """Job entry. Incremental requests train once ``DETECTOR_TRAIN_EVERY`` tasks were
+    annotated since the current detector; ``full`` (START_TRAINING) trains whenever anything
+    changed."""
     started = time.perf_counter()
-    project = int(payload["project"])
+    project = request.project
     settings = runtime.settings
-    full = payload.get("mode") == "full"
+    full = request.full
 
     def outcome(status: str, version: str | None, n: int, detail: str = "",
                 next_jobs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -193,7 +194,7 @@ def train_detector_job(runtime: Runtime, payload: dict[str, Any]) -> dict[str, A
         return result
 
     with runtime.store.locked(project, "detector"):
-        config, labeled = _sync_labels(runtime, project, payload, ledger_name=LEDGER)
+        config, labeled = _sync_labels(runtime, request, ledger_name=LEDGER)
         try:
             controls = parse_label_config(config).for_family(ModelFamily.DETECTOR)
         except BackendError as exc:

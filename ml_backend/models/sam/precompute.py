@@ -19,7 +19,7 @@ from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavaila
 from ml_backend.core.images import decode_image
 from ml_backend.core.progress import progress_bar
 from ml_backend.core.store import RANKING_STATE
-from ml_backend.jobs.kinds import JobName, job_key
+from ml_backend.jobs.kinds import JobName, SamEmbedRequest, job_key
 from ml_backend.labelstudio.label_config import parse_label_config
 from ml_backend.models.sam.embeddings import Lookup
 from ml_backend.runtime import Runtime
@@ -37,9 +37,9 @@ def prompt_keys(label_config: str) -> list[str]:
                    if c.to_name in targets and c.value_key})
 
 
-def precompute_payload(project: int, tasks: Sequence[Any], keys: Sequence[str],
-                       limit: int | None = None) -> dict[str, Any] | None:
-    """A ``sam_embed`` payload for ``tasks`` in the given order (first = most urgent), or
+def precompute_request(project: int, tasks: Sequence[Any], keys: Sequence[str],
+                       limit: int | None = None) -> SamEmbedRequest | None:
+    """A ``sam_embed`` request for ``tasks`` in the given order (first = most urgent), or
     None when there is nothing to encode."""
     items = [{"id": t.get("id"), "data": t["data"]} for t in tasks
              if isinstance(t, dict) and isinstance(t.get("data"), dict)]
@@ -47,15 +47,14 @@ def precompute_payload(project: int, tasks: Sequence[Any], keys: Sequence[str],
         items = items[:limit]
     if not items or not keys:
         return None
-    return {"project": project, "requests": [
-        {"at": time.time(), "keys": list(keys), "tasks": items}]}
+    return SamEmbedRequest(project, [{"at": time.time(), "keys": list(keys), "tasks": items}])
 
 
-def merge_precompute_payloads(queued: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Both payloads' requests, newest first (the newest is what an annotator looks at)."""
-    requests = sorted([*queued.get("requests", []), *new.get("requests", [])],
-                      key=lambda r: -float(r.get("at", 0.0)))
-    return {**new, "requests": requests}
+def merge_precompute_requests(queued: SamEmbedRequest, new: SamEmbedRequest
+                              ) -> SamEmbedRequest:
+    """Both requests' parts, newest first (the newest is what an annotator looks at)."""
+    requests = sorted([*queued.requests, *new.requests], key=lambda r: -float(r.get("at", 0.0)))
+    return SamEmbedRequest(new.project, requests)
 
 
 def queue_head_job(runtime: Runtime, project: int, config: str, order: Sequence[int],
@@ -67,10 +66,10 @@ def queue_head_job(runtime: Runtime, project: int, config: str, order: Sequence[
         return None
     by_id = {int(t["id"]): t for t in tasks}
     head = [by_id[i] for i in order[:runtime.settings.sam_precompute_ahead] if i in by_id]
-    payload = precompute_payload(project, head, prompt_keys(config))
-    if payload is None:
+    request = precompute_request(project, head, prompt_keys(config))
+    if request is None:
         return None
-    return {"name": JobName.SAM_EMBED, "payload": payload,
+    return {"name": JobName.SAM_EMBED, "payload": request.as_payload(),
             "key": job_key(JobName.SAM_EMBED, project)}
 
 
@@ -84,10 +83,10 @@ def embed_image(runtime: Runtime, url: str, task_id: int | None) -> Lookup:
             decode_image(data, runtime.settings.max_image_pixels, url)))
 
 
-def precompute_sam_job(runtime: Runtime, payload: dict[str, Any]) -> dict[str, Any]:
+def precompute_sam_job(runtime: Runtime, request: SamEmbedRequest) -> dict[str, Any]:
     """Job: encode the next task image of the newest request; queue the rest."""
-    project = int(payload["project"])
-    requests = [dict(r) for r in payload.get("requests", []) if r.get("tasks")]
+    project = request.project
+    requests = [dict(r) for r in request.requests if r.get("tasks")]
     if not requests:
         return {"project": project, "status": "done"}
     head = requests[0]
@@ -108,7 +107,7 @@ def precompute_sam_job(runtime: Runtime, payload: dict[str, Any]) -> dict[str, A
     remaining = [r for r in requests if r.get("tasks")]
     if remaining:
         result["next_jobs"] = [{"name": JobName.SAM_EMBED,
-                                "payload": {**payload, "requests": remaining},
+                                "payload": SamEmbedRequest(project, remaining).as_payload(),
                                 "key": job_key(JobName.SAM_EMBED, project)}]
     return result
 
@@ -119,16 +118,14 @@ def precompute_project(runtime: Runtime, project: int, limit: int | None = None,
                        | None = None) -> dict[str, Any]:
     """Encode every unlabeled task image of a Label Studio project now, in the ranked
     order when the project has been ranked, with a progress bar on ``out``."""
-    if runtime.ls_api is None:
-        raise BackendError("precomputing a project reads its tasks from Label Studio: set "
-                           "LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
-    keys = prompt_keys(runtime.ls_api.label_config(project))
+    ls_api = runtime.label_studio("precomputing a project's embeddings")
+    keys = prompt_keys(ls_api.label_config(project))
     if not keys:
         raise BackendError(f"project {project}'s label config has no smart KeyPointLabels or "
                            "RectangleLabels tool on an image with a BrushLabels or "
                            "PolygonLabels control: nothing for SAM to precompute")
     runtime.segmenter()  # fail before the loop when SAM is unavailable
-    _, unlabeled = runtime.ls_api.project_tasks(project)
+    _, unlabeled = ls_api.project_tasks(project)
     tasks = (order or ranked_first(runtime, project))(unlabeled)[:limit]
     counts: dict[str, int] = {}
     started = time.monotonic()
