@@ -140,9 +140,7 @@ class Predictor:
         deadline = None if budget_s is None else time.monotonic() + budget_s
         scored = self.score_tasks(tasks, parsed, project, self.runtime.settings.ranking_strategy,
                                   deadline)
-        for row, failures in scored.failures.items():
-            for failure in failures:
-                self._task_failed(tasks[row], failure)
+        self._tasks_failed(tasks, scored.failures)
         version = self.runtime.model_version(project)
         per_family: list[list[TaskOutputs | None]] = []
         for family in scored.families:
@@ -282,9 +280,7 @@ class Predictor:
                                          image.image_size, self._text_settings(), threshold,
                                          self._refiner(tasks[i], key, group))
                     out[i] = combine_outputs([out[i], found])
-            for i, reasons in failures.items():
-                for reason in reasons:
-                    self._task_failed(tasks[i], reason)
+            self._tasks_failed(tasks, failures)
         return out
 
     def text_prompt(self, tasks: list[Any], typed: TypedPrompt, parsed: ParsedConfig,
@@ -341,6 +337,7 @@ class Predictor:
     def _classifier_scores(self, tasks: Sequence[Any], controls: tuple[ControlSpec, ...],
                            project: int | None, strategy: Strategy, deadline: float | None,
                            failures: dict[int, list[Failure]]) -> FamilyScores | None:
+        """Choices for every task, or None before the project's first training."""
         model = self.runtime.classifier(project) if controls else None
         if model is None:
             return None
@@ -429,10 +426,12 @@ class Predictor:
             pending = submit(start + size)
             yield loaded
 
-    def _task_failed(self, task: Any, reason: Failure) -> None:
-        self.metrics.task_errors.labels(reason=reason[0]).inc()
-        log.warning("predict: task %s gets no prediction from this model: %s",
-                    _task_id(task), reason[1])
+    def _tasks_failed(self, tasks: Sequence[Any], failures: dict[int, list[Failure]]) -> None:
+        for row, reasons in failures.items():
+            for reason, message in reasons:
+                self.metrics.task_errors.labels(reason=reason).inc()
+                log.warning("predict: task %s gets no prediction from this model: %s",
+                            _task_id(tasks[row]), message)
 
     def _fetch(self, task: Any, key: str, deadline: float | None = None,
                cached: Callable[[str], np.ndarray | None] | None = None
