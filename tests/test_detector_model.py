@@ -18,9 +18,11 @@ from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.jobs.registry import job_registry
+from ml_backend.learning.selection import Strategy
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.models.detector.model import YoloDetector
 from ml_backend.models.detector.training import FineTuneSpec, fine_tune, train_detector_job
+from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
 
 from conftest import png_bytes
@@ -106,6 +108,26 @@ def test_predict_returns_boxes_per_task_and_survives_a_bad_image(detection_backe
     assert results[3]["result"] == [] and results[3]["score"] == 1.0
     health = client.get("/health").get_json()["models"]["detector"]
     assert health["status"] == "ready" and health["weights"] == "checkpoint"
+
+
+def test_the_queue_holds_the_boxes_predict_answers(detection_backend, image_host) -> None:
+    client, runtime, _ = detection_backend
+    tasks = [{"id": t["id"], "data": t["data"]} for t in _shape_tasks(image_host, 10)]
+    tasks.append({"id": 99, "data": {"image": "/data/upload/5/missing.png"}})
+    # A batch of 0: every written score is the model's confidence, as /predict gives it.
+    ranked = rank_tasks(runtime, 5, SHAPES_CONFIG, tasks, [], Strategy.MARGIN, 0, 0.0,
+                        np.random.default_rng(0))
+    served = client.post("/predict", json={"tasks": tasks, "label_config": SHAPES_CONFIG,
+                                           "project": 5}).get_json()["results"]
+    assert ranked.failed == [99] and served[-1]["result"] == []
+    assert any(p["result"] for p in served), "threshold 0 shows every box the model finds"
+    for task, prediction in zip(tasks[:-1], served[:-1], strict=True):
+        queued = ranked.predictions[task["id"]]
+        assert (queued["result"], queued["model_version"]) == (prediction["result"],
+                                                               prediction["model_version"])
+        assert queued["score"] == pytest.approx(prediction["score"], abs=1e-6)
+        assert ranked.uncertainty[task["id"]] == {
+            "detection": pytest.approx(1 - prediction["score"], abs=1e-6)}
 
 
 def test_missing_checkpoint_costs_only_the_boxes(make_settings, image_host, tmp_path) -> None:

@@ -10,6 +10,7 @@ from ml_backend.core.errors import BackendError
 from ml_backend.jobs.kinds import RerankRequest, TrainRequest
 from ml_backend.learning.selection import Strategy
 from ml_backend.models.classifier.training import train_classifier
+from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.pipeline.ranking import rank_tasks, rerank_project, throttle_rerank
 
 from conftest import DIGITS_CONFIG, digit_images
@@ -53,6 +54,35 @@ def test_uncertainty_order_and_predictions(trained_project) -> None:
     meta = prediction["result"][0]["meta"]["uncertainty"]
     assert set(meta) == {"least_confidence", "margin", "entropy"}
     assert meta["margin"] == pytest.approx(ranked.uncertainty[ranked.order[0]]["margin"], abs=1e-4)
+
+
+def test_the_queue_holds_what_predict_answers_from_one_batch_path(backend, trained_project,
+                                                                  monkeypatch) -> None:
+    client, _, _ = backend
+    runtime, version, labeled, candidates = trained_project
+    tasks = [*candidates, {"id": 999, "data": {"image": "/data/upload/4/missing.png"}}]
+    predictor = predictor_for(runtime)
+    batch_path, calls = predictor.score_tasks, []
+
+    def spy(batch, *args, **kwargs):
+        calls.append([t["id"] for t in batch])
+        return batch_path(batch, *args, **kwargs)
+
+    monkeypatch.setattr(predictor, "score_tasks", spy)
+    # A batch of 0: every written score is the model's confidence, as /predict gives it.
+    ranked = rank_tasks(runtime, 4, DIGITS_CONFIG, tasks, labeled, Strategy.MARGIN, 0, 0.0,
+                        np.random.default_rng(0))
+    served = client.post("/predict", json={"tasks": tasks, "project": "4.1",
+                                           "label_config": DIGITS_CONFIG}).get_json()["results"]
+    ids = [t["id"] for t in tasks]
+    assert calls == [ids, ids], "re-ranking and /predict both predict through score_tasks"
+    assert ranked.failed == [999] and served[-1]["result"] == []
+    for task_id, prediction in zip(ids[:-1], served[:-1], strict=True):
+        queued = ranked.predictions[task_id]
+        assert (queued["result"], queued["model_version"]) == (prediction["result"], version)
+        assert queued["score"] == pytest.approx(prediction["score"], abs=1e-6)
+        assert ranked.uncertainty[task_id]["margin"] == pytest.approx(1 - prediction["score"],
+                                                                      abs=1e-6)
 
 
 def test_ranked_batch_does_not_repeat_an_image(trained_project) -> None:

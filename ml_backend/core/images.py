@@ -151,8 +151,13 @@ class ImageLoader:
     def load(self, url: str, task_id: int | None = None) -> LoadedImage:
         """Fetch and decode ``url``; pixels are H x W x 3 uint8 RGB. Raises ImageError."""
         data, digest = self.load_bytes(url, task_id=task_id)
-        pixels = decode_image(data, self._settings.max_image_pixels, _shown(url))
-        return LoadedImage(pixels=pixels, sha256=digest, source=url)
+        return LoadedImage(pixels=self.decode(data, url), sha256=digest, source=url)
+
+    def decode(self, data: bytes, url: str) -> np.ndarray:
+        """``data`` (the bytes :meth:`load_bytes` read from ``url``) as H x W x 3 uint8 RGB,
+        within MAX_IMAGE_PIXELS, for a caller that first checked it needs the pixels at
+        all. Raises ImageError."""
+        return decode_image(data, self._settings.max_image_pixels, _shown(url))
 
     def load_bytes(self, url: str, task_id: int | None = None) -> tuple[bytes, str]:
         """The raw file bytes of ``url`` and their sha256 hex digest. Raises ImageError.

@@ -170,21 +170,6 @@ def classification_outputs(controls: Sequence[ControlSpec], probas: dict[str, np
             for row in range(len(uncertainty))]
 
 
-def classification_predictions(controls: Sequence[ControlSpec], probas: dict[str, np.ndarray],
-                               model_version: str, strategy: Strategy,
-                               scores: np.ndarray | None = None) -> list[dict[str, Any]]:
-    """Predictions for N tasks from each control's probabilities ``probas[name] (N, C)``.
-
-    ``score`` defaults to ``1 - uncertainty`` under ``strategy`` (the model's confidence as
-    the strategy measures it), so sorting ascending puts the most informative task first;
-    the re-ranking job passes ``scores`` that also encode its batch order."""
-    items = classification_outputs(controls, probas, strategy)
-    if scores is None:
-        scores = np.array([1.0 - u for _, u in items])
-    return [task_prediction(outputs, model_version, float(score))
-            for (outputs, _), score in zip(items, scores, strict=True)]
-
-
 def combine_outputs(parts: Sequence[tuple[list[Output], float] | None]
                     ) -> tuple[list[Output], float] | None:
     """One task's outputs from several model families: all regions, and the largest

@@ -1,5 +1,6 @@
 """Batch and interactive prediction over every model family, with no HTTP and no job queue
-in it: the HTTP layer's ``/predict`` and the pre-annotation jobs both call it.
+in it: the HTTP layer's ``/predict``, the pre-annotation jobs and re-ranking all call it
+(:meth:`Predictor.score_tasks` is their one batch path).
 
 A task whose image cannot be had gets an empty prediction and a logged reason; the rest of
 the batch is unaffected. A family whose model is unavailable adds nothing (its error is in
@@ -10,15 +11,15 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ml_backend.core.errors import BadRequest, ImageError, LabelStudioUnavailable, ModelUnavailable
-from ml_backend.core.images import LoadedImage
 from ml_backend.core.metrics import Metrics
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, ParsedConfig
 from ml_backend.labelstudio.results import (
@@ -29,6 +30,8 @@ from ml_backend.labelstudio.results import (
     empty_prediction,
     task_prediction,
 )
+from ml_backend.learning.selection import Strategy, uncertainty_table
+from ml_backend.models.classifier.model import ResNetEmbedder
 from ml_backend.models.clipseg.prompts import (
     TEXT_PROMPT_CONTROLS,
     Refiner,
@@ -49,12 +52,66 @@ from ml_backend.models.detector.boxes import (
 from ml_backend.models.sam.model import SamPrompt
 from ml_backend.models.sam.precompute import embed_image
 from ml_backend.models.sam.prompts import ClickRequest
-from ml_backend.runtime import ClassifierModel, Runtime
+from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
 EMBED_CHUNK = 16
 TaskOutputs = tuple[list[Output], float]  # one task's outputs and its uncertainty
+Failure = tuple[str, str]  # why a task's image cannot be had: (task_errors reason, message)
+
+
+@dataclass(frozen=True)
+class TaskImage:
+    """One task's image as a batch needs it: the ``sha256`` of its bytes, and ``pixels``
+    (H x W x 3 uint8 RGB) unless the classifier's ``embedding`` of it was cached, in which
+    case it is never decoded."""
+
+    sha256: str
+    pixels: np.ndarray | None = None
+    embedding: np.ndarray | None = None
+
+    def rgb(self) -> np.ndarray:
+        if self.pixels is None:
+            raise RuntimeError(f"image {self.sha256[:12]} was not decoded (its embedding was "
+                               "cached): load it without an embedding lookup to see pixels")
+        return self.pixels
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """The classifier's embedding of each predicted row's ``key`` image, and the
+    ``embedder`` that made them, to embed other images (labeled ones) in the same space."""
+
+    key: str
+    embedder: ResNetEmbedder
+    by_row: dict[int, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FamilyScores:
+    """One model family's predictions for a batch, by task row; a row it did not predict is
+    absent (an image of it failed: see :attr:`BatchScores.failures`). ``controls``: the ones
+    it predicts, none when its model fits no control of the label config. ``uncertainty``:
+    a row's every uncertainty score by name (each strategy's for the classifier, the least
+    certain control deciding; ``detection`` for boxes), shown by GET /ranking."""
+
+    family: ModelFamily
+    version: str
+    controls: tuple[ControlSpec, ...]
+    outputs: dict[int, TaskOutputs]
+    uncertainty: dict[int, dict[str, float]]
+    embeddings: Embeddings | None = None
+
+
+@dataclass(frozen=True)
+class BatchScores:
+    """A batch predicted by every family that has a model for its controls. ``failures``:
+    the rows an image of which could not be had, with why (once per image and family that
+    wanted it)."""
+
+    families: list[FamilyScores]
+    failures: dict[int, list[Failure]] = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,7 +129,6 @@ class Predictor:
         self.runtime = runtime
         self.metrics = metrics
         self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="image-io")
-        self._deadline = threading.local()  # per calling thread: the request's time budget
 
     def predict_tasks(self, tasks: list[Any], parsed: ParsedConfig, project: int | None,
                       budget_s: float | None = None) -> list[dict[str, Any]]:
@@ -81,35 +137,29 @@ class Predictor:
         With ``budget_s``, images not yet loaded when it has run out are not predicted: their
         tasks get an empty prediction (logged, counted as ``time-budget`` task errors), so
         the answer still arrives before Label Studio gives up on the request."""
-        self._deadline.value = None if budget_s is None else time.monotonic() + budget_s
-        classify = parsed.for_family(ModelFamily.CLASSIFIER)
-        detect = parsed.for_family(ModelFamily.DETECTOR)
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        scored = self.score_tasks(tasks, parsed, project, self.runtime.settings.ranking_strategy,
+                                  deadline)
+        self._tasks_failed(tasks, scored.failures)
         version = self.runtime.model_version(project)
         per_family: list[list[TaskOutputs | None]] = []
-        if classify:
-            model = self.runtime.classifier(project)
-            if model is not None:
-                per_family.append(self._classify(tasks, classify, model))
-                version = model.version
-                self.metrics.predictions.labels(family=ModelFamily.CLASSIFIER.value).inc(
-                    len(tasks))
-        detected = None
-        if detect:
-            detected = self._detect_tasks(tasks, detect, project)
-            if detected is not None:
-                per_family.append(detected)
-                self.metrics.predictions.labels(family=ModelFamily.DETECTOR.value).inc(
-                    len(tasks))
-        text_controls = self._text_controls(parsed, detector_missing=detected is None)
+        for family in scored.families:
+            per_family.append([family.outputs.get(row) for row in range(len(tasks))])
+            self.metrics.predictions.labels(family=family.family.value).inc(len(tasks))
+            if family.family is ModelFamily.CLASSIFIER:
+                version = family.version
+        detected = any(f.family is ModelFamily.DETECTOR for f in scored.families)
+        text_controls = self._text_controls(parsed, detector_missing=not detected)
         if text_controls:
-            prompted = self._text_tasks(tasks, text_controls, parsed)
+            prompted = self._text_tasks(tasks, text_controls, parsed, deadline)
             if prompted is not None:
                 per_family.append(prompted)
                 self.metrics.predictions.labels(
                     family=ModelFamily.TEXT_SEGMENTER.value).inc(len(tasks))
         # Untrained (nothing to show): the uniform confidence is the honest score; with
         # boxes only, 0 (nothing known about the image).
-        untrained = min((1.0 / max(len(c.labels), 1) for c in classify), default=0.0)
+        untrained = min((1.0 / max(len(c.labels), 1)
+                         for c in parsed.for_family(ModelFamily.CLASSIFIER)), default=0.0)
         results = []
         for row in range(len(tasks)):
             combined = combine_outputs([family[row] for family in per_family])
@@ -118,6 +168,38 @@ class Predictor:
             else:
                 results.append(task_prediction(combined[0], version, 1.0 - combined[1]))
         return results
+
+    def score_tasks(self, tasks: Sequence[Any], parsed: ParsedConfig, project: int | None,
+                    strategy: Strategy, deadline: float | None = None) -> BatchScores:
+        """The classifier's and the detector's outputs for ``tasks`` (Label Studio task
+        dicts) by row, with what ranking needs besides: the one batch path of ``/predict``,
+        pre-annotation and re-ranking. ``strategy`` decides a classified task's uncertainty
+        (the score it is written with). Images load on the I/O pool a chunk at a time, so a
+        whole project's never sit in memory at once; those not started by ``deadline`` (a
+        ``time.monotonic()`` value) fail as ``time-budget``. A family without a model for its
+        controls is left out (an unavailable one is logged: its error is in /health)."""
+        failures: dict[int, list[Failure]] = {}
+        found = (self._classifier_scores(tasks, parsed.for_family(ModelFamily.CLASSIFIER),
+                                         project, strategy, deadline, failures),
+                 self._detector_scores(tasks, parsed.for_family(ModelFamily.DETECTOR), project,
+                                       deadline, failures))
+        return BatchScores([f for f in found if f is not None], failures)
+
+    def embed_tasks(self, tasks: Sequence[Any], key: str, embedder: ResNetEmbedder,
+                    failures: dict[int, list[Failure]], deadline: float | None = None
+                    ) -> dict[int, np.ndarray]:
+        """The embedding of each task's ``key`` image by row; the rows whose image cannot be
+        had are added to ``failures`` instead. Cached embeddings are used without decoding
+        their image; the others are embedded a chunk at a time as the chunk arrives."""
+        def cached(sha: str) -> np.ndarray | None:
+            return embedder.cache.get_many(embedder.digest, [sha]).get(sha)
+
+        vectors: dict[int, np.ndarray] = {}
+        for loaded in self._chunks(tasks, key, EMBED_CHUNK, deadline, failures, cached):
+            rows = [row for row, _ in loaded]
+            vectors.update(zip(rows, _embed(embedder, [image for _, image in loaded]),
+                               strict=True))
+        return vectors
 
     def segment(self, tasks: list[Any], click: ClickRequest, project: int | None
                  ) -> dict[str, Any]:
@@ -170,7 +252,8 @@ class Predictor:
                             settings.sam_polygon_tolerance_px)
 
     def _text_tasks(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
-                    parsed: ParsedConfig) -> list[TaskOutputs | None] | None:
+                    parsed: ParsedConfig, deadline: float | None
+                    ) -> list[TaskOutputs | None] | None:
         """Every task's CLIPSeg boxes and masks, or None when CLIPSeg is unavailable (the
         error is in /health and the log; the other families still predict). Each image
         gets one backbone pass and one decoder batch for all its labels' prompts."""
@@ -187,23 +270,17 @@ class Predictor:
         for key, group in by_key.items():
             prompts = list(dict.fromkeys(label_prompt(c, lab) for c in group for lab in c.labels))
             threshold = context_threshold(None, parsed, group[0].to_name)
-            pending = [self._io.submit(self._load, task, key, self._now_deadline())
-                       for task in tasks[:DETECT_CHUNK]]
-            for i in range(len(tasks)):
-                item = pending.pop(0).result()
-                if i + DETECT_CHUNK < len(tasks):  # keep a few images loading ahead
-                    pending.append(self._io.submit(self._load, tasks[i + DETECT_CHUNK], key,
-                                                   self._now_deadline()))
-                if not isinstance(item, LoadedImage):
-                    self._task_failed(tasks[i], item)
-                    continue
-                image, source = self.runtime.clipseg_image(model, item.sha256, item.pixels)
-                self.metrics.clipseg_activations.labels(source=source).inc()
-                probability = model.probabilities(image, prompts, background)
-                found = text_outputs(group, label_maps(group, prompts, probability),
-                                     image.image_size, self._text_settings(), threshold,
-                                     self._refiner(tasks[i], key, group))
-                out[i] = combine_outputs([out[i], found])
+            failures: dict[int, list[Failure]] = {}
+            for loaded in self._chunks(tasks, key, DETECT_CHUNK, deadline, failures):
+                for i, item in loaded:
+                    image, source = self.runtime.clipseg_image(model, item.sha256, item.rgb())
+                    self.metrics.clipseg_activations.labels(source=source).inc()
+                    probability = model.probabilities(image, prompts, background)
+                    found = text_outputs(group, label_maps(group, prompts, probability),
+                                         image.image_size, self._text_settings(), threshold,
+                                         self._refiner(tasks[i], key, group))
+                    out[i] = combine_outputs([out[i], found])
+            self._tasks_failed(tasks, failures)
         return out
 
     def text_prompt(self, tasks: list[Any], typed: TypedPrompt, parsed: ParsedConfig,
@@ -220,10 +297,10 @@ class Predictor:
                              "RectangleLabels, BrushLabels or PolygonLabels to fill")
         model = self.runtime.text_segmenter()
         key = controls[0].value_key
-        item = self._load(tasks[0], key)
-        if not isinstance(item, LoadedImage):
+        item = self._fetch(tasks[0], key)
+        if not isinstance(item, TaskImage):
             raise BadRequest(f"task {_task_id(tasks[0])}: {item[1]}")
-        image, source = self.runtime.clipseg_image(model, item.sha256, item.pixels)
+        image, source = self.runtime.clipseg_image(model, item.sha256, item.rgb())
         self.metrics.clipseg_activations.labels(source=source).inc()
         background = self.runtime.settings.clipseg_background_prompt or None
         probability = model.probabilities(image, [typed.text], background)[0]
@@ -257,116 +334,110 @@ class Predictor:
 
         return refine
 
-    def _classify(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
-                  model: ClassifierModel) -> list[TaskOutputs | None]:
-        usable = [c for c in controls
-                  if c.name in model.heads and model.heads[c.name].labels == c.labels]
+    def _classifier_scores(self, tasks: Sequence[Any], controls: tuple[ControlSpec, ...],
+                           project: int | None, strategy: Strategy, deadline: float | None,
+                           failures: dict[int, list[Failure]]) -> FamilyScores | None:
+        """Choices for every task, or None before the project's first training."""
+        model = self.runtime.classifier(project) if controls else None
+        if model is None:
+            return None
+        usable = tuple(c for c in controls
+                       if c.name in model.heads and model.heads[c.name].labels == c.labels)
         if len(usable) < len(controls):
-            log.warning("predict: controls without a head for the current labels get no "
-                        "prediction until the next training: %s",
+            log.warning("project %s: controls without a head for the current labels get no "
+                        "prediction until the next training: %s", project,
                         [c.name for c in controls if c not in usable])
-        keys = sorted({c.value_key for c in usable})
-        futures = {self._io.submit(self._load, task, key, self._now_deadline()): (i, key)
-                   for i, task in enumerate(tasks) for key in keys}
-        sha_of: dict[tuple[int, str], str] = {}
-        failed: set[int] = set()
-        vectors: dict[str, np.ndarray] = {}
-        waiting: dict[str, LoadedImage] = {}
+        # Each control is scored on its own image; a task needs all of them.
+        by_key = {key: self.embed_tasks(tasks, key, model.embedder, failures, deadline)
+                  for key in dict.fromkeys(c.value_key for c in usable)}
+        good = sorted(set.intersection(*(set(v) for v in by_key.values()))) if by_key else []
+        outputs: dict[int, TaskOutputs] = {}
+        uncertainty: dict[int, dict[str, float]] = {}
+        if good:
+            probas = {c.name: model.heads[c.name].predict_proba(
+                np.stack([by_key[c.value_key][r] for r in good])) for c in usable}
+            outputs = dict(zip(good, classification_outputs(usable, probas, strategy),
+                               strict=True))
+            tables = [uncertainty_table(probas[c.name], c.multiple) for c in usable]
+            uncertainty = {r: {name: float(np.max([t[name][j] for t in tables]))
+                               for name in tables[0]} for j, r in enumerate(good)}
+        # The first control's image carries ranked batch sampling's diversity term.
+        embeddings = None if not usable else Embeddings(
+            usable[0].value_key, model.embedder,
+            {r: by_key[usable[0].value_key][r] for r in good})
+        return FamilyScores(ModelFamily.CLASSIFIER, model.version, usable, outputs, uncertainty,
+                            embeddings)
 
-        def embed_waiting() -> None:
-            shas = list(waiting)
-            for sha, vec in zip(shas, model.embedder.embed(
-                    shas, lambda j: waiting[shas[j]].pixels), strict=True):
-                vectors[sha] = vec
-            waiting.clear()
-
-        # Embed in chunks as downloads complete, so the model works while images arrive;
-        # pixels are dropped once embedded, so a large batch never holds them all at once.
-        for future in as_completed(futures):
-            i, key = futures.pop(future)
-            item = future.result()
-            if isinstance(item, LoadedImage):
-                sha_of[(i, key)] = item.sha256
-                if item.sha256 not in vectors:
-                    waiting[item.sha256] = item
-                if len(waiting) >= EMBED_CHUNK:
-                    embed_waiting()
-            else:
-                failed.add(i)
-                self._task_failed(tasks[i], item)
-        if waiting:
-            embed_waiting()
-        ok = [i for i in range(len(tasks)) if i not in failed] if usable else []
-        out: list[TaskOutputs | None] = [None] * len(tasks)
-        if ok:
-            probas = {}
-            for control in usable:
-                matrix = np.stack([vectors[sha_of[(i, control.value_key)]] for i in ok])
-                probas[control.name] = model.heads[control.name].predict_proba(matrix)
-            items = classification_outputs(usable, probas, self.runtime.settings.ranking_strategy)
-            for i, item in zip(ok, items, strict=True):
-                out[i] = item
-        return out
-
-    def _detect_tasks(self, tasks: list[Any], controls: tuple[ControlSpec, ...],
-                      project: int | None) -> list[TaskOutputs | None] | None:
+    def _detector_scores(self, tasks: Sequence[Any], controls: tuple[ControlSpec, ...],
+                         project: int | None, deadline: float | None,
+                         failures: dict[int, list[Failure]]) -> FamilyScores | None:
         """Boxes for every task, or None when there is no detector to use (untrained, or its
         weights are unavailable: reported in /health, the other controls still predict)."""
+        if not controls:
+            return None
         try:
             model = self.runtime.detector(project)
         except ModelUnavailable as exc:
-            log.error("predict: detector unavailable, no boxes: %s", exc)
+            log.error("project %s: detector unavailable, no boxes: %s", project, exc)
             return None
         if model is None:
             return None
         unmapped = unmapped_controls(model, controls)
         if unmapped:
-            log.warning("predict: the detector's classes match no label of %s (map them with "
-                        "predicted_values on <Label>)", unmapped)
-        out: list[TaskOutputs | None] = [None] * len(tasks)
+            log.warning("project %s: the detector's classes match no label of %s (map them "
+                        "with predicted_values on <Label>)", project, unmapped)
         threshold = self.runtime.settings.detector_min_score
-        by_key: dict[str, list[ControlSpec]] = {}
-        for control in controls:
-            by_key.setdefault(control.value_key, []).append(control)
-        for key, group in by_key.items():
-            # Chunk by chunk, the next chunk's images loading while this one is detected:
-            # at most two chunks of decoded images are held, however large the request.
-            chunks = [range(i, min(i + DETECT_CHUNK, len(tasks)))
-                      for i in range(0, len(tasks), DETECT_CHUNK)]
-
-            def load(rows: range, k: str = key) -> list[Future[LoadedImage | tuple[str, str]]]:
-                return [self._io.submit(self._load, tasks[i], k, self._now_deadline())
-                        for i in rows]
-
-            pending = load(chunks[0]) if chunks else []
-            for n, rows in enumerate(chunks):
-                loaded = [future.result() for future in pending]
-                pending = load(chunks[n + 1]) if n + 1 < len(chunks) else []
-                good = [(i, item) for i, item in zip(rows, loaded, strict=True)
-                        if isinstance(item, LoadedImage)]
-                for i, item in zip(rows, loaded, strict=True):
-                    if not isinstance(item, LoadedImage):
-                        self._task_failed(tasks[i], item)
-                if not good:
+        outputs: dict[int, TaskOutputs] = {}
+        for key in dict.fromkeys(c.value_key for c in controls):
+            group = [c for c in controls if c.value_key == key]
+            for loaded in self._chunks(tasks, key, DETECT_CHUNK, deadline, failures):
+                if not loaded:
                     continue
-                boxes = detect_images(model, group, [item.pixels for _, item in good],
+                boxes = detect_images(model, group, [image.rgb() for _, image in loaded],
                                       threshold)
-                for (i, _), outputs in zip(good, boxes, strict=True):
-                    out[i] = combine_outputs([out[i], boxes_outputs(outputs)])
-        return out
+                for (row, _), found in zip(loaded, boxes, strict=True):
+                    combined = combine_outputs([outputs.get(row), boxes_outputs(found)])
+                    if combined is not None:
+                        outputs[row] = combined
+        return FamilyScores(ModelFamily.DETECTOR, model.version, controls, outputs,
+                            {r: {"detection": o[1]} for r, o in outputs.items()})
 
-    def _task_failed(self, task: Any, reason: tuple[str, str]) -> None:
-        self.metrics.task_errors.labels(reason=reason[0]).inc()
-        log.warning("predict: task %s gets no prediction from this model: %s",
-                    _task_id(task), reason[1])
+    def _chunks(self, tasks: Sequence[Any], key: str, size: int, deadline: float | None,
+                failures: dict[int, list[Failure]],
+                cached: Callable[[str], np.ndarray | None] | None = None
+                ) -> Iterator[list[tuple[int, TaskImage]]]:
+        """The ``key`` images of ``tasks``, ``size`` rows at a time: each chunk's rows whose
+        image loaded (the others go to ``failures``). The next chunk loads on the I/O pool
+        while the caller works on this one, and only then: about two chunks of decoded
+        images are held at a time, however many tasks."""
+        def submit(start: int) -> list[tuple[int, Future[TaskImage | Failure]]]:
+            return [(row, self._io.submit(self._fetch, tasks[row], key, deadline, cached))
+                    for row in range(start, min(start + size, len(tasks)))]
 
-    def _now_deadline(self) -> float | None:
-        return getattr(self._deadline, "value", None)
+        pending = submit(0)
+        for start in range(0, len(tasks), size):
+            loaded = []
+            for row, future in pending:
+                item = future.result()
+                if isinstance(item, TaskImage):
+                    loaded.append((row, item))
+                else:
+                    failures.setdefault(row, []).append(item)
+            pending = submit(start + size)
+            yield loaded
 
-    def _load(self, task: Any, key: str, deadline: float | None = None
-              ) -> LoadedImage | tuple[str, str]:
-        """A task's image, or ``(reason, message)`` when it cannot be had (or the request's
-        time budget ran out before it was its turn)."""
+    def _tasks_failed(self, tasks: Sequence[Any], failures: dict[int, list[Failure]]) -> None:
+        for row, reasons in failures.items():
+            for reason, message in reasons:
+                self.metrics.task_errors.labels(reason=reason).inc()
+                log.warning("predict: task %s gets no prediction from this model: %s",
+                            _task_id(tasks[row]), message)
+
+    def _fetch(self, task: Any, key: str, deadline: float | None = None,
+               cached: Callable[[str], np.ndarray | None] | None = None
+               ) -> TaskImage | Failure:
+        """A task's ``key`` image, decoded unless ``cached`` has its embedding, or why it
+        cannot be had (or the request's time budget ran out before it was its turn)."""
         if deadline is not None and time.monotonic() > deadline:
             return ("time-budget", "not predicted: the request's time budget "
                     f"(REQUEST_TIME_BUDGET_S={self.runtime.settings.request_time_budget_s:g}) "
@@ -378,9 +449,24 @@ class Predictor:
             return "no-image", f"task data has no image URL under '{key}'"
         task_id = task.get("id") if isinstance(task.get("id"), int) else None
         try:
-            return self.runtime.images.load(url, task_id=task_id)
+            data, sha256 = self.runtime.images.load_bytes(url, task_id=task_id)
+            embedding = cached(sha256) if cached is not None else None
+            if embedding is not None:
+                return TaskImage(sha256, embedding=embedding)
+            return TaskImage(sha256, pixels=self.runtime.images.decode(data, url))
         except (ImageError, LabelStudioUnavailable) as exc:
             return type(exc).__name__, str(exc)
+
+
+def _embed(embedder: ResNetEmbedder, images: Sequence[TaskImage]) -> list[np.ndarray]:
+    """Each image's embedding: the cached one, else one made from its pixels (an image that
+    comes twice is embedded once)."""
+    known = {i.sha256: i.embedding for i in images if i.embedding is not None}
+    pixels = {i.sha256: i.rgb() for i in images if i.embedding is None}
+    shas = list(dict.fromkeys(i.sha256 for i in images))
+    by_sha = dict(zip(shas, embedder.embed(shas, lambda j: pixels[shas[j]], cached=known),
+                      strict=True))
+    return [by_sha[i.sha256] for i in images]
 
 
 def _task_id(task: Any) -> Any:

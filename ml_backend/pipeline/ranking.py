@@ -18,28 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.core.errors import (
-    BackendError,
-    ImageError,
-    LabelStudioUnavailable,
-    ModelUnavailable,
-)
+from ml_backend.core.errors import BackendError, LabelStudioUnavailable
 from ml_backend.core.settings import Settings
 from ml_backend.core.store import RANKING_STATE
 from ml_backend.jobs.kinds import RerankRequest
-from ml_backend.labelstudio.api import LabeledTask
-from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
-from ml_backend.labelstudio.results import (
-    Output,
-    classification_outputs,
-    combine_outputs,
-    empty_prediction,
-    task_prediction,
-)
-from ml_backend.learning.selection import Strategy, queue_scores, select, uncertainty_table
-from ml_backend.models.classifier.training import announce, embed_images, fetch_images
-from ml_backend.models.detector.boxes import DETECT_CHUNK, boxes_outputs, detect_images
+from ml_backend.labelstudio.label_config import parse_label_config
+from ml_backend.labelstudio.results import combine_outputs, empty_prediction, task_prediction
+from ml_backend.learning.selection import Strategy, queue_scores, select
+from ml_backend.models.classifier.training import announce
 from ml_backend.models.sam.precompute import queue_head_job
+from ml_backend.pipeline.prediction import Failure, predictor_for
 from ml_backend.runtime import Runtime, version_index
 
 log = logging.getLogger(__name__)
@@ -62,21 +50,6 @@ class RankedTasks:
     failed: list[int]
 
 
-def _as_tasks(items: list[dict[str, Any]]) -> list[LabeledTask]:
-    return [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in items]
-
-
-@dataclass
-class _FamilyScores:
-    """One model family's view of the candidates: outputs and uncertainty by candidate row,
-    every strategy's uncertainty (for GET /ranking), and embeddings when it has them."""
-
-    outputs: dict[int, tuple[list[Output], float]]
-    details: dict[int, dict[str, float]]
-    embeddings: dict[int, np.ndarray] | None = None
-    embedding_key: str | None = None  # the task data key whose image gave the embeddings
-
-
 def rank_tasks(runtime: Runtime, project: int, label_config: str,
                candidates: list[dict[str, Any]], labeled: list[dict[str, Any]],
                strategy: Strategy, batch_size: int, random_share: float,
@@ -84,23 +57,21 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
     """Predict ``candidates`` (Label Studio tasks) and order them: the first ``batch_size`` by
     ``strategy`` (with a ``random_share`` hedge), the rest by uncertainty. ``labeled`` tasks
     only matter to the diversity term of ranked batch sampling. With a classifier and a
-    detector, the least certain family decides a task's uncertainty."""
-    parsed = parse_label_config(label_config)
-    tasks = _as_tasks(candidates)
-    families: list[_FamilyScores] = []
-    classifier = _classifier_scores(runtime, project, parsed.for_family(ModelFamily.CLASSIFIER),
-                                    tasks, strategy)
-    if classifier is not None:
-        families.append(classifier)
-    detector = _detector_scores(runtime, project, parsed.for_family(ModelFamily.DETECTOR),
-                                tasks)
-    if detector is not None:
-        families.append(detector)
+    detector, the least certain family decides a task's uncertainty. The predictions are
+    the server's own (:meth:`Predictor.score_tasks`, as ``/predict`` makes them)."""
+    predictor = predictor_for(runtime)
+    scored = predictor.score_tasks(candidates, parse_label_config(label_config), project,
+                                   strategy)
+    # A classifier whose heads fit none of the label config's controls ranks nothing.
+    families = [f for f in scored.families if f.controls]
     if not families:
         raise BackendError(f"project {project} has no trained model for its label config")
+    for row, failures in scored.failures.items():
+        log.warning("project %s: task %s not ranked: %s", project, candidates[row].get("id"),
+                    "; ".join(message for _, message in failures))
     version = runtime.model_version(project)
     # A task is scored only if every family could read its images.
-    good = sorted(set.intersection(*(set(f.outputs) for f in families)))
+    good = sorted(set.intersection(*(set(f.outputs) for f in families)) - set(scored.failures))
     ids = [int(candidates[r]["id"]) for r in good]
     failed = sorted({int(t["id"]) for t in candidates} - set(ids))
     if not ids:
@@ -109,14 +80,17 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
     uncertainty = np.array([c[1] for c in combined if c is not None])
     embeddings = labeled_x = None
     effective = strategy
-    if classifier is not None and classifier.embeddings is not None:
-        embeddings = np.stack([classifier.embeddings[r] for r in good])
+    embedded = next((f.embeddings for f in families if f.embeddings is not None), None)
+    if embedded is not None:
+        embeddings = np.stack([embedded.by_row[r] for r in good])
         if strategy is Strategy.RANKED_BATCH and labeled:
-            model = runtime.classifier(project)
-            assert model is not None
-            _, labeled_x = embed_images(
-                runtime, model.embedder,
-                fetch_images(runtime, _as_tasks(labeled), str(classifier.embedding_key)))
+            missing: dict[int, list[Failure]] = {}
+            vectors = predictor.embed_tasks(labeled, embedded.key, embedded.embedder, missing)
+            for row, failures in missing.items():
+                log.warning("project %s: labeled task %s left out of the diversity term: %s",
+                            project, labeled[row].get("id"),
+                            "; ".join(message for _, message in failures))
+            labeled_x = np.stack(list(vectors.values())) if vectors else None
     elif strategy is Strategy.RANKED_BATCH:
         effective = Strategy.MARGIN  # diversity needs embeddings: plain uncertainty order
     first = select(effective, uncertainty, batch_size, rng, embeddings=embeddings,
@@ -127,83 +101,11 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
     scores = queue_scores(first, 1.0 - uncertainty)
     predictions = {ids[j]: task_prediction(c[0], version, float(scores[j]))
                    for j, c in enumerate(combined) if c is not None}
-    details = {ids[j]: {k: v for f in families for k, v in f.details[r].items()}
+    details = {ids[j]: {k: v for f in families for k, v in f.uncertainty[r].items()}
                for j, r in enumerate(good)}
     return RankedTasks(version=version, strategy=strategy, order=[ids[i] for i in order],
                        batch=[ids[i] for i in first], predictions=predictions,
                        uncertainty=details, failed=failed)
-
-
-def _classifier_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec, ...],
-                       tasks: list[LabeledTask], strategy: Strategy) -> _FamilyScores | None:
-    if not controls:
-        return None
-    model = runtime.classifier(project)
-    if model is None:
-        return None
-    usable = [c for c in controls
-              if c.name in model.heads and model.heads[c.name].labels == c.labels]
-    if not usable:
-        log.warning("project %s: no trained head matches the label config", project)
-        return None
-    # Each control is scored on its own image; the first control's image carries the
-    # diversity term.
-    by_key: dict[str, dict[int, np.ndarray]] = {}
-    for value_key in dict.fromkeys(c.value_key for c in usable):
-        rows, vectors = embed_images(runtime, model.embedder,
-                                     fetch_images(runtime, tasks, value_key))
-        by_key[value_key] = dict(zip(rows, vectors, strict=True))
-    good = sorted(set.intersection(*(set(v) for v in by_key.values())))
-    if not good:
-        return _FamilyScores({}, {})
-    x_of = {k: np.stack([v[r] for r in good]) for k, v in by_key.items()}
-    probas = {c.name: model.heads[c.name].predict_proba(x_of[c.value_key]) for c in usable}
-    items = classification_outputs(usable, probas, strategy)
-    tables = [uncertainty_table(probas[c.name], c.multiple) for c in usable]
-    details = {r: {name: float(np.max([t[name][j] for t in tables])) for name in tables[0]}
-               for j, r in enumerate(good)}
-    first_key = usable[0].value_key
-    return _FamilyScores(dict(zip(good, items, strict=True)), details,
-                         {r: by_key[first_key][r] for r in good}, first_key)
-
-
-def _detector_scores(runtime: Runtime, project: int, controls: tuple[ControlSpec, ...],
-                     tasks: list[LabeledTask]) -> _FamilyScores | None:
-    if not controls:
-        return None
-    try:
-        model = runtime.detector(project)
-    except ModelUnavailable as exc:
-        log.error("project %s: detector unavailable, boxes not ranked: %s", project, exc)
-        return None
-    if model is None:
-        return None
-    threshold = runtime.settings.detector_min_score
-    outputs: dict[int, tuple[list[Output], float]] = {}
-    for value_key in dict.fromkeys(c.value_key for c in controls):
-        group = [c for c in controls if c.value_key == value_key]
-        seen: set[int] = set()
-        # Fetched a chunk at a time: a project's images never sit in memory all at once.
-        for start in range(0, len(tasks), DETECT_CHUNK):
-            images = fetch_images(runtime, tasks[start:start + DETECT_CHUNK], value_key)
-            rows, pixels = [], []
-            for i, row in enumerate(images.rows):
-                try:
-                    pixels.append(images.pixels(i, runtime.settings.max_image_pixels))
-                except ImageError as exc:
-                    log.warning("ranking: skipping task row %s: %s", start + row, exc)
-                    continue
-                rows.append(start + row)
-            if not rows:
-                continue
-            for row, boxes in zip(rows, detect_images(model, group, pixels, threshold),
-                                  strict=True):
-                seen.add(row)
-                outputs[row] = combine_outputs(  # type: ignore[assignment]
-                    [outputs.get(row), boxes_outputs(boxes)])
-        # A task must have every image to be scored.
-        outputs = {r: o for r, o in outputs.items() if r in seen}
-    return _FamilyScores(outputs, {r: {"detection": o[1]} for r, o in outputs.items()})
 
 
 def _seed(version: str) -> int:
@@ -221,9 +123,7 @@ def rerank_project(runtime: Runtime, request: RerankRequest) -> dict[str, Any]:
 
 
 def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any]:
-    ls_api = runtime.ls_api
-    if ls_api is None:
-        raise BackendError("re-ranking needs LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY")
+    ls_api = runtime.label_studio("re-ranking")
     latest = runtime.store.latest(project)
     if latest is None:
         return {"project": project, "status": "no-model"}
