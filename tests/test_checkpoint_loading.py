@@ -33,18 +33,9 @@ from ml_backend.runtime import Runtime
 from app_fixture import backend_app
 from conftest import png_bytes
 from fakes import FakeLabelStudioAPI, choice_task
+from yolo_fixture import MIXED_CONFIG as MIXED
+from yolo_fixture import SHAPES_CONFIG as SHAPES
 from yolo_fixture import SIZE, train_tiny_yolo
-
-SHAPES = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="shape" toName="image" model_score_threshold="0.0">
-    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
-  </RectangleLabels>
-</View>"""
-MIXED = SHAPES.replace("</View>", """  <Choices name="busy" toName="image">
-    <Choice value="one"/><Choice value="many"/>
-  </Choices>
-</View>""")
 
 
 # --- checkpoints in each family's released format ---------------------------------------

@@ -27,18 +27,7 @@ from ml_backend.runtime import Runtime
 
 from conftest import png_bytes
 from fakes import FakeLabelStudioAPI
-from yolo_fixture import SIZE, train_tiny_yolo
-
-SHAPES_CONFIG = """<View>
-  <Image name="image" value="$image"/>
-  <RectangleLabels name="shape" toName="image" model_score_threshold="0.0">
-    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
-  </RectangleLabels>
-</View>"""
-MIXED_CONFIG = SHAPES_CONFIG.replace("</View>", """  <Choices name="busy" toName="image">
-    <Choice value="one"/><Choice value="many"/>
-  </Choices>
-</View>""")
+from yolo_fixture import MIXED_CONFIG, SHAPES_CONFIG, SIZE, train_tiny_yolo
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,17 @@ from ml_backend.models.detector.model import DetectionSample, write_yolo_dataset
 from ml_backend.models.detector.training import FineTuneSpec, fine_tune
 
 SIZE = 64
+# Every box shown (threshold 0): the tiny model is unsure of all of them.
+SHAPES_CONFIG = """<View>
+  <Image name="image" value="$image"/>
+  <RectangleLabels name="shape" toName="image" model_score_threshold="0.0">
+    <Label value="circle"/><Label value="square"/><Label value="triangle"/>
+  </RectangleLabels>
+</View>"""
+MIXED_CONFIG = SHAPES_CONFIG.replace("</View>", """  <Choices name="busy" toName="image">
+    <Choice value="one"/><Choice value="many"/>
+  </Choices>
+</View>""")
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

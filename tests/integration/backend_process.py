@@ -14,6 +14,8 @@ from typing import Any
 
 import requests
 
+from ml_backend.core.detections import xyxy_to_ls_rect
+
 
 def backend_env(label_studio: Any, work: Path, **extra: str) -> dict[str, str]:
     """The backend's environment against ``label_studio``, with its models and caches under
@@ -21,6 +23,17 @@ def backend_env(label_studio: Any, work: Path, **extra: str) -> dict[str, str]:
     return {"LABEL_STUDIO_URL": label_studio.url, "LABEL_STUDIO_API_KEY": label_studio.api_key,
             "MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
             "CLASSIFIER_IMAGE_SIZE": "32", "REDIS_URL": "", **extra}
+
+
+def submit_boxes(ls_client: Any, task_id: int, scene: Any, control: str = "shape") -> None:
+    """An annotator's exact boxes of a synthetic ``scene`` (devtools.datasets.ShapeScene),
+    submitted to Label Studio through the API (so it sends the webhook)."""
+    height, width = scene.pixels.shape[:2]
+    ls_client.annotations.create(id=task_id, result=[{
+        "from_name": control, "to_name": "image", "type": "rectanglelabels",
+        "original_width": width, "original_height": height,
+        "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [label]}}
+        for box, label in zip(scene.xyxy, scene.labels, strict=True)])
 
 
 def free_port() -> int:

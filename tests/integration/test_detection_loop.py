@@ -11,7 +11,6 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.devtools.datasets import shape_scenes
 from ml_backend.devtools.project_setup import (
     connect_backend,
@@ -20,7 +19,7 @@ from ml_backend.devtools.project_setup import (
     upload_images,
 )
 
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, submit_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 N_IMAGES = 14
@@ -78,12 +77,7 @@ def test_detection_loop(label_studio, ls_client, tmp_path: Path) -> None:
 
         # Annotators correct the boxes: the exact ones are submitted.
         for task_id, scene in zip(task_ids[:N_CORRECTED], scenes, strict=False):
-            height, width = scene.pixels.shape[:2]
-            ls_client.annotations.create(id=task_id, result=[{
-                "from_name": "shape", "to_name": "image", "type": "rectanglelabels",
-                "original_width": width, "original_height": height,
-                "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [label]}}
-                for box, label in zip(scene.xyxy, scene.labels, strict=True)])
+            submit_boxes(ls_client, task_id, scene)
 
         # Webhooks start the fine-tune (every 4 annotated tasks); its re-rank writes the
         # new version's predictions and makes the version the project's.

@@ -24,11 +24,10 @@ import pytest
 import requests
 from PIL import Image
 
-from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.devtools.datasets import shape_scenes, write_digit_pngs
 from ml_backend.devtools.project_setup import connect_backend, create_project, upload_images
 
-from .backend_process import BackendProcess
+from .backend_process import BackendProcess, submit_boxes
 
 REPO = Path(__file__).resolve().parents[2]
 N_DIGITS = 16
@@ -114,12 +113,7 @@ def test_shipped_defaults_from_the_checkout_root(label_studio, ls_client,
         shape_tasks = upload_images(label_studio.url, label_studio.api_key, shapes_project,
                                     shape_paths)
         for task_id, scene in zip(shape_tasks[:N_SHAPES_BOXED], scenes, strict=False):
-            height, width = scene.pixels.shape[:2]
-            ls_client.annotations.create(id=task_id, result=[{
-                "from_name": "shape", "to_name": "image", "type": "rectanglelabels",
-                "original_width": width, "original_height": height,
-                "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [label]}}
-                for box, label in zip(scene.xyxy, scene.labels, strict=True)])
+            submit_boxes(ls_client, task_id, scene)
 
         # -- SAM: imported tasks are encoded ahead of clicks, into var/cache/sam ----------
         sam_project = create_project(
