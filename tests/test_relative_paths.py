@@ -138,3 +138,10 @@ def test_a_worker_started_elsewhere_is_told_its_storage_differs(tmp_path: Path) 
         assert f"{tmp_path / 'a' / 'var' / 'models'} on the server" in warning
         assert "CACHE_DIR /" not in warning  # that one is the same
         connection.close()
+
+
+def test_label_studio_is_looked_for_in_this_checkout() -> None:
+    """The default `.venv-ls` is the checkout's (found from the module's own place)."""
+    from ml_backend.devtools import local_label_studio
+
+    assert Path(__file__).resolve().parents[1] == local_label_studio.REPO_ROOT

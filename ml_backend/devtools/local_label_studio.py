@@ -29,7 +29,7 @@ from pathlib import Path
 
 __all__ = ["LabelStudioStartError", "LocalLabelStudio", "find_label_studio_bin", "free_port"]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # ml_backend/devtools/ → the checkout
 SETUP_HINT = "run scripts/setup_env.sh (it installs label-studio==1.23.2 into .venv-ls)"
 CREDENTIALS_FILE = "credentials.json"
 LOG_FILE = "label-studio.log"
