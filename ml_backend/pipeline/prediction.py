@@ -49,8 +49,8 @@ from ml_backend.models.detector.boxes import (
     detect_images,
     unmapped_controls,
 )
+from ml_backend.models.sam.encoding import embed_image
 from ml_backend.models.sam.model import SamPrompt
-from ml_backend.models.sam.precompute import embed_image
 from ml_backend.models.sam.prompts import ClickRequest
 from ml_backend.runtime import Runtime
 

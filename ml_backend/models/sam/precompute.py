@@ -16,12 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
-from ml_backend.core.images import decode_image
 from ml_backend.core.progress import progress_bar
 from ml_backend.core.store import RANKING_STATE
 from ml_backend.jobs.kinds import JobName, SamEmbedRequest, job_key
 from ml_backend.labelstudio.label_config import parse_label_config
-from ml_backend.models.sam.embeddings import Lookup
+from ml_backend.models.sam.encoding import embed_image
 from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -71,16 +70,6 @@ def queue_head_job(runtime: Runtime, project: int, config: str, order: Sequence[
         return None
     return {"name": JobName.SAM_EMBED, "payload": request.as_payload(),
             "key": job_key(JobName.SAM_EMBED, project)}
-
-
-def embed_image(runtime: Runtime, url: str, task_id: int | None) -> Lookup:
-    """The SAM embedding of one task image, from the store or computed now (once, however
-    many threads and processes ask at the same time)."""
-    segmenter = runtime.segmenter()
-    data, sha = runtime.images.load_bytes(url, task_id=task_id)
-    return runtime.sam_embeddings.get_or_compute(
-        segmenter.model_id, sha, lambda: segmenter.embed(
-            decode_image(data, runtime.settings.max_image_pixels, url)))
 
 
 def precompute_sam_job(runtime: Runtime, request: SamEmbedRequest) -> dict[str, Any]:
