@@ -133,10 +133,11 @@ def execute(runtime: Runtime, record: JobRecord, registry: Registry) -> JobRecor
 def _record_outcome(runtime: Runtime, record: JobRecord) -> None:
     """A project's job failures in a row go to its store, for /health: a fine-tune that
     fails on every round must be visible without reading logs."""
-    raw = record.payload.get("project") if isinstance(record.payload, dict) else None
-    if isinstance(raw, bool) or not isinstance(raw, int | str) or not str(raw).isdigit():
+    # Requests are checked when submitted (a project is a non-negative int); a payload that
+    # failed that check names no project to charge.
+    project = record.payload.get("project")
+    if isinstance(project, bool) or not isinstance(project, int) or project < 0:
         return
-    project = int(raw)
     try:
         runtime.store.record_job_outcome(project, record.name, record.error)
     except OSError as exc:  # bookkeeping only: never turns a job's outcome around
