@@ -35,10 +35,10 @@ def create_app(settings: Settings | None = None, runtime: Runtime | None = None,
     if isinstance(jobs, RQQueue):
         publish_storage(jobs.redis, settings.paths())
     backend = Backend(runtime, jobs)
-    sam_counts = runtime.sam_embeddings.counts
+    sam_counts = runtime.sam.embeddings.counts
     metrics.watch_caches({
-        "classifier_embeddings": lambda: (runtime.embedding_cache.hits,
-                                          runtime.embedding_cache.misses),
+        "classifier_embeddings": lambda: (runtime.classifier.embedding_cache.hits,
+                                          runtime.classifier.embedding_cache.misses),
         "sam_embeddings": lambda: (sam_counts["memory"] + sam_counts["disk"]
                                    + sam_counts["waited"], sam_counts["computed"]),
     })

@@ -74,7 +74,8 @@ class Backend:
     # --- GET /health, GET /versions --------------------------------------------------------
     def health(self) -> dict[str, Any]:
         failing = self.runtime.store.failing_jobs()
-        detector = self.runtime.detector_status()
+        models = self.runtime.status()
+        detector = models[ModelFamily.DETECTOR.value]
         fine_tunes = {str(p): jobs[JobName.TRAIN_DETECTOR] for p, jobs in failing.items()
                       if JobName.TRAIN_DETECTOR in jobs}
         if fine_tunes:
@@ -85,10 +86,7 @@ class Backend:
         return {
             "status": "UP",
             "model_class": "ActiveLearningBackend",
-            "models": {ModelFamily.CLASSIFIER.value: self.runtime.classifier_status(),
-                       ModelFamily.DETECTOR.value: detector,
-                       "sam": self.runtime.sam_status(),
-                       ModelFamily.TEXT_SEGMENTER.value: self.runtime.clipseg_status()},
+            "models": models,
             "jobs": "rq" if self.runtime.settings.redis_url else "in-process",
             # Model versions that failed their checksums and were set aside, per project.
             "quarantined": {str(k): v for k, v in self.runtime.store.quarantined().items()},
@@ -187,7 +185,7 @@ class Backend:
     def _precompute_sam(self, project: int, config: str, tasks: list[Any]) -> None:
         """Tasks being pre-annotated or opened get their SAM embeddings ahead of the first
         click (queued first: they are what an annotator is about to see)."""
-        if not self.runtime.sam_configured():
+        if not self.runtime.sam.configured():
             return
         request = precompute_request(project, tasks, prompt_keys(config),
                                      self.runtime.settings.sam_precompute_max_tasks)

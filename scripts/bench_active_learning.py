@@ -69,7 +69,7 @@ def _write_images(root: Path, size: int) -> tuple[list[dict[str, Any]], np.ndarr
 
 def _accuracy(runtime: Runtime, project: int, heldout: list[dict[str, Any]],
               truth: np.ndarray) -> float:
-    model = runtime.classifier(project)
+    model = runtime.classifier.model(project)
     assert model is not None
     as_tasks = [LabeledTask(t["id"], t["data"], 0, "", []) for t in heldout]
     rows, x = embed_images(runtime, model.embedder, fetch_images(runtime, as_tasks, "image"))

@@ -176,7 +176,7 @@ def main() -> int:
             direct_runtime = Runtime(Settings(
                 model_dir=work / "models", cache_dir=work / "direct-cache",
                 classifier_image_size=args.image_size))
-            model = direct_runtime.classifier(project)
+            model = direct_runtime.classifier.model(project)
             assert model is not None
             tasks = client.tasks.list(project=unseen_project, fields="all", page_size=1000)
             url_of = {t.id: t.data["image"] for t in tasks}

@@ -83,7 +83,7 @@ def _evaluate(runtime: Runtime, project: int, data_yaml: Path, args: argparse.Na
               ) -> tuple[float, float]:
     version = runtime.store.latest(project)
     assert version is not None and version.manifest.get("detector")
-    yolo = ultralytics_module(runtime.yolo_config_dir()).YOLO
+    yolo = ultralytics_module(runtime.detector.config_dir()).YOLO
     model = yolo(str(version.file(version.manifest["detector"]["file"])), task="detect")
     metrics = model.val(data=str(data_yaml), imgsz=args.image_size, batch=16, device="cpu",
                         workers=0, plots=False, verbose=False,

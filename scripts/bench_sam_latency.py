@@ -216,7 +216,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
            "RERANK_AFTER_TRAINING": "false", "LOG_LEVEL": args.server_log_level}
     settings = Settings.from_env(env)
     runtime = Runtime(settings)  # this process's copy, for the raw timings
-    load_s, segmenter = _timed(runtime.segmenter)
+    load_s, segmenter = _timed(runtime.sam.segmenter)
     positions = _click_positions(args.clicks)
     serve_args = args.serve_args.split()
     with serve_backend(env, work / "server.log", serve_args, _sam_ready) as base, \

@@ -102,7 +102,7 @@ def walk(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         if head is None:
             raise SystemExit("no precompute job: is SAM configured?")
         jobs.submit(head["name"], head["payload"], head["key"])
-        model_id = runtime.segmenter().model_id
+        model_id = runtime.sam.segmenter().model_id
         for position, task_id in enumerate(order):
             task = by_id[task_id]
             opened = time.monotonic() - started
@@ -110,7 +110,7 @@ def walk(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                       timeout=600).raise_for_status()
             time.sleep(jittered(args.pause_s))
             _, sha = runtime.images.load_bytes(task["data"]["image"])
-            ready = runtime.sam_embeddings.is_ready(model_id, sha)
+            ready = runtime.sam.embeddings.is_ready(model_id, sha)
             t0 = time.perf_counter()
             response = http.post(f"{base}/predict", timeout=600, json=click_body(
                 task, float(rng.uniform(30, 70)), float(rng.uniform(30, 70))))
@@ -144,7 +144,7 @@ def walk(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "click_s": {"ready_median": _median([r["click_s"] for r in hits]),
                     "miss_median": _median([r["click_s"] for r in misses])},
         "misses": [r["position"] for r in misses],
-        "store": runtime.sam_embeddings.stats(),
+        "store": runtime.sam.embeddings.stats(),
         "walk_s": round(time.monotonic() - started, 1),
         "rows": rows,
     }

@@ -102,7 +102,7 @@ def check_store(mode: str, model_dir: Path, files: Path) -> str | None:
         version = ModelStore(model_dir).latest(PROJECT)
         return None if version is None else version.name
     runtime = Runtime(settings_for(model_dir, files))
-    model = runtime.classifier(PROJECT)
+    model = runtime.classifier.model(PROJECT)
     return None if model is None else model.version
 
 

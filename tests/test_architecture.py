@@ -173,3 +173,16 @@ def test_importing_the_http_layer_loads_no_torch() -> None:
 @pytest.mark.parametrize("module", sorted(GRAPH))
 def test_every_module_imports(module: str) -> None:
     importlib.import_module(module)
+
+
+FAMILY_LAYER = sorted(m for m in GRAPH if m == "ml_backend.models.family" or (
+    m.startswith("ml_backend.models.") and m.rsplit(".", 1)[-1] in {"family", "model"}))
+
+
+@pytest.mark.parametrize("module", FAMILY_LAYER)
+def test_families_sit_below_the_runtime(module: str) -> None:
+    """A family (and its model wrapper) knows nothing of who composes it: the runtime, the
+    pipeline, the job queues or the HTTP layer."""
+    above = ("ml_backend.runtime", "ml_backend.pipeline", "ml_backend.jobs",
+             "ml_backend.service", "ml_backend.http", "ml_backend.app")
+    assert [m for m in reachable(GRAPH, module) if m.startswith(above)] == []

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-import ml_backend.runtime as runtime_module
+import ml_backend.models.classifier.family as classifier_family
+import ml_backend.models.clipseg.family as clipseg_family
+import ml_backend.models.detector.family as detector_family
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
@@ -123,11 +125,11 @@ def test_resnet18_in_torchvision_format_loads_its_own_values(make_settings, tmp_
                                                              counters: bool) -> None:
     saved = save_resnet18(tmp_path / "resnet18.pth", counters=counters)
     runtime = Runtime(make_settings(resnet_checkpoint=tmp_path / "resnet18.pth"))
-    assert runtime.classifier_status()["status"] == "not-loaded"
+    assert runtime.classifier.status()["status"] == "not-loaded"
     runtime.warm_up()
-    status = runtime.classifier_status()
+    status = runtime.classifier.status()
     assert (status["status"], status["weights"]) == ("ready", "checkpoint"), status
-    loaded = runtime.embedder(None).backbone.state_dict()
+    loaded = runtime.classifier.embedder(None).backbone.state_dict()
     for key, value in saved.items():
         if not key.startswith("fc."):  # the ImageNet classifier is replaced by the identity
             assert torch.equal(loaded[key], value), key
@@ -139,7 +141,7 @@ def test_resnet_checkpoint_with_one_renamed_key_is_an_error_naming_it(make_setti
     save_resnet18(path, rename=("layer1.0.conv1.weight", "layer1.0.conv_1.weight"))
     runtime = Runtime(make_settings(resnet_checkpoint=path))
     runtime.warm_up()
-    status = runtime.classifier_status()
+    status = runtime.classifier.status()
     assert status["status"] == "error", status
     assert "1 missing from the checkpoint (layer1.0.conv1.weight)" in status["error"]
     assert "1 not in the architecture (layer1.0.conv_1.weight)" in status["error"]
@@ -153,8 +155,8 @@ def test_a_truncated_resnet_checkpoint_is_an_error_read_once_until_replaced(
     path = tmp_path / "resnet18.pth"
     save_resnet18(path)
     truncate(path)
-    loads = CountingLoads(runtime_module.load_backbone)
-    monkeypatch.setattr(runtime_module, "load_backbone", loads)
+    loads = CountingLoads(classifier_family.load_backbone)
+    monkeypatch.setattr(classifier_family, "load_backbone", loads)
     settings = make_settings(label_studio_url=image_host.url, resnet_checkpoint=path,
                              yolo_checkpoint=yolo_files["trained"], detector_image_size=SIZE)
     with backend_app(settings) as (client, runtime, _):
@@ -165,7 +167,7 @@ def test_a_truncated_resnet_checkpoint_is_an_error_read_once_until_replaced(
         assert "RuntimeError" in status["error"]
         for _ in range(3):
             with pytest.raises(ModelUnavailable, match="could not be read"):
-                runtime.embedder(None)
+                runtime.classifier.embedder(None)
         assert loads.calls == 1
         # The detector keeps serving meanwhile.
         assert client.get("/health").get_json()["models"]["detector"]["status"] == "ready"
@@ -173,7 +175,7 @@ def test_a_truncated_resnet_checkpoint_is_an_error_read_once_until_replaced(
         assert all(types(p) == {"rectanglelabels"} for p in boxes)
 
         save_resnet18(path)  # replaced with an intact file: loaded again
-        runtime.embedder(None)
+        runtime.classifier.embedder(None)
         assert loads.calls == 2
         assert client.get("/health").get_json()["models"]["classifier"]["status"] == "ready"
 
@@ -184,12 +186,12 @@ def test_yolov8n_in_ultralytics_format_loads_strictly(make_settings, yolo_files,
                                                       ) -> None:
     settings = make_settings(yolo_checkpoint=yolo_files[kind], detector_image_size=SIZE)
     runtime = Runtime(settings)
-    status = runtime.detector_status()
+    status = runtime.detector.status()
     assert status["status"] == "not-loaded" and status["path"] == str(yolo_files[kind])
     runtime.warm_up()
-    status = runtime.detector_status()
+    status = runtime.detector.status()
     assert (status["status"], status["weights"]) == ("ready", "checkpoint"), status
-    detector = runtime.detector(None)
+    detector = runtime.detector.model(None)
     assert detector is not None
     classes = detector.detector.classes
     assert classes == tuple(SHAPE_CLASSES) if kind == "trained" else len(classes) == 80
@@ -219,8 +221,8 @@ def test_a_truncated_yolo_checkpoint_is_an_error_read_once_until_replaced(
     path = tmp_path / "yolov8n.pt"
     shutil.copyfile(yolo_files["trained"], path)
     truncate(path)
-    loads = CountingLoads(runtime_module.YoloDetector)
-    monkeypatch.setattr(runtime_module, "YoloDetector", loads)
+    loads = CountingLoads(detector_family.YoloDetector)
+    monkeypatch.setattr(detector_family, "YoloDetector", loads)
     settings = make_settings(label_studio_url=image_host.url, yolo_checkpoint=path,
                              detector_image_size=SIZE)
     with backend_app(settings) as (client, runtime, _):
@@ -285,7 +287,7 @@ def test_clipseg_with_one_renamed_key_is_an_error_naming_it(make_settings, tiny_
     directory = clipseg_copy(tiny_clipseg, tmp_path / "renamed", rename)
     runtime = Runtime(make_settings(clipseg_model=str(directory)))
     runtime.warm_up()
-    status = runtime.clipseg_status()
+    status = runtime.clipseg.status()
     assert status["status"] == "error", status
     assert "1 missing from the checkpoint (decoder.film_mul.weight)" in status["error"]
     assert "1 not in the architecture (decoder.film_mul.weights)" in status["error"]
@@ -297,21 +299,21 @@ def test_a_truncated_clipseg_model_is_an_error_read_once_until_replaced(
     directory = tmp_path / "clipseg"
     shutil.copytree(tiny_clipseg, directory)
     truncate(directory / "model.safetensors")
-    loads = CountingLoads(runtime_module.load_clipseg)
-    monkeypatch.setattr(runtime_module, "load_clipseg", loads)
+    loads = CountingLoads(clipseg_family.load_clipseg)
+    monkeypatch.setattr(clipseg_family, "load_clipseg", loads)
     runtime = Runtime(make_settings(clipseg_model=str(directory)))
     runtime.warm_up()
-    status = runtime.clipseg_status()
+    status = runtime.clipseg.status()
     assert status["status"] == "error" and "could not be loaded as CLIPSeg" in status["error"]
     for _ in range(3):
         with pytest.raises(ModelUnavailable, match="could not be loaded as CLIPSeg"):
-            runtime.text_segmenter()
+            runtime.clipseg.model()
     assert loads.calls == 1
     # The classifier keeps serving.
-    assert runtime.classifier_status()["status"] == "degraded"
+    assert runtime.classifier.status()["status"] == "degraded"
     pixels = np.zeros((32, 32, 3), dtype=np.uint8)
-    assert runtime.embedder(None).embed_pixels([pixels]).shape == (1, 512)
+    assert runtime.classifier.embedder(None).embed_pixels([pixels]).shape == (1, 512)
 
     shutil.copyfile(tiny_clipseg / "model.safetensors", directory / "model.safetensors")
-    runtime.text_segmenter()
-    assert loads.calls == 2 and runtime.clipseg_status()["status"] == "ready"
+    runtime.clipseg.model()
+    assert loads.calls == 2 and runtime.clipseg.status()["status"] == "ready"

@@ -121,7 +121,7 @@ def test_batch_predict_gives_boxes_and_brush_masks_and_reaches_the_model(clipseg
                                                                           ) -> None:
     client, runtime, _ = clipseg_app
     body = {"tasks": [TASK], "project": "5.1", "label_config": CONFIG, "params": {}}
-    segmenter = runtime.text_segmenter()
+    segmenter = runtime.clipseg.model()
     spy = TextSpy(segmenter.model, segmenter.processor.tokenizer)
     try:
         response = client.post("/predict", json=body)
@@ -153,7 +153,7 @@ def test_batch_predict_gives_boxes_and_brush_masks_and_reaches_the_model(clipseg
 def test_typed_prompt_goes_to_every_box_and_mask_control_under_the_named_label(clipseg_app
                                                                                ) -> None:
     client, runtime, _ = clipseg_app
-    segmenter = runtime.text_segmenter()
+    segmenter = runtime.clipseg.model()
     spy = TextSpy(segmenter.model, segmenter.processor.tokenizer)
     context = {"result": [{"from_name": "prompt", "to_name": "image", "type": "textarea",
                            "value": {"text": ["the bus on the left"]}}]}
@@ -246,7 +246,7 @@ def test_text_box_sam_mask_when_both_are_configured(make_settings, tiny_clipseg,
     config = CONFIG.replace('<BrushLabels name="mask" toName="image">',
                             '<BrushLabels name="mask" toName="image" sam_refine="true">')
     boxes: list[np.ndarray] = []
-    sam = runtime.segmenter().model
+    sam = runtime.sam.segmenter().model
     handle = sam.prompt_encoder.register_forward_hook(
         lambda module, args, kwargs, out: boxes.append(kwargs["boxes"][0].numpy().copy()),
         with_kwargs=True)

@@ -89,7 +89,7 @@ def test_a_request_thread_holds_no_openmp_pool_after_a_click(sam_app) -> None:
         after = _settled_os_threads()
         # The control: the same model work run on the request thread itself does leave a
         # pool there, so the count above would have caught it.
-        request_thread.submit(lambda: runtime.segmenter().model.mask_decoder(
+        request_thread.submit(lambda: runtime.sam.segmenter().model.mask_decoder(
             image_embeddings=torch.zeros(1, 256, 64, 64),
             image_pe=torch.zeros(1, 256, 64, 64),
             sparse_prompt_embeddings=torch.zeros(1, 1, 256),

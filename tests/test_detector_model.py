@@ -182,7 +182,8 @@ def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
     assert meta["n_train"] + meta["n_val"] >= 8 and 0.0 <= meta["map50"] <= 1.0
     # The classifier's heads travel with the new version.
     assert version.manifest["heads"] == before.manifest["heads"]
-    assert runtime.classifier(5) is not None and runtime.detector(5).version == version.name
+    assert runtime.classifier.model(5) is not None
+    assert runtime.detector.model(5).version == version.name
 
     # Below DETECTOR_TRAIN_EVERY new annotations an event does not retrain …
     fake.tasks = tasks[:9]

@@ -82,7 +82,7 @@ def in_model_frame(x_percent: float, y_percent: float) -> np.ndarray:
 def test_captured_smart_keypoint_gives_a_brush_mask_of_the_image_size(sam_app) -> None:
     client, runtime, _ = sam_app
     body = load_capture("predict_interactive_smart_keypoint_from_ui.json")["body"]
-    spy = PromptSpy(runtime.segmenter().model)
+    spy = PromptSpy(runtime.sam.segmenter().model)
     try:
         response = client.post("/predict", json=body)
     finally:
@@ -110,7 +110,7 @@ def test_positive_and_negative_points_and_a_box_reach_the_model(sam_app) -> None
     context = [keypoint(60, 50, "Object"), keypoint(10, 10, "Object", positive=False),
                keypoint(90, 90, "Background"),  # another label: not part of this prompt
                rectangle(40, 20, 30, 55, "Object"), keypoint(70, 40, "Object")]
-    spy = PromptSpy(runtime.segmenter().model)
+    spy = PromptSpy(runtime.sam.segmenter().model)
     try:
         response = client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, context))
     finally:
@@ -201,7 +201,7 @@ def test_second_click_reuses_the_embedding(sam_app) -> None:
     for _ in range(3):
         assert client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, click)
                            ).status_code == 200
-    counts = runtime.sam_embeddings.counts
+    counts = runtime.sam.embeddings.counts
     assert counts["computed"] == 1 and counts["memory"] == 2
     metrics = client.get("/metrics").get_data(as_text=True)
     assert 'mlb_sam_embeddings_total{source="computed"} 1.0' in metrics

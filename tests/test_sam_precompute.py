@@ -154,7 +154,7 @@ def test_concurrent_clicks_on_different_images_never_mix(sam_app, docs) -> None:
     concurrent = masks()
     assert len(concurrent) == len(urls)
     # Each image's mask, computed alone, is what it got while the others were in flight.
-    segmenter = runtime.segmenter()
+    segmenter = runtime.sam.segmenter()
     for url, got in zip(urls, concurrent, strict=True):
         data, _ = runtime.images.load_bytes(url)
         from ml_backend.core.images import decode_image
@@ -182,8 +182,8 @@ def _tasks(docs: Path, count: int) -> list[dict[str, Any]]:
 
 
 def _ready(runtime: Any, tasks: list[dict[str, Any]]) -> list[bool]:
-    model_id = runtime.segmenter().model_id
-    return [runtime.sam_embeddings.is_ready(
+    model_id = runtime.sam.segmenter().model_id
+    return [runtime.sam.embeddings.is_ready(
         model_id, runtime.images.load_bytes(t["data"]["image"])[1]) for t in tasks]
 
 
@@ -199,11 +199,11 @@ def test_tasks_created_webhook_precomputes_embeddings(sam_app, docs) -> None:
     assert jobs.wait_idle(120)
     assert _ready(runtime, tasks) == [True] * 3
     # A click now finds the embedding (computed by the job, not by the click).
-    counts_before = dict(runtime.sam_embeddings.counts)
+    counts_before = dict(runtime.sam.embeddings.counts)
     assert client.post("/predict", json=interactive_body(
         SEGMENTATION_CONFIG, [keypoint(50, 50, "Object")], tasks[1]["data"]["image"])
     ).status_code == 200
-    assert runtime.sam_embeddings.counts["computed"] == counts_before["computed"]
+    assert runtime.sam.embeddings.counts["computed"] == counts_before["computed"]
 
 
 def test_opening_a_task_precomputes_its_embedding(sam_app, docs) -> None:
@@ -293,4 +293,4 @@ def test_rerank_precomputes_the_head_of_the_new_queue(make_settings, image_host,
         assert jobs.wait_idle(60)
     finally:
         jobs.close()
-    assert runtime.sam_embeddings.counts["computed"] == 4  # the head was already encoded
+    assert runtime.sam.embeddings.counts["computed"] == 4  # the head was already encoded

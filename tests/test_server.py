@@ -61,7 +61,7 @@ def test_missing_configured_checkpoint_is_a_clear_error(make_settings, tmp_path)
 
     runtime = Runtime(make_settings(resnet_checkpoint=tmp_path / "nope.pt"))
     runtime.warm_up()
-    status = runtime.classifier_status()
+    status = runtime.classifier.status()
     assert status["status"] == "error" and "nope.pt does not exist" in status["error"]
 
 

@@ -114,14 +114,14 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
     assert report["control"] == "digit" and report["n_val"] >= 10
     # The tuned backbone is kept only when it beats the frozen one on held-out tasks.
     assert report["kept"] == (report["val_accuracy_tuned"] > report["val_accuracy_frozen"])
-    model = runtime.classifier(7)
+    model = runtime.classifier.model(7)
     assert model is not None
     if report["kept"]:
         assert manifest["backbone"]["file"] == "backbone.pt"
         assert model.embedder.digest.startswith(manifest["backbone"]["digest"])
     else:
         assert "file" not in manifest["backbone"]
-        assert model.embedder.digest.startswith(runtime.base_weights().digest)
+        assert model.embedder.digest.startswith(runtime.classifier.base_weights().digest)
     # An incremental update keeps the version's backbone and is a no-op when nothing changed.
     again = train_classifier(runtime, TrainRequest(project=7, mode="incremental"))
     assert again.status == "skipped"
@@ -131,7 +131,7 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
     assert updated.status == "trained"
     assert runtime.store.latest(7).manifest["backbone"].get("file") == \
         manifest["backbone"].get("file")
-    assert runtime.classifier(7).embedder.digest == model.embedder.digest
+    assert runtime.classifier.model(7).embedder.digest == model.embedder.digest
 
 
 def test_incremental_updates_rechoose_regularisation_when_labels_double() -> None:

@@ -25,9 +25,8 @@ from ml_backend.jobs.kinds import RerankRequest
 from ml_backend.labelstudio.label_config import parse_label_config
 from ml_backend.labelstudio.results import combine_outputs, empty_prediction, task_prediction
 from ml_backend.learning.selection import Strategy, queue_scores, select
-from ml_backend.models.classifier.training import announce
 from ml_backend.models.sam.precompute import queue_head_job
-from ml_backend.pipeline.prediction import Failure, predictor_for
+from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.runtime import Runtime, version_index
 
 log = logging.getLogger(__name__)
@@ -84,9 +83,9 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
     if embedded is not None:
         embeddings = np.stack([embedded.by_row[r] for r in good])
         if strategy is Strategy.RANKED_BATCH and labeled:
-            missing: dict[int, list[Failure]] = {}
-            vectors = predictor.embed_tasks(labeled, embedded.key, embedded.embedder, missing)
-            for row, failures in missing.items():
+            labeled_batch = predictor.batch(labeled)
+            vectors = embedded.embed(labeled_batch)
+            for row, failures in labeled_batch.failures.items():
                 log.warning("project %s: labeled task %s left out of the diversity term: %s",
                             project, labeled[row].get("id"),
                             "; ".join(message for _, message in failures))
@@ -165,7 +164,7 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     existing = ls_api.prediction_versions(project)
     created = _write_predictions(runtime, project, ranked.version, rows, existing)
     # The queue is live from here on; what follows is clean-up.
-    announce(runtime, project, ranked.version, retitle=False)
+    runtime.announce(project, ranked.version, retitle=False)
     mark("live")
     current = version_index(ranked.version)
     deleted = []
@@ -179,7 +178,7 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     # Label Studio clears the project's version on a deletion while a connection is titled
     # with it (a title from before re-ranking was on): set it again then.
     if deleted and ls_api.model_version(project) != ranked.version:
-        announce(runtime, project, ranked.version, retitle=False)
+        runtime.announce(project, ranked.version, retitle=False)
     mark("cleanup")
     seconds = time.perf_counter() - started
     top = ranked.order[:STATE_TOP]

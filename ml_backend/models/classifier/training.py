@@ -224,12 +224,12 @@ def train_classifier(runtime: Runtime, request: TrainRequest) -> TrainOutcome:
         previous = runtime.store.latest(project)
         # Incremental updates keep the current version's backbone (base or fine-tuned); a
         # full run starts again from the base weights and may fine-tune them.
-        embedder = runtime.embedder(None if full else previous)
+        embedder = runtime.classifier.embedder(None if full else previous)
         if (not full and previous is not None and previous.manifest.get("fingerprint")
                 == _fingerprint(config, labeled, embedder.digest)):
             return TrainOutcome(project, "skipped", previous.name, len(labeled),
                                 time.perf_counter() - started, "nothing changed")
-        previous_heads = runtime.classifier(project).heads if previous is not None else {}
+        previous_heads = runtime.classifier.model(project).heads if previous is not None else {}
 
         data: list[tuple[ControlSpec, np.ndarray, EncodedImages, list[int]]] = []
         for control in controls:
@@ -273,7 +273,7 @@ def train_classifier(runtime: Runtime, request: TrainRequest) -> TrainOutcome:
             files[file_name] = head.to_bytes()
             head_meta[name] = {"file": file_name, "labels": list(head.labels),
                                "multiple": head.multiple, **head.stats}
-        weights = runtime.base_weights()
+        weights = runtime.classifier.base_weights()
         detector_files, carried = carry_over(previous, exclude="classifier")
         files.update(detector_files)
         version = runtime.store.save(project, settings.resnet_arch, files, {
@@ -355,7 +355,7 @@ def _finetune_if_better(runtime: Runtime, base: ResNetEmbedder, control: Control
     data = backbone_bytes(tuned)
     digest = hashlib.sha256(data).hexdigest()[:16]
     tuned_embedder = ResNetEmbedder(tuned, digest, settings.classifier_image_size,
-                                    runtime.device, runtime.embedding_cache)
+                                    runtime.device, runtime.classifier.embedding_cache)
     shas = [images.shas[by_row[row]] for row in image_rows]
     tuned_x = tuned_embedder.embed(shas, pixels)
 
@@ -379,19 +379,8 @@ def after_new_version(runtime: Runtime, project: int, version: str) -> list[dict
     version whose scores are not there yet; without re-ranking, the announcement now."""
     if runtime.settings.rerank_after_training and runtime.ls_api is not None:
         return [rerank_next_job(project)]
-    announce(runtime, project, version)
+    runtime.announce(project, version)
     return []
-
-
-def announce(runtime: Runtime, project: int, version: str, retitle: bool = True) -> None:
-    """Tell Label Studio the project's current version so its scores show in Data Manager
-    (``retitle``: see :meth:`LabelStudioAPI.set_model_version`)."""
-    if runtime.ls_api is None or not runtime.settings.update_project_model_version:
-        return
-    try:
-        runtime.ls_api.set_model_version(project, version, runtime.is_our_version, retitle)
-    except BackendError as exc:
-        log.warning("could not set project %s model_version: %s", project, exc)
 
 
 def precompute_embeddings(runtime: Runtime, request: EmbedRequest) -> dict[str, Any]:
@@ -403,7 +392,7 @@ def precompute_embeddings(runtime: Runtime, request: EmbedRequest) -> dict[str, 
     fake = [LabeledTask(int(t["id"]), t.get("data", {}), 0, "", []) for t in tasks
             if isinstance(t, dict) and "id" in t]
     project = request.project
-    embedder = runtime.embedder(runtime.store.latest(project))
+    embedder = runtime.classifier.embedder(runtime.store.latest(project))
     done = 0
     for key in keys:
         rows, _ = embed_images(runtime, embedder, fetch_images(runtime, fake, key))

@@ -12,7 +12,7 @@ from ml_backend.core.detections import Detections, label_map
 from ml_backend.labelstudio.label_config import ControlSpec
 from ml_backend.labelstudio.results import Boxes, Output
 from ml_backend.learning.selection import detection_uncertainty
-from ml_backend.runtime import DetectorModel
+from ml_backend.models.detector.model import DetectorModel
 
 log = logging.getLogger(__name__)
 

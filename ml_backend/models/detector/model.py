@@ -201,6 +201,15 @@ class YoloDetector:
 
 
 @dataclass(frozen=True)
+class DetectorModel:
+    """What predicting boxes needs: the loaded detector and the version it belongs to."""
+
+    version: str
+    detector: YoloDetector
+    digest: str
+
+
+@dataclass(frozen=True)
 class DetectionSample:
     """One training image: encoded bytes (any format PIL reads) and its boxes in pixels."""
 

@@ -235,7 +235,7 @@ def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any
                 latest = runtime.store.latest(project)
                 files, carried = carry_over(latest, exclude="detector")
                 files[WEIGHTS_FILE] = weights
-                version = runtime.store.save(project, runtime.detector_prefix(), files, {
+                version = runtime.store.save(project, runtime.detector.version_prefix(), files, {
                     **carried, "family": ModelFamily.DETECTOR.value, "detector": meta})
         finally:
             shutil.rmtree(work_dir, ignore_errors=True)
@@ -259,10 +259,10 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
     if current and current.get("classes") == list(control.labels) and previous is not None:
         start, source = str(previous.file(current["file"])), f"version {previous.name}"
     else:
-        base = runtime.detector_base()
+        base = runtime.detector.base()
         start, source = base.spec, base.source
     spec = FineTuneSpec(start=start, data_yaml=str(data_yaml), out_dir=str(work_dir / "runs"),
-                        config_dir=str(runtime.yolo_config_dir()),
+                        config_dir=str(runtime.detector.config_dir()),
                         epochs=settings.detector_epochs, image_size=settings.detector_image_size,
                         batch=settings.detector_batch, device=str(runtime.device),
                         warm=not start.endswith((".yaml", ".yml")))

@@ -11,8 +11,8 @@ from ml_backend.runtime import Runtime
 
 def embed_image(runtime: Runtime, url: str, task_id: int | None) -> Lookup:
     """The SAM embedding of the image at ``url`` (task ``task_id``), and where it came from."""
-    segmenter = runtime.segmenter()
+    segmenter = runtime.sam.segmenter()
     data, sha = runtime.images.load_bytes(url, task_id=task_id)
-    return runtime.sam_embeddings.get_or_compute(
+    return runtime.sam.embeddings.get_or_compute(
         segmenter.model_id, sha, lambda: segmenter.embed(
             decode_image(data, runtime.settings.max_image_pixels, url)))

@@ -61,7 +61,7 @@ def queue_head_job(runtime: Runtime, project: int, config: str, order: Sequence[
     """The job that encodes SAM embeddings for the first ``SAM_PRECOMPUTE_AHEAD`` tasks of
     a new queue ``order``, so the tasks annotators open next are ready to click on; None
     when SAM is not configured or the config has no smart tools."""
-    if not runtime.sam_configured():
+    if not runtime.sam.configured():
         return None
     by_id = {int(t["id"]): t for t in tasks}
     head = [by_id[i] for i in order[:runtime.settings.sam_precompute_ahead] if i in by_id]
@@ -113,7 +113,7 @@ def precompute_project(runtime: Runtime, project: int, limit: int | None = None,
         raise BackendError(f"project {project}'s label config has no smart KeyPointLabels or "
                            "RectangleLabels tool on an image with a BrushLabels or "
                            "PolygonLabels control: nothing for SAM to precompute")
-    runtime.segmenter()  # fail before the loop when SAM is unavailable
+    runtime.sam.segmenter()  # fail before the loop when SAM is unavailable
     _, unlabeled = ls_api.project_tasks(project)
     tasks = (order or ranked_first(runtime, project))(unlabeled)[:limit]
     counts: dict[str, int] = {}
