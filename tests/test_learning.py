@@ -93,3 +93,53 @@ def test_warm_start_is_the_same_function_under_new_standardisation() -> None:
                      l2=0.01, previous=head, calibrate=False, max_iter=0)
     # With no iterations the warm start alone must reproduce the previous logits.
     np.testing.assert_allclose(again.logits(x), head.logits(x), rtol=1e-4, atol=1e-4)
+
+
+def _sklearn_default(x: np.ndarray, y: np.ndarray, x_test: np.ndarray) -> np.ndarray:
+    from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression().fit(x, y).predict(x_test)
+
+
+def test_with_few_labels_per_class_the_head_is_a_default_logistic_regression() -> None:
+    """Too few labels per class to trust cross-validation: the baseline's behaviour, the same
+    predictions as scikit-learn's ``LogisticRegression()`` on the same embeddings."""
+    from ml_backend.learning.heads import MIN_PER_CLASS_TO_CHOOSE
+
+    x, y = blobs(40, 4, 32, spread=2.5, seed=4)
+    rng = np.random.default_rng(0)
+    train = np.concatenate([rng.choice(np.flatnonzero(y == c), MIN_PER_CLASS_TO_CHOOSE - 1,
+                                       replace=False) for c in range(4)])
+    test = np.setdiff1d(np.arange(len(y)), train)
+    head = fit_head(x[train], y[train], ("a", "b", "c", "d"), multiple=False)
+    assert head.stats["baseline"] == 1.0 and head.l2 == pytest.approx(1 / len(train))
+    ours = head.predict_proba(x[test]).argmax(axis=1)
+    agree = (ours == _sklearn_default(x[train], y[train], x[test])).mean()
+    assert agree >= 0.97, agree
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_head_is_never_a_worse_learner_than_the_baseline(seed: int) -> None:
+    """Held-out accuracy on noisy, high-dimensional classes at several label counts."""
+    x, y = blobs(120, 5, 64, spread=6.0, seed=seed)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(y))
+    test, pool = order[:200], order[200:]
+    for n in (20, 40, 80, 160):
+        train = pool[:n]
+        if len(set(y[train])) < 5:
+            continue
+        head = fit_head(x[train], y[train], tuple("abcde"), multiple=False, seed=seed)
+        ours = (head.predict_proba(x[test]).argmax(axis=1) == y[test]).mean()
+        base = (_sklearn_default(x[train], y[train], x[test]) == y[test]).mean()
+        assert ours >= base - 0.02, (n, ours, base)
+
+
+def test_calibration_never_changes_the_argmax() -> None:
+    x, y = blobs(30, 3, 8, spread=2.0, seed=6)
+    calibrated = fit_head(x, y, ("a", "b", "c"), multiple=False)
+    plain = fit_head(x, y, ("a", "b", "c"), multiple=False, calibrate=False,
+                     regularisation=calibrated.regularisation())
+    assert calibrated.temperature != 1.0
+    np.testing.assert_array_equal(calibrated.predict_proba(x).argmax(axis=1),
+                                  plain.predict_proba(x).argmax(axis=1))

@@ -135,14 +135,17 @@ def test_full_training_with_backbone_finetune(make_settings, image_host) -> None
 
 
 def test_incremental_updates_rechoose_regularisation_when_labels_double() -> None:
-    from ml_backend.learning.heads import LinearHead
-    from ml_backend.models.classifier.training import _reusable_l2
+    from ml_backend.learning.heads import BASELINE, LinearHead, Regularisation
+    from ml_backend.models.classifier.training import _reusable_regularisation
 
-    def head(chosen_at: float) -> LinearHead:
+    def head(chosen_at: float, **stats: float) -> LinearHead:
         return LinearHead(("a", "b"), False, np.zeros((2, 2)), np.zeros(2), np.zeros(2),
-                          np.ones(2), l2=0.1, stats={"l2_chosen_at_n": chosen_at})
+                          np.ones(2), l2=0.1, stats={"l2_chosen_at_n": chosen_at, **stats})
 
-    assert _reusable_l2(None, 20) is None
-    assert _reusable_l2(head(20), 39) == 0.1
-    assert _reusable_l2(head(20), 40) is None
-    assert _reusable_l2(head(0), 25) is None  # never chosen by cross-validation yet
+    assert _reusable_regularisation(None, 20) is None
+    # A head saved before the baseline rule: standardised features, its fixed strength.
+    assert _reusable_regularisation(head(20), 39) == Regularisation(True, 0.1)
+    assert _reusable_regularisation(head(20), 40) is None
+    assert _reusable_regularisation(head(0), 25) is None  # never chosen yet
+    # The baseline is reused as its rule (1/n at every size), not as the number it gave.
+    assert _reusable_regularisation(head(20, baseline=1.0), 30) == BASELINE

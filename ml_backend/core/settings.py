@@ -72,6 +72,14 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _image_size(env: Mapping[str, str], name: str) -> int | None:
+    """A side in pixels, or None for ``auto`` (the default)."""
+    raw = env.get(name, "").strip().lower()
+    if raw in {"", "auto"}:
+        return None
+    return _int(env, name, 0, minimum=16)
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -146,7 +154,9 @@ class Settings:
     # Classifier (RESNET_ARCH, RESNET_CHECKPOINT, CLASSIFIER_IMAGE_SIZE).
     resnet_arch: str = "resnet18"
     resnet_checkpoint: Path | None = None
-    classifier_image_size: int = 224
+    # None ("auto"): each image at its own size, its longer side rounded up to a multiple
+    # of 32 within [32, 224] (models/classifier/model.py: native_side).
+    classifier_image_size: int | None = None
     # Start a backbone fine-tune on START_TRAINING once this many labels exist
     # (FINETUNE_MIN_LABELS), for FINETUNE_EPOCHS epochs over at most FINETUNE_MAX_IMAGES.
     finetune_min_labels: int = 50
@@ -276,7 +286,7 @@ class Settings:
             upload_dir=_opt_path(env, "UPLOAD_DIR"),
             resnet_arch=_opt_str(env, "RESNET_ARCH") or defaults.resnet_arch,
             resnet_checkpoint=_opt_path(env, "RESNET_CHECKPOINT"),
-            classifier_image_size=_int(env, "CLASSIFIER_IMAGE_SIZE", 224, minimum=16),
+            classifier_image_size=_image_size(env, "CLASSIFIER_IMAGE_SIZE"),
             finetune_min_labels=_int(env, "FINETUNE_MIN_LABELS", defaults.finetune_min_labels),
             finetune_epochs=_int(env, "FINETUNE_EPOCHS", defaults.finetune_epochs),
             finetune_max_images=_int(env, "FINETUNE_MAX_IMAGES", defaults.finetune_max_images, 1),

@@ -21,16 +21,21 @@ import numpy as np
 from ml_backend.core.errors import BackendError, LabelStudioUnavailable
 from ml_backend.core.settings import Settings
 from ml_backend.core.store import RANKING_STATE
+from ml_backend.core.task_images import Failure
 from ml_backend.jobs.kinds import RerankRequest
-from ml_backend.labelstudio.label_config import parse_label_config
+from ml_backend.labelstudio.label_config import ModelFamily, ParsedConfig, parse_label_config
 from ml_backend.labelstudio.results import combine_outputs, empty_prediction, task_prediction
+from ml_backend.learning.cold_start import cold_start_clusters, coverage_order
 from ml_backend.learning.selection import Strategy, queue_scores, select
+from ml_backend.models.classifier.family import embed_batch
+from ml_backend.models.family import FamilyScores
 from ml_backend.models.sam.precompute import queue_head_job
 from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.runtime import Runtime, version_index
 
 log = logging.getLogger(__name__)
 STATE_TOP = 2000  # tasks whose uncertainties the backend keeps for GET /ranking
+COVERAGE = "coverage"  # the cold-start order's name in the ranking state
 
 
 @dataclass(frozen=True)
@@ -41,28 +46,46 @@ class RankedTasks:
     ``failed`` only."""
 
     version: str
-    strategy: Strategy
+    strategy: str  # a Strategy's value, or COVERAGE
     order: list[int]
     batch: list[int]
     predictions: dict[int, dict[str, Any]]
     uncertainty: dict[int, dict[str, float]]
     failed: list[int]
+    # Cold start: the coverage order's cluster of each ranked task (see learning.cold_start).
+    clusters: dict[int, int] | None = None
+
+
+def needs_coverage(runtime: Runtime, project: int, parsed: ParsedConfig) -> bool:
+    """Cold start: the project classifies images and has no head yet, or one trained on
+    fewer labels than its classes (its uncertainties say little): rank for coverage."""
+    controls = parsed.for_family(ModelFamily.CLASSIFIER)
+    if not controls:
+        return False
+    model = runtime.classifier.model(project)
+    if model is None:
+        return True
+    return any(c.name not in model.heads or model.heads[c.name].stats.get("n", 0.0)
+               < len(c.labels) for c in controls)
 
 
 def rank_tasks(runtime: Runtime, project: int, label_config: str,
                candidates: list[dict[str, Any]], labeled: list[dict[str, Any]],
                strategy: Strategy, batch_size: int, random_share: float,
-               rng: np.random.Generator) -> RankedTasks:
+               rng: np.random.Generator, cold_start: bool = False) -> RankedTasks:
     """Predict ``candidates`` (Label Studio tasks) and order them: the first ``batch_size`` by
     ``strategy`` (with a ``random_share`` hedge), the rest by uncertainty. ``labeled`` tasks
     only matter to the diversity term of ranked batch sampling. With a classifier and a
     detector, the least certain family decides a task's uncertainty. The predictions are
     the server's own (:meth:`Predictor.score_tasks`, as ``/predict`` makes them)."""
     predictor = predictor_for(runtime)
-    scored = predictor.score_tasks(candidates, parse_label_config(label_config), project,
-                                   strategy)
+    parsed = parse_label_config(label_config)
+    scored = predictor.score_tasks(candidates, parsed, project, strategy)
     # A classifier whose heads fit none of the label config's controls ranks nothing.
     families = [f for f in scored.families if f.controls]
+    if cold_start:
+        return _coverage_ranking(runtime, project, parsed, candidates, families,
+                                 scored.failures, batch_size, rng)
     if not families:
         raise BackendError(f"project {project} has no trained model for its label config")
     for row, failures in scored.failures.items():
@@ -74,7 +97,7 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
     ids = [int(candidates[r]["id"]) for r in good]
     failed = sorted({int(t["id"]) for t in candidates} - set(ids))
     if not ids:
-        return RankedTasks(version, strategy, [], [], {}, {}, failed)
+        return RankedTasks(version, strategy.value, [], [], {}, {}, failed)
     combined = [combine_outputs([f.outputs[r] for f in families]) for r in good]
     uncertainty = np.array([c[1] for c in combined if c is not None])
     embeddings = labeled_x = None
@@ -102,9 +125,58 @@ def rank_tasks(runtime: Runtime, project: int, label_config: str,
                    for j, c in enumerate(combined) if c is not None}
     details = {ids[j]: {k: v for f in families for k, v in f.uncertainty[r].items()}
                for j, r in enumerate(good)}
-    return RankedTasks(version=version, strategy=strategy, order=[ids[i] for i in order],
+    return RankedTasks(version=version, strategy=strategy.value, order=[ids[i] for i in order],
                        batch=[ids[i] for i in first], predictions=predictions,
                        uncertainty=details, failed=failed)
+
+
+def _coverage_ranking(runtime: Runtime, project: int, parsed: ParsedConfig,
+                      candidates: list[dict[str, Any]], families: list[FamilyScores],
+                      failures: dict[int, list[Failure]], batch_size: int,
+                      rng: np.random.Generator) -> RankedTasks:
+    """The cold-start queue: every candidate in coverage order (k-means clusters of the
+    classifier's embeddings, most typical member first, every cluster once before any
+    repeats), with the model's predictions where it has any and scores that sort in that
+    order."""
+    controls = parsed.for_family(ModelFamily.CLASSIFIER)
+    key = controls[0].value_key
+    embedded = next((f.embeddings for f in families if f.embeddings is not None
+                     and f.embeddings.key == key), None)
+    if embedded is not None:
+        vectors, failed_rows = embedded.by_row, dict(failures)
+    else:  # no head yet: the base backbone's embeddings (cached for the first training)
+        batch = predictor_for(runtime).batch(candidates)
+        vectors = embed_batch(runtime.classifier.embedder(None), batch, key)
+        failed_rows = {**failures, **batch.failures}
+    for row, reasons in failed_rows.items():
+        log.warning("project %s: task %s not ranked: %s", project, candidates[row].get("id"),
+                    "; ".join(message for _, message in reasons))
+    good = sorted(set(vectors) - set(failed_rows))
+    if families:
+        good = sorted(set(good).intersection(*(set(f.outputs) for f in families)))
+    ids = [int(candidates[r]["id"]) for r in good]
+    failed = sorted({int(t["id"]) for t in candidates} - set(ids))
+    version = runtime.model_version(project)
+    if not ids:
+        return RankedTasks(version, COVERAGE, [], [], {}, {}, failed, {})
+    n_classes = max(len(c.labels) for c in controls)
+    order, clusters = coverage_order(
+        np.stack([vectors[r] for r in good]),
+        cold_start_clusters(len(good), n_classes, batch_size), int(rng.integers(2**31)))
+    n_clusters = len(set(clusters.tolist()))
+    scores = queue_scores(order, np.ones(len(good)))
+    predictions = {}
+    for j, row in enumerate(good):
+        combined = combine_outputs([f.outputs[row] for f in families]) if families else None
+        predictions[ids[j]] = (task_prediction(combined[0], version, float(scores[j]))
+                               if combined is not None
+                               else empty_prediction(version, float(scores[j])))
+    uncertainty = {ids[j]: {"coverage_position": float(scores[j])} for j in range(len(ids))}
+    return RankedTasks(version=version, strategy=COVERAGE,
+                       order=[ids[i] for i in order],
+                       batch=[ids[i] for i in order[:min(batch_size, n_clusters)]],
+                       predictions=predictions, uncertainty=uncertainty, failed=failed,
+                       clusters={ids[j]: int(clusters[j]) for j in range(len(ids))})
 
 
 def _seed(version: str) -> int:
@@ -123,15 +195,13 @@ def rerank_project(runtime: Runtime, request: RerankRequest) -> dict[str, Any]:
 
 def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any]:
     ls_api = runtime.label_studio("re-ranking")
-    latest = runtime.store.latest(project)
-    if latest is None:
-        return {"project": project, "status": "no-model"}
+    name = runtime.model_version(project)
     state = runtime.store.read_state(project, RANKING_STATE)
-    if state is not None and state.get("version") == latest.name and not force:
-        return {"project": project, "status": "skipped", "version": latest.name,
+    if state is not None and state.get("version") == name and not force:
+        return {"project": project, "status": "skipped", "version": name,
                 "detail": "this version already ranked the queue"}
     waited = throttle_rerank(runtime.settings, state)
-    latest = runtime.store.latest(project) or latest  # newer versions saved while waiting
+    name = runtime.model_version(project)  # newer versions saved while waiting
     started = time.perf_counter()
     phases: dict[str, float] = {}
 
@@ -140,18 +210,22 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
 
     settings = runtime.settings
     config = ls_api.label_config(project)
+    cold = needs_coverage(runtime, project, parse_label_config(config))
+    if runtime.store.latest(project) is None and not cold:
+        return {"project": project, "status": "no-model"}
     labeled, unlabeled = ls_api.project_tasks(project)
     mark("read")
     labeled_tasks = [{"id": t.task_id, "data": t.data} for t in labeled]
-    rng = np.random.default_rng(_seed(latest.name))
+    rng = np.random.default_rng(_seed(name))
     ranked = rank_tasks(runtime, project, config,
                         [t for t in unlabeled if not t.get("skipped")], labeled_tasks,
                         settings.ranking_strategy, settings.ranking_batch_size,
-                        settings.ranking_random_share, rng)
+                        settings.ranking_random_share, rng, cold_start=cold)
     # Tasks an annotator skipped keep a prediction (for when someone opens them) but go to
     # the end of the queue instead of topping it again.
     skipped = rank_tasks(runtime, project, config, [t for t in unlabeled if t.get("skipped")],
-                         labeled_tasks, settings.ranking_strategy, 0, 0.0, rng)
+                         labeled_tasks, settings.ranking_strategy, 0, 0.0, rng,
+                         cold_start=cold)
     mark("score")
     rows = [{"task": task_id, **ranked.predictions[task_id]} for task_id in ranked.order]
     rows += [{"task": task_id, **skipped.predictions[task_id], "score": 1.0}
@@ -183,15 +257,16 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     seconds = time.perf_counter() - started
     top = ranked.order[:STATE_TOP]
     runtime.store.write_state(project, RANKING_STATE, {
-        "version": ranked.version, "strategy": ranked.strategy.value, "ranked_at": time.time(),
+        "version": ranked.version, "strategy": ranked.strategy, "ranked_at": time.time(),
         "seconds": round(seconds, 3), "batch": ranked.batch, "n_unlabeled": len(unlabeled),
         "skipped": skipped.order, "failed": ranked.failed + skipped.failed,
         "top": [{"task": task_id, "score": ranked.predictions[task_id]["score"],
-                 "uncertainty": {k: round(v, 4) for k, v in ranked.uncertainty[task_id].items()}}
+                 "uncertainty": {k: round(v, 4) for k, v in ranked.uncertainty[task_id].items()},
+                 **({"cluster": ranked.clusters[task_id]} if ranked.clusters else {})}
                 for task_id in top],
     })
     result = {"project": project, "status": "ranked", "version": ranked.version,
-              "strategy": ranked.strategy.value, "scored": len(ranked.order),
+              "strategy": ranked.strategy, "scored": len(ranked.order),
               "skipped": len(skipped.order), "failed": len(ranked.failed + skipped.failed),
               "written": created, "batch": ranked.batch,
               "deleted_versions": deleted, "waited_s": round(waited, 3),

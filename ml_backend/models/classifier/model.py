@@ -137,6 +137,18 @@ def load_backbone(weights: BackboneWeights, device: torch.device) -> nn.Module:
     return model.eval().to(device)
 
 
+AUTO_MIN_SIDE, AUTO_MAX_SIDE = 32, 224  # the range an automatic embedding side keeps to
+
+
+def native_side(shape: tuple[int, ...]) -> int:
+    """The side an image is embedded at when ``CLASSIFIER_IMAGE_SIZE=auto``: its longer side
+    rounded up to a multiple of 32 (ResNet's stride), within [32, 224]. Small images are not
+    blown up to 224 px (upsampling costs accuracy on frozen features; see
+    docs/benchmarks.md#embedding-resolution) and large ones are reduced as before."""
+    longer = max(int(shape[0]), int(shape[1]))
+    return int(min(AUTO_MAX_SIDE, max(AUTO_MIN_SIDE, -(-longer // 32) * 32)))
+
+
 def preprocess(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
     """HWC uint8 RGB arrays → normalised float batch ``(N, 3, size, size)`` (squash resize:
     the label is about the whole image, so nothing is cropped away)."""
@@ -158,10 +170,11 @@ class ResNetEmbedder:
     """Turns images into embeddings with one backbone. Thread-safe: the module is read-only
     and every call works on its own tensors."""
 
-    def __init__(self, backbone: nn.Module, digest: str, image_size: int,
+    def __init__(self, backbone: nn.Module, digest: str, image_size: int | None,
                  device: torch.device, cache: EmbeddingCache, batch_size: int = 32) -> None:
         self.backbone = backbone
-        self.digest = f"{digest}-{image_size}"
+        # ``image_size`` None: each image at its own :func:`native_side`.
+        self.digest = f"{digest}-{image_size or 'auto'}"
         self.image_size = image_size
         self.device = device
         self.cache = cache
@@ -169,12 +182,21 @@ class ResNetEmbedder:
         self._lock = threading.Lock()
 
     def embed_pixels(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        """``images``: HWC uint8 RGB → embeddings ``(N, D) float32``; no caching."""
-        out = []
-        for start in range(0, len(images), self.batch_size):
-            batch = preprocess(images[start:start + self.batch_size], self.image_size)
-            out.append(self.embed_torch(batch.to(self.device)).cpu().numpy())
-        return np.concatenate(out).astype(np.float32)
+        """``images``: HWC uint8 RGB → embeddings ``(N, D) float32``; no caching. Images of
+        one side are batched together."""
+        sides = [self.image_size or native_side(image.shape) for image in images]
+        out: list[np.ndarray | None] = [None] * len(images)
+        for side in sorted(set(sides)):
+            rows = [i for i, s in enumerate(sides) if s == side]
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                batch = preprocess([images[i] for i in chunk], side)
+                vectors = self.embed_torch(batch.to(self.device)).cpu().numpy()
+                for i, vector in zip(chunk, vectors, strict=True):
+                    out[i] = vector
+        if not out:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.stack(out).astype(np.float32)  # type: ignore[arg-type]
 
     def embed_torch(self, batch: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -198,12 +220,15 @@ class ResNetEmbedder:
 
 
 def finetune_backbone(backbone: nn.Module, images: Sequence[np.ndarray], targets: np.ndarray,
-                      n_classes: int, image_size: int, epochs: int, device: torch.device,
+                      n_classes: int, image_size: int | None, epochs: int, device: torch.device,
                       seed: int = 0, batch_size: int = 32, lr: float = 1e-3) -> nn.Module:
     """Fine-tune the last residual stage (``layer4``) with a temporary linear classifier on
-    single-label targets. Returns a new module; the input module is left untouched."""
+    single-label targets (``image_size`` None: the images' median :func:`native_side`).
+    Returns a new module; the input module is left untouched."""
     import copy
 
+    if image_size is None:
+        image_size = int(np.median([native_side(image.shape) for image in images]))
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone).to(device)
     for name, param in model.named_parameters():

@@ -34,7 +34,7 @@ from ml_backend.jobs.kinds import (
 )
 from ml_backend.labelstudio.api import LabeledTask, labeled_tasks_from_export
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
-from ml_backend.learning.heads import LinearHead, fit_head
+from ml_backend.learning.heads import LinearHead, Regularisation, fit_head
 from ml_backend.models.classifier.model import ResNetEmbedder, backbone_bytes, finetune_backbone
 from ml_backend.runtime import Runtime
 
@@ -259,9 +259,10 @@ def train_classifier(runtime: Runtime, request: TrainRequest) -> TrainOutcome:
             if not image_rows:
                 continue
             previous_head = previous_heads.get(control.name)
-            l2 = _reusable_l2(previous_head, len(image_rows)) if not full else None
+            reused = _reusable_regularisation(previous_head, len(image_rows)) \
+                if not full else None
             heads[control.name] = fit_head(x, y[image_rows], control.labels, control.multiple,
-                                           l2=l2, previous=previous_head)
+                                           regularisation=reused, previous=previous_head)
         mark("fit")
         if not heads:
             return TrainOutcome(project, "no-labels", previous.name if previous else None,
@@ -313,14 +314,14 @@ def carry_over(version: ModelVersion | None, exclude: str
 
 
 
-def _reusable_l2(previous: LinearHead | None, n: int) -> float | None:
-    """The regularisation an incremental update reuses, or None to choose it again by
-    cross-validation: the first time, and whenever the labels have doubled since (a strength
-    chosen on 20 labels over-regularises 500)."""
+def _reusable_regularisation(previous: LinearHead | None, n: int) -> Regularisation | None:
+    """The regularisation an incremental update reuses, or None to choose it again: the
+    first time, and whenever the labels have doubled since (a strength chosen on 20 labels
+    over-regularises 500). The baseline's rule (``1/n``) is reused as a rule."""
     if previous is None:
         return None
     chosen_at = previous.stats.get("l2_chosen_at_n", 0.0)
-    return previous.l2 if chosen_at > 0 and n < 2 * chosen_at else None
+    return previous.regularisation() if chosen_at > 0 and n < 2 * chosen_at else None
 
 
 def _holdout(task_ids: list[int]) -> np.ndarray:
@@ -398,8 +399,11 @@ def precompute_embeddings(runtime: Runtime, request: EmbedRequest) -> dict[str, 
         rows, _ = embed_images(runtime, embedder, fetch_images(runtime, fake, key))
         done += len(rows)
     result: dict[str, Any] = {"embedded": done}
+    # New tasks take their place in the queue: by the model's uncertainty, or before the
+    # first head (classification projects) in the cold-start coverage order.
     if (request.rerank and runtime.settings.rerank_after_training
-            and runtime.ls_api is not None and runtime.store.latest(project) is not None):
+            and runtime.ls_api is not None
+            and (controls or runtime.store.latest(project) is not None)):
         result["next_jobs"] = [rerank_next_job(project, force=True)]
     return result
 
