@@ -4,10 +4,12 @@ ready to label.
 
 Starts Label Studio (data kept under ``var/demo/label-studio``), starts ``ml-backend serve``
 (models and caches under ``var/demo``), renders the digits, creates the project "Digits
-(active learning)", uploads them, connects the backend, retrieves predictions and adds the
-"Most informative first" view; then the same for "Shapes (detection)" (synthetic circles,
-squares and triangles to box; the detector trains from scratch on the first boxes). Then
-prints where to log in and runs until Ctrl-C.
+(active learning)", connects the backend, adds the "Most informative first" view and uploads
+the images in a seeded shuffled order; the import's webhook has the backend order the queue
+for coverage before any label exists (the cold start). Then the same for "Shapes
+(detection)" (synthetic circles, squares and triangles to box; the detector trains from
+scratch on the first boxes), whose predictions are retrieved. Then prints where to log in
+and runs until Ctrl-C.
 A second run reuses the same data dir and project.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -32,6 +35,7 @@ PROJECT_TITLE = "Digits (active learning)"
 DIGIT_CONFIG = REPO / "labeling_configs" / "digit_classification.xml"
 SHAPES_TITLE = "Shapes (detection)"
 SHAPES_CONFIG = REPO / "labeling_configs" / "shapes_detection.xml"
+UPLOAD_SEED = 0  # the shuffled upload order is the same on every run
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -103,9 +107,38 @@ def _stop(process: subprocess.Popen[bytes] | None, timeout: float = 20.0) -> Non
         process.wait()
 
 
+def shuffled(paths: Sequence[Path], seed: int = UPLOAD_SEED) -> list[Path]:
+    """``paths`` in a seeded random order. The upload order becomes the task-id order, which
+    Label Studio lists until scores exist; rendered files come in a systematic order (the
+    digits one class after another, round robin) that must not show through."""
+    return random.Random(seed).sample(list(paths), len(paths))
+
+
+def _wait_for_queue(backend_url: str, project_id: int, count: int, timeout: float) -> bool:
+    """Until the backend has ranked ``count`` unlabeled tasks of the project (GET
+    /ranking/<project>): the cold-start queue is written to Label Studio then."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{backend_url}/ranking/{project_id}?limit=1",
+                                        timeout=5) as response:
+                if json.loads(response.read()).get("n_unlabeled", 0) >= count:
+                    return True
+        except (OSError, ValueError):  # 404 until the first ranking
+            pass
+        time.sleep(1.0)
+    return False
+
+
 def _setup_project(client: Any, ls: Any, backend_url: str, title: str, config: Path,
-                   images: Callable[[], list[Path]]) -> int:
-    """Create (or find again) a demo project; make sure it points at ``backend_url``."""
+                   images: Callable[[], list[Path]], cold_start: bool = False) -> int:
+    """Create (or find again) a demo project; make sure it points at ``backend_url``.
+
+    A new project is connected to the backend before its images are uploaded, so the
+    import's TASKS_CREATED webhook reaches it: for a classification project (``cold_start``)
+    the backend embeds the new tasks and writes a queue ordered for coverage before any
+    label exists. Otherwise (or when that queue does not come in time) the predictions are
+    retrieved from the backend."""
     from ml_backend.devtools import project_setup as ps
 
     existing = [p for p in client.projects.list() if p.title == title]
@@ -120,16 +153,19 @@ def _setup_project(client: Any, ls: Any, backend_url: str, title: str, config: P
         return project_id
 
     project_id = ps.create_project(client, title, config)
-    task_ids = ps.upload_images(ls.url, ls.api_key, project_id, images())
-    print(f"project {project_id} ({title}): uploaded {len(task_ids)} images")
     ps.connect_backend(client, project_id, backend_url)
+    ps.create_informative_view(client, project_id)
+    task_ids = ps.upload_images(ls.url, ls.api_key, project_id, shuffled(images()))
+    print(f"project {project_id} ({title}): uploaded {len(task_ids)} images")
     started = time.monotonic()
+    if cold_start and _wait_for_queue(backend_url, project_id, len(task_ids), timeout=300):
+        print(f"queue ordered for coverage (cold start) in {time.monotonic() - started:.1f} s")
+        return project_id
     try:
         ps.retrieve_predictions(client, project_id)
         print(f"predictions retrieved in {time.monotonic() - started:.1f} s")
     except Exception as exc:  # tasks still get predictions when opened
         print(f"warning: retrieving predictions failed ({exc}); they come on task open")
-    ps.create_informative_view(client, project_id)
     return project_id
 
 
@@ -171,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         project_id = _setup_project(
             client, ls, backend_url, PROJECT_TITLE, DIGIT_CONFIG,
             lambda: [p for p, _ in write_digit_pngs(data_dir / "digits", count=args.count,
-                                                    size=64, seed=0)])
+                                                    size=64, seed=0)],
+            cold_start=True)
         shapes_id = None
         if args.shapes:
             shapes_id = _setup_project(

@@ -88,15 +88,18 @@ def test_the_queue_holds_what_predict_answers_from_one_batch_path(backend, train
 def test_ranked_batch_does_not_repeat_an_image(trained_project) -> None:
     runtime, _, labeled, candidates = trained_project
     candidates = candidates[:20]
+    # The image ranked batch sampling picks first (with 20 labels the uncertainties are
+    # close together, so the diversity term decides which of the uncertain ones), shown by
+    # two more tasks.
     rng = np.random.default_rng(0)
-    top = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, labeled, Strategy.MARGIN, 1,
+    top = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, labeled, Strategy.RANKED_BATCH, 1,
                      0.0, rng).order[0]
     image = next(c["data"]["image"] for c in candidates if c["id"] == top)
     copies = {top, 201, 202}
     candidates += [{"id": 200 + k, "data": {"image": image}} for k in (1, 2)]
     by_margin = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, labeled, Strategy.MARGIN,
                            8, 0.0, np.random.default_rng(0))
-    assert copies <= set(by_margin.order[:3])  # uncertainty alone takes every copy
+    assert copies <= set(by_margin.order[:8])  # uncertainty alone takes every copy
     diverse = rank_tasks(runtime, 4, DIGITS_CONFIG, candidates, labeled,
                          Strategy.RANKED_BATCH, 8, 0.0, np.random.default_rng(0))
     assert len(copies & set(diverse.order[:8])) == 1
