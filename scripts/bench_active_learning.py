@@ -1,24 +1,51 @@
 #!/usr/bin/env python3
-"""Learning-efficiency benchmark: does labeling in the backend's order save labels?
+"""Learning-efficiency benchmark: does labeling in the backend's order save labels, and is the
+production head ever worse than the simple baseline?
 
-A simulated annotator with ground truth labels ``load_digits`` (1797 images) in rounds: 20
-random labels, then rounds of 10 chosen by the strategy under test. After each round the
-model retrains through the production code path (``train_classifier`` with an incremental
-update, exactly what an annotation webhook runs; only Label Studio's API is replaced by the
-annotator's in-memory answers) and is scored on a fixed held-out split. Tasks are ranked
-with ``ml_backend.pipeline.ranking.rank_tasks``, the function the re-ranking job uses.
+A simulated annotator with ground truth labels a data set in rounds: ``--start`` (20) random
+labels, then rounds of ``--round`` (10) chosen by the strategy under test. After each round
+the model retrains through the production code path (``train_classifier`` with an
+incremental update, exactly what an annotation webhook runs; only Label Studio's API is
+replaced by the annotator's in-memory answers) and is scored on a fixed held-out split. Tasks
+are ranked with ``ml_backend.pipeline.ranking.rank_tasks``, the function the re-ranking job
+uses.
 
-Prints JSON (saved with a PNG plot): accuracy-vs-labels curves per strategy (mean and spread
-over seeds), area under each curve, and labels needed to reach 95 % of the full-data
-accuracy with their ratio to random order.
+Data sets (``--datasets``, comma-separated; one JSON + PNG each, named
+``bench_active_learning_<dataset>``):
 
-With ``--via-label-studio`` the first strategy is run through the production path instead:
-a real Label Studio and a backend process, annotations created through the API, training
-and re-ranking driven by Label Studio's webhooks, each round's tasks taken from the top of
-the "Most informative first" view. Its per-round accuracies are reported next to the
-in-process runs of the same strategy (mean and seed spread).
+- ``digits``: scikit-learn's ``load_digits`` (1797 images, 8x8 upscaled to 32 px).
+- ``glyphs``: the harder set ``ml_backend.devtools.datasets.render_glyphs`` draws (ten
+  confusable characters in ten fonts, rotated, blurred, noisy, cluttered, classes uneven
+  3:1), ``--pool`` images (1000) at 64 px.
 
-    .venv/bin/python scripts/bench_active_learning.py [--seeds 5] [--max-labels 300]
+``--pool`` caps either set (digits: a seeded subset; default all); ``--heldout`` (30 %) of
+it is the fixed held-out split. ``--image-size auto`` (the product default) embeds each image
+at its own size.
+
+For every seed, strategy and label count the report holds, next to the production head's
+held-out accuracy, the baseline's: scikit-learn's ``LogisticRegression()`` with default
+arguments fitted on the same embeddings (the runtime's embedder) of the same labeled tasks,
+scored on the same held-out set; and whether the head's mean is at least the baseline's mean
+minus one standard deviation over seeds. Also: the full-data accuracy of both (every pool
+task labeled: the curve's ceiling), area under each curve and labels needed to reach 95 %
+of the head's full-data accuracy, with their ratio to random order.
+
+Cold-start arm: the first ``--start`` labels in the product's cold-start order (TypiClust
+coverage over the base backbone's embeddings of the pool, as ``rank_tasks(...,
+cold_start=True)`` orders the queue before the first head) instead of at random, both
+continuing with margin to ``--cold-start-labels`` (50); accuracies after 20 and 50 labels.
+
+Prints JSON (saved with a PNG plot).
+
+With ``--via-label-studio`` (digits only) the first strategy is run through the production
+path instead: a real Label Studio and a backend process, annotations created through the
+API, training and re-ranking driven by Label Studio's webhooks, each round's tasks taken from
+the top of the "Most informative first" view. Its per-round accuracies are reported next to
+the in-process runs of the same strategy (mean and seed spread).
+
+    .venv/bin/python scripts/bench_active_learning.py --datasets digits,glyphs [--seeds 3]
+    .venv/bin/python scripts/bench_active_learning.py --datasets glyphs --pool 400 \\
+        --seeds 1 --max-labels 60
     .venv/bin/python scripts/bench_active_learning.py --via-label-studio --strategies margin
 """
 
@@ -28,16 +55,20 @@ import argparse
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
 from ml_backend.core.settings import Settings
 from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.api import LabeledTask
+from ml_backend.learning.cold_start import cold_start_clusters, coverage_order
 from ml_backend.learning.selection import Strategy
+from ml_backend.models.classifier.model import ResNetEmbedder
 from ml_backend.models.classifier.training import embed_images, fetch_images, train_classifier
 from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
@@ -45,15 +76,44 @@ from ml_backend.runtime import Runtime
 from bench_common import SimulatedAnnotator, write_report
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIG = (REPO / "labeling_configs" / "digit_classification.xml").read_text()
+DIGITS_CONFIG = (REPO / "labeling_configs" / "digit_classification.xml").read_text()
+DEFAULT_STRATEGIES = "margin,ranked_batch,random"
+DATASETS = ("digits", "glyphs")
+SPLIT_SEED = 12345  # the held-out split (and a capped pool's subset) never change with --seeds
 
 
-def _label(annotator: SimulatedAnnotator, task: dict[str, Any], truth: int) -> None:
-    annotator.annotate(task, [{"from_name": "digit", "to_name": "image", "type": "choices",
-                               "value": {"choices": [str(truth)]}}])
+@dataclass(frozen=True)
+class Dataset:
+    """A labeled image set as PNG tasks: a pool to label and a fixed held-out split.
+    ``truth_of`` maps task ids to class indices; ``choices`` are the label config's choice
+    values by class index."""
+
+    name: str
+    description: str
+    config: str
+    control: str
+    choices: tuple[str, ...]
+    docroot: Path
+    pool: list[dict[str, Any]]
+    heldout: list[dict[str, Any]]
+    truth_of: dict[int, int]
+
+    @property
+    def heldout_truth(self) -> np.ndarray:
+        return np.array([self.truth_of[t["id"]] for t in self.heldout])
+
+    def class_counts(self, tasks: list[dict[str, Any]]) -> list[int]:
+        labels = [self.truth_of[t["id"]] for t in tasks]
+        return np.bincount(labels, minlength=len(self.choices)).tolist()
 
 
-def _write_images(root: Path, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+def _label(annotator: SimulatedAnnotator, data: Dataset, task: dict[str, Any]) -> None:
+    choice = data.choices[data.truth_of[task["id"]]]
+    annotator.annotate(task, [{"from_name": data.control, "to_name": "image",
+                               "type": "choices", "value": {"choices": [choice]}}])
+
+
+def _digit_images(root: Path, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
     from PIL import Image
     from sklearn.datasets import load_digits
 
@@ -67,66 +127,141 @@ def _write_images(root: Path, size: int) -> tuple[list[dict[str, Any]], np.ndarr
     return tasks, digits.target
 
 
-def _accuracy(runtime: Runtime, project: int, heldout: list[dict[str, Any]],
-              truth: np.ndarray) -> float:
+def _glyph_images(root: Path, count: int, size: int) -> tuple[list[dict[str, Any]], np.ndarray]:
+    from ml_backend.devtools.datasets import write_glyph_pngs
+
+    written = write_glyph_pngs(root / "glyphs", count, size=size, seed=0)
+    tasks = [{"id": i + 1, "data": {"image": f"/data/local-files/?d=glyphs/{path.name}"}}
+             for i, (path, _) in enumerate(written)]
+    return tasks, np.array([label for _, label in written])
+
+
+def glyph_config() -> str:
+    """A single-choice label config over the glyph classes."""
+    from ml_backend.devtools.datasets import GLYPH_CLASSES
+
+    choices = "\n".join(f"    <Choice value={quoteattr(c)}/>" for c in GLYPH_CLASSES)
+    return ('<View>\n  <Image name="image" value="$image"/>\n'
+            '  <Choices name="glyph" toName="image" choice="single-radio">\n'
+            f"{choices}\n  </Choices>\n</View>\n")
+
+
+def _dataset(name: str, work: Path, heldout_share: float, pool_size: int | None) -> Dataset:
+    docroot = work / "docroot"
+    if name == "digits":
+        tasks, truth = _digit_images(docroot, 32)
+        description = "sklearn load_digits (8x8 upscaled to 32 px)"
+        config, control = DIGITS_CONFIG, "digit"
+        choices = tuple(str(d) for d in range(10))
+    elif name == "glyphs":
+        from ml_backend.devtools.datasets import GLYPH_CLASSES
+
+        tasks, truth = _glyph_images(docroot, pool_size or 1000, 64)
+        description = ("ml_backend.devtools.datasets.render_glyphs (seed 0, 64 px): "
+                       f"{', '.join(GLYPH_CLASSES)} in 10 fonts, rotation, blur, noise, "
+                       "clutter, classes 3:1")
+        config, control, choices = glyph_config(), "glyph", GLYPH_CLASSES
+    else:
+        raise SystemExit(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    rng = np.random.default_rng(SPLIT_SEED)
+    split = rng.permutation(len(tasks))
+    if pool_size is not None and pool_size < len(split):
+        split = split[:pool_size]
+    n_heldout = int(len(split) * heldout_share)
+    return Dataset(name, description, config, control, choices, docroot,
+                   pool=[tasks[i] for i in split[n_heldout:]],
+                   heldout=[tasks[i] for i in split[:n_heldout]],
+                   truth_of={t["id"]: int(truth[t["id"] - 1]) for t in tasks})
+
+
+def _embeddings(runtime: Runtime, embedder: ResNetEmbedder, tasks: list[dict[str, Any]]
+                ) -> tuple[list[int], np.ndarray]:
+    """Rows of ``tasks`` whose image embedded, and their embeddings (the runtime's cache)."""
+    as_tasks = [LabeledTask(t["id"], t["data"], 0, "", []) for t in tasks]
+    return embed_images(runtime, embedder, fetch_images(runtime, as_tasks, "image"))
+
+
+def _accuracy(runtime: Runtime, project: int, data: Dataset) -> float:
+    """The production head's held-out accuracy."""
+    return _evaluate(runtime, project, data, [])[0]
+
+
+def _evaluate(runtime: Runtime, project: int, data: Dataset, labeled: list[dict[str, Any]]
+              ) -> tuple[float, float | None]:
+    """Held-out accuracy of the project's head and of the baseline, a default
+    ``LogisticRegression()`` fitted on the same embeddings of the ``labeled`` tasks (None
+    without labeled tasks, or with one class only)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
     model = runtime.classifier.model(project)
     assert model is not None
-    as_tasks = [LabeledTask(t["id"], t["data"], 0, "", []) for t in heldout]
-    rows, x = embed_images(runtime, model.embedder, fetch_images(runtime, as_tasks, "image"))
-    head = model.heads["digit"]
-    predicted = np.array([int(head.labels[k]) for k in head.predict_proba(x).argmax(axis=1)])
-    return float((predicted == truth[rows]).mean())
+    rows, x = _embeddings(runtime, model.embedder, data.heldout)
+    truth = data.heldout_truth[rows]
+    head = model.heads[data.control]
+    index_of = {choice: k for k, choice in enumerate(data.choices)}
+    classes = np.array([index_of[label] for label in head.labels])
+    head_accuracy = float((classes[head.predict_proba(x).argmax(axis=1)] == truth).mean())
+    if not labeled:
+        return head_accuracy, None
+    train_rows, x_train = _embeddings(runtime, model.embedder, labeled)
+    y_train = np.array([data.truth_of[labeled[r]["id"]] for r in train_rows])
+    if len(np.unique(y_train)) < 2:
+        return head_accuracy, None
+    with warnings.catch_warnings():
+        # Defaults on purpose (lbfgs, 100 iterations): the baseline a user would try first.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        baseline = LogisticRegression().fit(x_train, y_train)
+    return head_accuracy, float((baseline.predict(x) == truth).mean())
 
 
 def _labels_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((n for n, acc in curve if acc >= target), None)
 
 
-@dataclass(frozen=True)
-class Dataset:
-    """``load_digits`` as PNG tasks: a pool to label and a fixed held-out split."""
+@dataclass
+class Run:
+    """One simulated labeling run: per round, labels so far and held-out accuracies."""
 
-    docroot: Path
-    pool: list[dict[str, Any]]
-    heldout: list[dict[str, Any]]
-    truth_of: dict[int, int]
-
-    @property
-    def heldout_truth(self) -> np.ndarray:
-        return np.array([self.truth_of[t["id"]] for t in self.heldout])
-
-
-def _dataset(work: Path, heldout_share: float) -> Dataset:
-    tasks, truth = _write_images(work / "docroot", 32)
-    split = np.random.default_rng(12345).permutation(len(tasks))
-    n_heldout = int(len(tasks) * heldout_share)
-    return Dataset(work / "docroot", pool=[tasks[i] for i in split[n_heldout:]],
-                   heldout=[tasks[i] for i in split[:n_heldout]],
-                   truth_of={t["id"]: int(truth[t["id"] - 1]) for t in tasks})
+    sizes: list[int] = field(default_factory=list)
+    head: list[float] = field(default_factory=list)
+    baseline: list[float | None] = field(default_factory=list)
+    round_seconds: list[float] = field(default_factory=list)
 
 
 def _simulate(runtime: Runtime, data: Dataset, project: int, strategy: Strategy, seed: int,
-              args: argparse.Namespace) -> tuple[list[int], list[float]]:
-    """One labeling run in process: accuracies after each round, by labels so far."""
+              args: argparse.Namespace, first: list[int] | None = None,
+              max_labels: int | None = None, baseline: bool = True) -> Run:
+    """One labeling run in process. The first ``args.start`` labels are random pool tasks, or
+    the pool rows ``first`` (the random draw is made anyway, so the rest of the run sees the
+    same random stream either way)."""
     rng = np.random.default_rng(seed)
-    annotator = SimulatedAnnotator(CONFIG)
+    annotator = SimulatedAnnotator(data.config)
     runtime.ls_api = annotator  # type: ignore[assignment]
-    for i in rng.choice(len(data.pool), size=args.start, replace=False):
-        _label(annotator, data.pool[i], data.truth_of[data.pool[i]["id"]])
-    sizes, accuracies = [], []
+    drawn = rng.choice(len(data.pool), size=args.start, replace=False)
+    for i in (first if first is not None else drawn):
+        _label(annotator, data, data.pool[int(i)])
+    limit = args.max_labels if max_labels is None else max_labels
+    run = Run()
     while True:
+        started = time.perf_counter()
         train_classifier(runtime, TrainRequest(project=project, mode="incremental"))
-        sizes.append(len(annotator.done))
-        accuracies.append(_accuracy(runtime, project, data.heldout, data.heldout_truth))
-        if len(annotator.done) >= args.max_labels:
-            return sizes, accuracies
+        head, base = _evaluate(runtime, project, data,
+                               list(annotator.done.values()) if baseline else [])
+        run.sizes.append(len(annotator.done))
+        run.head.append(head)
+        run.baseline.append(base)
+        if len(annotator.done) >= limit:
+            run.round_seconds.append(time.perf_counter() - started)
+            return run
         candidates = [t for t in data.pool if t["id"] not in annotator.done]
-        ranked = rank_tasks(runtime, project, CONFIG, candidates,
+        ranked = rank_tasks(runtime, project, data.config, candidates,
                             list(annotator.done.values()), strategy, args.round,
                             args.random_share, rng)
         by_id = {t["id"]: t for t in candidates}
         for task_id in ranked.order[:args.round]:
-            _label(annotator, by_id[task_id], data.truth_of[task_id])
+            _label(annotator, data, by_id[task_id])
+        run.round_seconds.append(time.perf_counter() - started)
 
 
 def _runtime(work: Path, data: Dataset, args: argparse.Namespace, name: str) -> Runtime:
@@ -137,60 +272,191 @@ def _runtime(work: Path, data: Dataset, args: argparse.Namespace, name: str) -> 
                             rerank_after_training=False))
 
 
+def _size_name(image_size: int | None) -> str | int:
+    return "auto" if image_size is None else image_size
+
+
+def _rounded(values: np.ndarray) -> list[float | None]:
+    """Four decimals; None where undefined (JSON has no NaN)."""
+    return [None if np.isnan(a) else round(float(a), 4) for a in values]
+
+
+def _stats(runs: list[list[float]]) -> dict[str, Any]:
+    """Mean, std and per-seed values of equally long curves (NaN: undefined)."""
+    matrix = np.array(runs, dtype=np.float64)
+    return {"mean": _rounded(matrix.mean(axis=0)), "std": _rounded(matrix.std(axis=0)),
+            "per_seed": [_rounded(run) for run in matrix]}
+
+
+def _area(sizes: list[int], mean: list[float | None]) -> float | None:
+    """Area under the mean curve over the label range, per label (a mean accuracy); None
+    where the curve has an undefined point."""
+    if any(a is None for a in mean):
+        return None
+    if len(sizes) < 2:
+        return mean[0]
+    return round(float(np.trapezoid(mean, sizes) / (sizes[-1] - sizes[0])), 4)
+
+
+def _cold_start_rows(runtime: Runtime, data: Dataset, n: int, seed: int) -> list[int]:
+    """The first ``n`` pool rows in the product's cold-start order: TypiClust coverage over
+    the base backbone's embeddings, with the clusters ``rank_tasks(..., cold_start=True)``
+    uses for this many classes and a batch of ``n``."""
+    rows, x = _embeddings(runtime, runtime.classifier.embedder(None), data.pool)
+    order, _ = coverage_order(x, cold_start_clusters(len(rows), len(data.choices), n), seed)
+    return [rows[int(i)] for i in order[:n]]
+
+
 def run_in_process(args: argparse.Namespace, work: Path, data: Dataset) -> dict[str, Any]:
+    """Every strategy for every seed, the full-data ceiling and the cold-start arm on
+    ``data``: the report for one data set (see the module docstring)."""
     strategies = [Strategy.parse(s) for s in args.strategies.split(",")]
-    runtime = _runtime(work, data, args, "in-process")
+    runtime = _runtime(work, data, args, f"in-process-{data.name}")
     started = time.perf_counter()
 
     # Full-data reference: every pool task labeled, trained the same way.
-    full = SimulatedAnnotator(CONFIG)
+    full = SimulatedAnnotator(data.config)
     runtime.ls_api = full  # type: ignore[assignment]
     for task in data.pool:
-        _label(full, task, data.truth_of[task["id"]])
+        _label(full, data, task)
     train_classifier(runtime, TrainRequest(project=1, mode="incremental"))
-    full_accuracy = _accuracy(runtime, 1, data.heldout, data.heldout_truth)
-    target = 0.95 * full_accuracy
+    full_head, full_baseline = _evaluate(runtime, 1, data, list(full.done.values()))
+    target = 0.95 * full_head
+    print(f"{data.name}: full-data accuracy head {full_head:.3f}, baseline "
+          f"{full_baseline:.3f} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
 
-    curves: dict[str, list[list[float]]] = {s.value: [] for s in strategies}
-    sizes: list[int] = []
+    runs: dict[str, list[Run]] = {s.value: [] for s in strategies}
+    cold: list[Run] = []
+    warm: list[Run] = []  # the random-start margin runs the cold-start arm compares with
     project = 1
     for seed in range(args.seeds):
         for strategy in strategies:
             project += 1
-            sizes, accuracies = _simulate(runtime, data, project, strategy, seed, args)
-            curves[strategy.value].append(accuracies)
-            print(f"seed {seed} {strategy.value}: final accuracy {accuracies[-1]:.3f} "
+            run = _simulate(runtime, data, project, strategy, seed, args)
+            runs[strategy.value].append(run)
+            print(f"{data.name} seed {seed} {strategy.value}: final accuracy "
+                  f"{run.head[-1]:.3f} (baseline {run.baseline[-1]}), "
+                  f"{np.mean(run.round_seconds):.1f} s/round "
                   f"({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+        if args.cold_start_labels > 0:
+            project += 1
+            arm_end = min(args.cold_start_labels, args.max_labels)
+            cold.append(_simulate(runtime, data, project, Strategy.MARGIN, seed, args,
+                                  first=_cold_start_rows(runtime, data, args.start, seed),
+                                  max_labels=arm_end, baseline=False))
+            if "margin" in runs:
+                warm.append(runs["margin"][-1])
+            else:
+                project += 1
+                warm.append(_simulate(runtime, data, project, Strategy.MARGIN, seed, args,
+                                      max_labels=arm_end, baseline=False))
+            print(f"{data.name} seed {seed} cold start: after {cold[-1].sizes[-1]} labels "
+                  f"{cold[-1].head[-1]:.3f} (coverage) vs "
+                  f"{warm[-1].head[len(cold[-1].sizes) - 1]:.3f} (random first batch)",
+                  file=sys.stderr)
 
+    sizes = next(iter(runs.values()))[0].sizes
     report: dict[str, Any] = {
-        "dataset": "sklearn load_digits", "pool": len(data.pool), "heldout": len(data.heldout),
+        "dataset": data.name, "description": data.description,
+        "pool": len(data.pool), "heldout": len(data.heldout),
+        "pool_class_counts": data.class_counts(data.pool),
+        "heldout_class_counts": data.class_counts(data.heldout),
         "seeds": args.seeds, "start": args.start, "round": args.round,
-        "image_size": args.image_size, "random_share": args.random_share,
-        "full_data_accuracy": round(full_accuracy, 4), "target_accuracy": round(target, 4),
-        "labels": sizes, "strategies": {}, "seconds": round(time.perf_counter() - started, 1),
+        "image_size": _size_name(args.image_size), "random_share": args.random_share,
+        "backbone_weights": runtime.classifier.base_weights().source,
+        "baseline": "sklearn.linear_model.LogisticRegression() (default arguments) on the "
+                    "same embeddings of the same labeled tasks",
+        "head_vs_baseline_rule": "head mean >= baseline mean - baseline std over seeds",
+        "full_data_accuracy": round(full_head, 4),
+        "full_data_accuracy_baseline": round(float(full_baseline or 0.0), 4),
+        "target_accuracy": round(target, 4),
+        "labels": sizes, "strategies": {},
     }
-    for name, runs in curves.items():
-        matrix = np.array(runs)
-        mean = matrix.mean(axis=0)
-        curve = list(zip(sizes, mean.tolist(), strict=True))
-        per_seed = [_labels_to_reach(list(zip(sizes, r, strict=True)), target) for r in runs]
+    for name, strategy_runs in runs.items():
+        head = _stats([r.head for r in strategy_runs])
+        base = _stats([[float(np.nan if b is None else b) for b in r.baseline]
+                       for r in strategy_runs])
+        difference = _stats([np.subtract(r.head, [np.nan if b is None else b
+                                                  for b in r.baseline]).tolist()
+                             for r in strategy_runs])
+        curve = list(zip(sizes, head["mean"], strict=True))
+        # None where the baseline is undefined (one class labeled in some seed).
+        at_least = [None if h is None or b is None or s is None else bool(h >= b - s)
+                    for h, b, s in zip(head["mean"], base["mean"], base["std"], strict=True)]
         report["strategies"][name] = {
-            "mean_accuracy": [round(a, 4) for a in mean],
-            "std_accuracy": [round(a, 4) for a in matrix.std(axis=0)],
-            "area_under_curve": round(float(np.trapezoid(mean, sizes)
-                                             / (sizes[-1] - sizes[0])), 4),
+            "mean_accuracy": head["mean"], "std_accuracy": head["std"],
+            "per_seed_accuracy": head["per_seed"],
+            "baseline_mean_accuracy": base["mean"], "baseline_std_accuracy": base["std"],
+            "baseline_per_seed_accuracy": base["per_seed"],
+            "head_minus_baseline_mean": difference["mean"],
+            "head_minus_baseline_std": difference["std"],
+            "head_at_least_baseline_minus_1std": at_least,
+            "area_under_curve": _area(sizes, head["mean"]),
+            "baseline_area_under_curve": _area(sizes, base["mean"]),
             "labels_to_95pct_full": _labels_to_reach(curve, target),
-            "labels_to_95pct_full_per_seed": per_seed,
+            "labels_to_95pct_full_per_seed": [
+                _labels_to_reach(list(zip(sizes, r.head, strict=True)), target)
+                for r in strategy_runs],
+            "seconds_per_round": round(float(np.mean(
+                [s for r in strategy_runs for s in r.round_seconds])), 2),
         }
     random_labels = report["strategies"].get("random", {}).get("labels_to_95pct_full")
     for entry in report["strategies"].values():
         needed = entry["labels_to_95pct_full"]
         entry["ratio_random_to_this"] = (round(random_labels / needed, 3)
                                          if random_labels and needed else None)
+    report["head_below_baseline_minus_1std"] = [
+        {"strategy": k, "labels": n, "head": v["mean_accuracy"][i],
+         "baseline": v["baseline_mean_accuracy"][i], "baseline_std": v["baseline_std_accuracy"][i]}
+        for k, v in report["strategies"].items() for i, n in enumerate(sizes)
+        if v["head_at_least_baseline_minus_1std"][i] is False]
+    report["head_at_least_baseline_everywhere"] = not report["head_below_baseline_minus_1std"]
     ranked = [(v["labels_to_95pct_full"] or 10**9, -v["area_under_curve"], k)
               for k, v in report["strategies"].items() if k != "random"]
     report["best_strategy"] = min(ranked)[2] if ranked else None
+    if "ranked_batch" in runs and "random" in runs:
+        rb, rnd = report["strategies"]["ranked_batch"], report["strategies"]["random"]
+        report["ranked_batch_vs_random"] = {
+            "area_under_curve_difference": round(rb["area_under_curve"]
+                                                 - rnd["area_under_curve"], 4),
+            "mean_difference_per_label_count": [round(a - b, 4) for a, b in zip(
+                rb["mean_accuracy"], rnd["mean_accuracy"], strict=True)],
+            # Not below random: at every label count within one std (over seeds) of it.
+            "not_below_random_minus_1std": all(
+                a >= b - s for a, b, s in zip(rb["mean_accuracy"], rnd["mean_accuracy"],
+                                              rnd["std_accuracy"], strict=True)),
+        }
+    if cold:
+        report["cold_start"] = _cold_start_report(cold, warm, args)
+    report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def _cold_start_report(cold: list[Run], warm: list[Run], args: argparse.Namespace
+                       ) -> dict[str, Any]:
+    """Margin after a coverage first batch vs after a random one, up to the arm's end."""
+    sizes = cold[0].sizes
+    coverage = _stats([r.head for r in cold])
+    random_start = _stats([r.head[:len(sizes)] for r in warm])
+    points = {}
+    for n in sorted({args.start, args.cold_start_labels}):
+        if n in sizes:
+            k = sizes.index(n)
+            points[str(n)] = {
+                "coverage_mean": coverage["mean"][k], "coverage_std": coverage["std"][k],
+                "coverage_per_seed": [run[k] for run in coverage["per_seed"]],
+                "random_mean": random_start["mean"][k], "random_std": random_start["std"][k],
+                "random_per_seed": [run[k] for run in random_start["per_seed"]],
+            }
+    return {"first_batch": "coverage_order (TypiClust) over the base backbone's embeddings "
+                           "of the pool vs random; then margin",
+            "labels": sizes,
+            "coverage": {"mean_accuracy": coverage["mean"], "std_accuracy": coverage["std"],
+                         "per_seed_accuracy": coverage["per_seed"]},
+            "random": {"mean_accuracy": random_start["mean"],
+                       "std_accuracy": random_start["std"],
+                       "per_seed_accuracy": random_start["per_seed"]},
+            "after": points}
 
 
 def run_via_label_studio(args: argparse.Namespace, work: Path, data: Dataset
@@ -218,11 +484,11 @@ def run_via_label_studio(args: argparse.Namespace, work: Path, data: Dataset
     in_process_args = argparse.Namespace(**{**vars(args), "max_labels": max_labels})
     runtime = _runtime(work, data, args, "in-process")
     started = time.perf_counter()
-    reference = [_simulate(runtime, data, 1000 + seed, strategy, seed, in_process_args)
-                 for seed in range(args.seeds)]
+    reference = [_simulate(runtime, data, 1000 + seed, strategy, seed, in_process_args,
+                           baseline=False) for seed in range(args.seeds)]
     in_process_s = time.perf_counter() - started
-    sizes = reference[0][0]
-    matrix = np.array([acc for _, acc in reference])
+    sizes = reference[0].sizes
+    matrix = np.array([run.head for run in reference])
 
     runs = []
     with LocalLabelStudio(work / "label-studio") as ls:
@@ -232,7 +498,7 @@ def run_via_label_studio(args: argparse.Namespace, work: Path, data: Dataset
             backend = BackendProcess({
                 "LABEL_STUDIO_URL": ls.url, "LABEL_STUDIO_API_KEY": ls.api_key,
                 "MODEL_DIR": str(models), "CACHE_DIR": str(work / f"ls-seed{seed}" / "cache"),
-                "CLASSIFIER_IMAGE_SIZE": str(args.image_size), "REDIS_URL": "",
+                "CLASSIFIER_IMAGE_SIZE": str(_size_name(args.image_size)), "REDIS_URL": "",
                 "RANKING_STRATEGY": strategy.value, "RANKING_BATCH_SIZE": str(args.round),
                 "RANKING_RANDOM_SHARE": str(args.random_share), "LOG_LEVEL": "WARNING",
             }, work / f"backend-seed{seed}.log")
@@ -263,7 +529,8 @@ def run_via_label_studio(args: argparse.Namespace, work: Path, data: Dataset
         "mode": "via_label_studio", "strategy": strategy.value, "seeds_in_process": args.seeds,
         "seeds_via_label_studio": args.ls_seeds, "start": args.start, "round": args.round,
         "rounds": args.rounds, "random_share": args.random_share,
-        "image_size": args.image_size, "pool": len(data.pool), "heldout": len(data.heldout),
+        "image_size": _size_name(args.image_size), "pool": len(data.pool),
+        "heldout": len(data.heldout),
         "labels": sizes, "per_round": rounds,
         "all_within_noise": all(r["within_noise"] for r in rounds),
         "runs": runs,
@@ -318,7 +585,7 @@ def _label_through_label_studio(client: Any, ls: Any, backend: Any, data: Datase
         if latest is None or version != latest.name:
             raise RuntimeError(f"project shows {version}, backend saved {latest}")
         versions.append(version)
-        accuracies.append(_accuracy(eval_runtime, project, data.heldout, data.heldout_truth))
+        accuracies.append(_accuracy(eval_runtime, project, data))
         print(f"via Label Studio, seed {seed}, round {round_index}: {len(truth_of)} tasks, "
               f"accuracy {accuracies[-1]:.3f}, {round_s[-1]} s", file=sys.stderr)
         if round_index == args.rounds:
@@ -338,16 +605,27 @@ def _label_through_label_studio(client: Any, ls: Any, backend: Any, data: Datase
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default="digits",
+                        help=f"comma-separated, from {', '.join(DATASETS)}; one report each")
+    parser.add_argument("--pool", type=int, default=None,
+                        help="images per data set, held-out split included (glyphs: 1000; "
+                             "digits: all 1797)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--start", type=int, default=20)
     parser.add_argument("--round", type=int, default=10)
     parser.add_argument("--max-labels", type=int, default=300)
+    parser.add_argument("--cold-start-labels", type=int, default=50,
+                        help="end of the cold-start arm (0: no arm)")
     parser.add_argument("--heldout", type=float, default=0.3)
-    parser.add_argument("--image-size", type=int, default=224, help="CLASSIFIER_IMAGE_SIZE")
+    parser.add_argument("--image-size", type=_image_size, default=None,
+                        help="CLASSIFIER_IMAGE_SIZE: pixels, or auto (the default: each "
+                             "image at its own size)")
     parser.add_argument("--random-share", type=float, default=0.1,
                         help="RANKING_RANDOM_SHARE (the shipped default)")
-    parser.add_argument("--strategies", default=",".join(s.value for s in Strategy),
-                        help="comma-separated; --via-label-studio uses the first")
+    parser.add_argument("--strategies", default=DEFAULT_STRATEGIES,
+                        help="comma-separated, from "
+                             f"{', '.join(s.value for s in Strategy)}; "
+                             "--via-label-studio uses the first")
     parser.add_argument("--via-label-studio", action="store_true",
                         help="label through the real Label Studio + backend (see docstring)")
     parser.add_argument("--rounds", type=int, default=3, help="--via-label-studio rounds")
@@ -356,40 +634,78 @@ def main() -> int:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench-al-"))
-    data = _dataset(work, args.heldout)
+    names = [n.strip() for n in args.datasets.split(",") if n.strip()]
     if args.via_label_studio:
-        report = run_via_label_studio(args, work, data)
-        name = "bench_active_learning_via_label_studio"
-        plot = _plot_via_label_studio
-    else:
-        report = run_in_process(args, work, data)
-        name = "bench_active_learning"
-        plot = _plot
-    write_report(report, args.out / name, plot)
+        if names != ["digits"]:
+            raise SystemExit("--via-label-studio runs the digits only")
+        data = _dataset("digits", work, args.heldout, args.pool)
+        write_report(run_via_label_studio(args, work, data),
+                     args.out / "bench_active_learning_via_label_studio", _plot_via_label_studio)
+        return 0
+    for name in names:
+        data = _dataset(name, work / name, args.heldout, args.pool)
+        write_report(run_in_process(args, work, data),
+                     args.out / f"bench_active_learning_{name}", _plot)
     return 0
 
 
+def _image_size(value: str) -> int | None:
+    if value.strip().lower() == "auto":
+        return None
+    size = int(value)
+    if size < 16:
+        raise argparse.ArgumentTypeError("at least 16 pixels, or auto")
+    return size
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
+    """Left: accuracy vs labels per strategy, the head solid and the baseline dashed in the
+    same colour. Right: the cold-start arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sizes = report["labels"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    cold = report.get("cold_start")
+    fig, axes = plt.subplots(1, 2 if cold else 1, figsize=(14 if cold else 8, 5),
+                             squeeze=False, gridspec_kw={"width_ratios": [2, 1]} if cold
+                             else None)
+    ax = axes[0][0]
     for name, entry in report["strategies"].items():
         mean, std = np.array(entry["mean_accuracy"]), np.array(entry["std_accuracy"])
-        ax.plot(sizes, mean, label=f"{name} (AUC {entry['area_under_curve']:.3f})")
-        ax.fill_between(sizes, mean - std, mean + std, alpha=0.15)
-    ax.axhline(report["target_accuracy"], color="black", linestyle="--", linewidth=1,
-               label="95% of full-data accuracy")
+        line, = ax.plot(sizes, mean, label=f"{name}: head (AUC {entry['area_under_curve']:.3f})")
+        ax.fill_between(sizes, mean - std, mean + std, alpha=0.15, color=line.get_color())
+        base = np.array([np.nan if v is None else v for v in entry["baseline_mean_accuracy"]])
+        ax.plot(sizes, base, linestyle="--", color=line.get_color(),
+                label=f"{name}: LogisticRegression() "
+                      f"(AUC {entry['baseline_area_under_curve']:.3f})")
+    ax.axhline(report["full_data_accuracy"], color="grey", linewidth=1,
+               label=f"full data, head ({report['full_data_accuracy']:.3f})")
+    ax.axhline(report["full_data_accuracy_baseline"], color="grey", linestyle="--",
+               linewidth=1,
+               label=f"full data, baseline ({report['full_data_accuracy_baseline']:.3f})")
+    ax.axhline(report["target_accuracy"], color="black", linestyle=":", linewidth=1,
+               label="95% of the head's full-data accuracy")
     ax.set_xlabel("labeled images")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"load_digits, {report['seeds']} seeds (mean ± std)")
-    ax.legend()
+    ax.set_title(f"{report['dataset']}: {report['pool']} pool / {report['heldout']} held out, "
+                 f"{report['seeds']} seeds (mean ± std)")
+    ax.legend(fontsize=8)
+    if cold:
+        ax = axes[0][1]
+        for key, label in (("coverage", "coverage (TypiClust) first batch"),
+                           ("random", "random first batch")):
+            mean = np.array(cold[key]["mean_accuracy"])
+            std = np.array(cold[key]["std_accuracy"])
+            ax.errorbar(cold["labels"], mean, yerr=std, marker="o", capsize=3,
+                        label=f"{label}, then margin")
+        ax.set_xlabel("labeled images")
+        ax.set_ylabel("held-out accuracy")
+        ax.set_title("cold start")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-
 
 
 def _plot_via_label_studio(report: dict[str, Any], path: Path) -> None:
