@@ -1,0 +1,1 @@
+"""What the loop saves annotators: effort accounting (pure) and per-project reports."""
