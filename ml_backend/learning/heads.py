@@ -6,16 +6,19 @@ calibrated with a temperature fitted on out-of-fold logits, so that ``score`` (t
 confidence) means what it says; a temperature never changes the argmax (nor which side of 0.5
 a sigmoid is on), so calibration cannot cost accuracy.
 
-The regularisation starts as a plain logistic regression's (scikit-learn's default
-``LogisticRegression()``: raw features, ``C = 1``, i.e. an L2 of ``1/n`` on the mean loss) and
-moves away from it only when cross-validated accuracy, with enough labels per class to be
-trusted, says another strength is clearly better: the head is never a worse learner than the
-baseline a user would try first.
+The head starts as a plain logistic regression: for single-choice controls it *is*
+scikit-learn's default ``LogisticRegression()`` (raw features, ``C = 1``, i.e. an L2 of ``1/n``
+on the mean loss, L-BFGS for at most 100 iterations), fitted by scikit-learn itself so that its
+argmax is the baseline's exactly, early stopping included. It moves away from that only when
+cross-validation, with enough labels per class to be trusted, says another strength is clearly
+and significantly better: the head is never a worse learner than the baseline a user would try
+first.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,8 +29,13 @@ L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 # Cross-validation picks a strength other than the baseline's only with at least this many
 # labels in every class (fewer: its folds are too small to trust) ...
 MIN_PER_CLASS_TO_CHOOSE = 5
-# ... and only when that strength's out-of-fold accuracy beats the baseline's by this much.
+# ... and only when that strength's out-of-fold accuracy beats the baseline's by this much, and
+# by a margin a paired (McNemar) comparison of the two calls significant at about 2 sigma.
 MIN_ACCURACY_GAIN = 0.02
+SIGNIFICANCE_SIGMAS = 2.0
+# A class without labels gets zero weights and a bias this far below the lowest labeled
+# class's: a small, finite probability (the queue's uncertainty needs finite logits).
+ABSENT_CLASS_BIAS_OFFSET = 10.0
 
 
 @dataclass(frozen=True)
@@ -174,13 +182,45 @@ def _loss_and_grad(params: np.ndarray, x: np.ndarray, t: np.ndarray, multiple: b
     return loss, np.concatenate([grad_w.ravel(), grad_b])
 
 
+def _default_logistic_regression(x: np.ndarray, t: np.ndarray
+                                 ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Weights ``(D, C)`` and bias ``(C,)`` of scikit-learn's ``LogisticRegression()`` fitted
+    on raw ``x (N, D)`` with one-hot ``t (N, C)``; None with fewer than two classes labeled
+    (scikit-learn refuses those)."""
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model import LogisticRegression
+
+    y = t.argmax(axis=1)
+    present = np.unique(y)
+    if len(present) < 2:
+        return None
+    with warnings.catch_warnings():
+        # Its default 100 iterations are part of the baseline (early stopping regularises).
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = LogisticRegression().fit(x.astype(np.float64), y)
+    coef, intercept = model.coef_.astype(np.float64), model.intercept_.astype(np.float64)
+    if len(present) == 2:  # one logit z for the second class: softmax([-z/2, z/2]) = sigmoid(z)
+        coef, intercept = np.vstack([-coef / 2, coef / 2]), np.array([-0.5, 0.5]) * intercept[0]
+    d, c = x.shape[1], t.shape[1]
+    w = np.zeros((d, c))
+    b = np.full(c, intercept.min() - ABSENT_CLASS_BIAS_OFFSET)
+    w[:, present], b[present] = coef.T, intercept
+    return w, b
+
+
 def _fit_linear(x: np.ndarray, t: np.ndarray, multiple: bool, l2: float,
-                init: tuple[np.ndarray, np.ndarray] | None, max_iter: int
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """L2-regularised logistic regression (L-BFGS) on standardised ``x (N, D)`` with float
-    targets ``t (N, C)``. NumPy + SciPy: small problems like this run fastest single-threaded,
-    without contending with inference for the cores."""
+                init: tuple[np.ndarray, np.ndarray] | None, max_iter: int,
+                baseline: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """L2-regularised logistic regression (L-BFGS) on ``x (N, D)`` with float targets
+    ``t (N, C)``; with ``baseline`` (single choice), scikit-learn's ``LogisticRegression()``
+    itself. NumPy + SciPy: small problems like this run fastest single-threaded, without
+    contending with inference for the cores."""
     from scipy.optimize import minimize
+
+    if baseline and not multiple:
+        fitted = _default_logistic_regression(x, t)
+        if fitted is not None:
+            return fitted
 
     d, c = x.shape[1], t.shape[1]
     start = np.zeros(d * c + c)
@@ -206,15 +246,10 @@ def fold_ids(n: int, k: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def out_of_fold_logits(x: np.ndarray, t: np.ndarray, multiple: bool, l2: float, k: int,
-                       rng: np.random.Generator, max_iter: int = 50) -> np.ndarray:
+                       rng: np.random.Generator, max_iter: int = 50, baseline: bool = False
+                       ) -> np.ndarray:
     """Logits for each row from a head trained without that row's fold: ``(N, C)``."""
-    folds = fold_ids(len(x), k, rng)
-    out = np.zeros(t.shape, dtype=np.float64)
-    for fold in range(k):
-        test = folds == fold
-        w, b = _fit_linear(x[~test], t[~test], multiple, l2, None, max_iter)
-        out[test] = x[test] @ w + b
-    return out
+    return _out_of_fold(x, t, multiple, l2, fold_ids(len(x), k, rng), max_iter, baseline)
 
 
 def nll(logits: np.ndarray, y: np.ndarray, multiple: bool) -> float:
@@ -275,10 +310,11 @@ def _min_class_count(y: np.ndarray, n_classes: int, multiple: bool) -> int:
     return int(np.bincount(y.astype(np.int64), minlength=n_classes).min())
 
 
-def _oof_accuracy(oof: np.ndarray, y: np.ndarray, multiple: bool) -> float:
+def _oof_correct(oof: np.ndarray, y: np.ndarray, multiple: bool) -> np.ndarray:
+    """Which predictions are right: per row (single choice) or per row and class."""
     if multiple:
-        return float(((oof > 0) == (y > 0.5)).mean())
-    return float((oof.argmax(axis=1) == y).mean())
+        return ((oof > 0) == (y > 0.5)).ravel()
+    return oof.argmax(axis=1) == y
 
 
 def choose_regularisation(x_raw: np.ndarray, y: np.ndarray, t: np.ndarray, multiple: bool,
@@ -286,32 +322,46 @@ def choose_regularisation(x_raw: np.ndarray, y: np.ndarray, t: np.ndarray, multi
                           ) -> Regularisation:
     """The baseline (a default logistic regression), unless every class has
     :data:`MIN_PER_CLASS_TO_CHOOSE` labels and a candidate's 5-fold out-of-fold accuracy
-    beats the baseline's by :data:`MIN_ACCURACY_GAIN` (ties: lower NLL). Records what it
-    measured in ``stats``."""
+    beats the baseline's by :data:`MIN_ACCURACY_GAIN` (ties: lower NLL), significantly on
+    the same rows (:func:`significantly_better`). Records what it measured in ``stats``."""
     if _min_class_count(y, t.shape[1], multiple) < MIN_PER_CLASS_TO_CHOOSE:
         return BASELINE
     folds = fold_ids(len(x_raw), 5, rng)
     mean, scale = _standardiser(x_raw)
     standardised = (x_raw - mean) / scale
     scored = []
+    correct: dict[Regularisation, np.ndarray] = {}
     for candidate in CANDIDATES:
         x = standardised if candidate.standardise else x_raw
-        oof = _out_of_fold(x, t, multiple, candidate.strength(len(x)), folds)
-        scored.append((_oof_accuracy(oof, y, multiple), -nll(oof, y, multiple), candidate))
+        oof = _out_of_fold(x, t, multiple, candidate.strength(len(x)), folds,
+                           baseline=candidate.is_baseline)
+        correct[candidate] = _oof_correct(oof, y, multiple)
+        scored.append((float(correct[candidate].mean()), -nll(oof, y, multiple), candidate))
     baseline_accuracy = scored[0][0]
     best = max(scored, key=lambda s: (s[0], s[1]))
     stats["cv_baseline_accuracy"] = baseline_accuracy
-    if best[0] >= baseline_accuracy + MIN_ACCURACY_GAIN:
+    if best[0] >= baseline_accuracy + MIN_ACCURACY_GAIN and significantly_better(
+            correct[best[2]], correct[BASELINE]):
         return best[2]
     return BASELINE
 
 
+def significantly_better(candidate_correct: np.ndarray, baseline_correct: np.ndarray,
+                         sigmas: float = SIGNIFICANCE_SIGMAS) -> bool:
+    """Paired (McNemar) comparison of two classifiers' per-row correctness on the same rows:
+    the candidate wins ``b`` rows the baseline loses and loses ``c``; better when ``b - c``
+    exceeds ``sigmas`` standard deviations of it under "no difference" (``sqrt(b + c)``)."""
+    wins = int(np.sum(candidate_correct & ~baseline_correct))
+    losses = int(np.sum(~candidate_correct & baseline_correct))
+    return wins - losses > sigmas * np.sqrt(wins + losses)
+
+
 def _out_of_fold(x: np.ndarray, t: np.ndarray, multiple: bool, l2: float, folds: np.ndarray,
-                 max_iter: int = 100) -> np.ndarray:
+                 max_iter: int = 100, baseline: bool = False) -> np.ndarray:
     out = np.zeros(t.shape, dtype=np.float64)
     for fold in np.unique(folds):
         test = folds == fold
-        w, b = _fit_linear(x[~test], t[~test], multiple, l2, None, max_iter)
+        w, b = _fit_linear(x[~test], t[~test], multiple, l2, None, max_iter, baseline)
         out[test] = x[test] @ w + b
     return out
 
@@ -349,8 +399,9 @@ def _fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ..
     can_validate = k >= 2 and len(x) >= 10
 
     temperature = 1.0
+    baseline = regularisation.is_baseline
     if calibrate and can_validate:
-        oof = out_of_fold_logits(x, t, multiple, l2, k, rng)
+        oof = out_of_fold_logits(x, t, multiple, l2, k, rng, baseline=baseline)
         temperature = fit_temperature(oof, y, multiple)
         calibrated = probabilities(oof / temperature, multiple)
         stats["cv_nll"] = nll(oof / temperature, y, multiple)
@@ -359,12 +410,12 @@ def _fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ..
 
     init = None
     if previous is not None and previous.labels == tuple(labels) \
-            and previous.mean.shape == mean.shape:
+            and previous.mean.shape == mean.shape and not (baseline and not multiple):
         # The same function in the new standardisation: logits are unchanged at the start.
         ratio = (scale / previous.scale)[:, None]
         init = (previous.weight * ratio,
                 previous.bias + ((mean - previous.mean) / previous.scale) @ previous.weight)
-    w, b = _fit_linear(x, t, multiple, l2, init, max_iter)
+    w, b = _fit_linear(x, t, multiple, l2, init, max_iter, baseline)
     return LinearHead(labels=tuple(labels), multiple=multiple, weight=w.astype(np.float32),
                       bias=b.astype(np.float32), mean=mean, scale=scale,
                       temperature=temperature, l2=float(l2), stats=stats)
