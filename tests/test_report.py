@@ -279,6 +279,27 @@ def test_an_unknown_project_is_not_found_not_unavailable() -> None:
         api.annotated_export(5)
 
 
+def test_the_export_gets_full_prediction_records() -> None:
+    """Label Studio's JSON export lists predictions by id; the records come from the
+    project's prediction list, joined by task."""
+    import json
+
+    exported = [{"id": 1, "predictions": [10], "annotations": []},
+                {"id": 2, "predictions": [], "annotations": []}]
+    listed = [{"id": 10, "task": 1, "model_version": "v1", "result": []},
+              {"id": 11, "task": 3, "model_version": "v1", "result": []}]
+    client = type("Client", (), {
+        "projects": type("P", (), {
+            "get": staticmethod(lambda id: None),
+            "exports": type("E", (), {"download_sync": staticmethod(
+                lambda **kw: [json.dumps(exported).encode()])})()})(),
+        "predictions": type("L", (), {"list": staticmethod(lambda project: listed)})()})()
+    api = LabelStudioAPI("http://127.0.0.1:1", "key")
+    api._client = client  # type: ignore[assignment]
+    tasks = api.annotated_export(5)
+    assert [t["predictions"] for t in tasks] == [[listed[0]], []]
+
+
 def test_cli_report_prints_a_table_and_writes_a_plot(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:

@@ -113,12 +113,24 @@ class LabelStudioAPI:
 
     def annotated_export(self, project: int) -> list[dict[str, Any]]:
         """The annotated tasks of ``project`` as Label Studio exports them (annotations with
-        ``lead_time`` and ``parent_prediction``, and the task's ``predictions``); NotFound
-        when Label Studio has no such project."""
+        ``lead_time``, ``parent_prediction`` and ``created_at``), each task's
+        ``predictions`` as full records (``id``, ``model_version``, ``result``,
+        ``created_at``); NotFound when Label Studio has no such project.
+
+        The JSON export lists a task's predictions by id only, so the records come from the
+        project's prediction list (a second request)."""
         with _calling(f"read project {project}", missing=f"Label Studio has no project "
                                                         f"{project}"):
             self._client.projects.get(id=project)
-        return self._export(project, all_tasks=False)
+        tasks = self._export(project, all_tasks=False)
+        with _calling(f"list predictions of project {project}"):
+            records = [p.model_dump(mode="json") if hasattr(p, "model_dump") else dict(p)
+                       for p in self._client.predictions.list(project=project)]
+        by_task: dict[int, list[dict[str, Any]]] = {}
+        for record in records:
+            if isinstance(record.get("task"), int):
+                by_task.setdefault(record["task"], []).append(record)
+        return [{**task, "predictions": by_task.get(int(task["id"]), [])} for task in tasks]
 
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
         with _calling(f"export project {project}"):
