@@ -264,13 +264,15 @@ def plot_report(report: SavingsReport, path: str) -> None:
     names = [str(v.model_version or "(no pre-label)") for v in rows]
     fig, (counts, saved) = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(rows) + 4), 4.5))
     bottom = [0] * len(rows)
-    for what in ("accepted", "edited", "deleted", "added"):
+    colours = {"accepted": "tab:green", "edited": "tab:orange", "deleted": "tab:red",
+               "added": "tab:blue"}
+    for what, colour in colours.items():
         values = [getattr(v, what) for v in rows]
-        counts.bar(names, values, bottom=bottom, label=what)
+        counts.bar(names, values, bottom=bottom, label=what, color=colour)
         bottom = [b + x for b, x in zip(bottom, values, strict=True)]
     counts.set_title("regions per model version")
     counts.legend()
-    saved.bar(names, [v.saved_s for v in rows], color="tab:green")
+    saved.bar(names, [v.saved_s for v in rows], color="tab:gray")
     saved.axhline(0, color="black", linewidth=0.8)
     saved.set_title("annotator seconds saved (cost model)")
     for axis in (counts, saved):
