@@ -1,5 +1,6 @@
 """`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train,
-precompute (SAM embeddings), preannotate (a whole project), jobs (list them)."""
+precompute (SAM embeddings), preannotate (a whole project), report (what pre-labels saved
+annotators), jobs (list them)."""
 
 from __future__ import annotations
 
@@ -160,6 +161,29 @@ def _preannotate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace, settings: Settings) -> int:
+    """A project's savings report as a table (or JSON), read from Label Studio; with --plot
+    also a PNG. Builds no runtime: no model is loaded."""
+    from ml_backend.core.errors import BackendError
+    from ml_backend.labelstudio.api import LabelStudioAPI
+    from ml_backend.reporting.savings import plot_report, project_report, report_table
+
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        print("report: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", file=sys.stderr)
+        return 2
+    api = LabelStudioAPI(settings.label_studio_url, settings.label_studio_api_key)
+    try:
+        report = project_report(api, args.project)
+    except BackendError as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(report.as_dict(), indent=1) if args.json else report_table(report))
+    if args.plot:
+        plot_report(report, args.plot)
+        print(f"plot written to {args.plot}", file=sys.stderr)
+    return 0
+
+
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     """Recent jobs: from Redis when REDIS_URL is set, else from a running server."""
     if settings.redis_url:
@@ -216,6 +240,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     preannotate.add_argument("--wait", action="store_true",
                              help="with REDIS_URL: follow the workers' progress (without "
                                   "Redis the jobs run in this process, so it always waits)")
+    report = sub.add_parser(
+        "report", help="what pre-labels saved annotators, per model version: accepted, "
+                       "edited, deleted, added by hand, seconds saved under the cost model, "
+                       "held-out quality, lead times (needs LABEL_STUDIO_URL/_API_KEY)")
+    report.add_argument("--project", type=int, required=True)
+    report.add_argument("--plot", default=None, metavar="PATH",
+                        help="also write a PNG of the counts and seconds saved")
+    report.add_argument("--json", action="store_true", help="the report as JSON, not a table")
     jobs = sub.add_parser("jobs", help="list recent background jobs with status and errors")
     jobs.add_argument("--server", default="http://127.0.0.1:9090",
                       help="without REDIS_URL: the backend whose in-process jobs to list")
@@ -230,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Absolute, resolved once (Settings): what a relative MODEL_DIR/CACHE_DIR meant here.
     logging.getLogger("ml_backend").info("storage: %s", settings.paths())
     handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute,
-                "preannotate": _preannotate, "jobs": _jobs}
+                "preannotate": _preannotate, "report": _report, "jobs": _jobs}
     return handlers[args.command](args, settings)
 
 

@@ -29,6 +29,7 @@ from ml_backend.models.sam.prompts import click_request
 from ml_backend.pipeline.preannotation import preannotation_state
 from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.pipeline.ranking import STATE_TOP, ranking_state
+from ml_backend.reporting.savings import project_report
 from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,13 @@ class Backend:
         if state is None:
             raise NotFound(f"project {project} has not been pre-annotated yet")
         return state
+
+    # --- GET /report/<project> -------------------------------------------------------------
+    def report(self, project: int) -> dict[str, Any]:
+        """The project's savings report, read from Label Studio now (NotFound: no such
+        project; LabelStudioUnavailable: Label Studio cannot be reached)."""
+        api = self.runtime.label_studio("the savings report")
+        return project_report(api, project).as_dict()
 
     # --- POST /setup -------------------------------------------------------------------------
     def setup(self, body: Any) -> dict[str, Any]:

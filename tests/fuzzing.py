@@ -85,6 +85,7 @@ PATHS = st.sampled_from([
     ("GET", "/ranking/{n}"), ("POST", "/ranking/{n}"), ("GET", "/preannotate/{n}"),
     ("POST", "/preannotate/{n}"), ("GET", "/versions?project={q}"),
     ("GET", "/ranking/{n}?limit={q}"), ("DELETE", "/predict"), ("GET", "/nowhere"),
+    ("GET", "/report/{n}"),
 ])
 requests_ = st.tuples(
     PATHS, st.integers(0, 10**12), st.text(max_size=10),

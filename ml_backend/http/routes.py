@@ -48,6 +48,7 @@ class EndpointService(Protocol):
     def rerank(self, project: int) -> dict[str, Any]: ...
     def preannotate(self, project: int) -> dict[str, Any]: ...
     def preannotation(self, project: int) -> dict[str, Any]: ...
+    def report(self, project: int) -> dict[str, Any]: ...
     def recent_jobs(self) -> list[dict[str, Any]]: ...
 
 
@@ -143,6 +144,10 @@ def build_flask_app(service: EndpointService, settings: Settings, metrics: Metri
     @app.get("/preannotate/<int:project>")
     def preannotation(project: int) -> Response:
         return jsonify(service.preannotation(project))
+
+    @app.get("/report/<int:project>")
+    def report(project: int) -> Response:
+        return jsonify(service.report(project))
 
     @app.get("/jobs")
     def job_list() -> Response:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.core.errors import LabelStudioUnavailable, NotFound
 from ml_backend.core.jsonio import plain
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,27 @@ class LabelStudioAPI:
         with _calling(f"read task {task_id}"):
             return task_state(self._client.tasks.get(id=task_id))
 
+    def annotated_export(self, project: int) -> list[dict[str, Any]]:
+        """The annotated tasks of ``project`` as Label Studio exports them (annotations with
+        ``lead_time``, ``parent_prediction`` and ``created_at``), each task's
+        ``predictions`` as full records (``id``, ``model_version``, ``result``,
+        ``created_at``); NotFound when Label Studio has no such project.
+
+        The JSON export lists a task's predictions by id only, so the records come from the
+        project's prediction list (a second request)."""
+        with _calling(f"read project {project}", missing=f"Label Studio has no project "
+                                                        f"{project}"):
+            self._client.projects.get(id=project)
+        tasks = self._export(project, all_tasks=False)
+        with _calling(f"list predictions of project {project}"):
+            records = [p.model_dump(mode="json") if hasattr(p, "model_dump") else dict(p)
+                       for p in self._client.predictions.list(project=project)]
+        by_task: dict[int, list[dict[str, Any]]] = {}
+        for record in records:
+            if isinstance(record.get("task"), int):
+                by_task.setdefault(record["task"], []).append(record)
+        return [{**task, "predictions": by_task.get(int(task["id"]), [])} for task in tasks]
+
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
         with _calling(f"export project {project}"):
             chunks = self._client.projects.exports.download_sync(
@@ -203,14 +224,17 @@ def task_state(task: Any) -> TaskState:
 
 
 @contextmanager
-def _calling(what: str) -> Iterator[None]:
+def _calling(what: str, missing: str | None = None) -> Iterator[None]:
     """Any failure of the SDK or its HTTP client inside becomes one category for callers:
-    LabelStudioUnavailable("cannot <what>: <status and body>")."""
+    LabelStudioUnavailable("cannot <what>: <status and body>"), or NotFound(``missing``)
+    when that is given and Label Studio answered 404."""
     try:
         yield
-    except LabelStudioUnavailable:
+    except (LabelStudioUnavailable, NotFound):
         raise
     except Exception as exc:  # SDK/httpx errors of many kinds, by version
+        if missing is not None and getattr(exc, "status_code", None) == 404:
+            raise NotFound(missing) from exc
         raise LabelStudioUnavailable(f"cannot {what}: {_short(exc)}") from exc
 
 

@@ -41,6 +41,9 @@ class CostModel:
     max_clicks: int = 20
 
 
+DEFAULT_COSTS = CostModel()
+
+
 @dataclass
 class Effort:
     """Seconds spent and what was done, additive over tasks."""
@@ -97,7 +100,13 @@ def match_boxes(predicted: np.ndarray, truth: np.ndarray, min_iou: float = MATCH
                 ) -> list[tuple[int, int, float]]:
     """One-to-one matches ``(predicted row, truth row, IoU)`` with IoU ≥ ``min_iou``, chosen
     to maximise the summed IoU (Hungarian assignment)."""
-    iou = box_iou(predicted, truth)
+    return match_iou(box_iou(predicted, truth), min_iou)
+
+
+def match_iou(iou: np.ndarray, min_iou: float = MATCH_IOU) -> list[tuple[int, int, float]]:
+    """One-to-one matches ``(row, column, IoU)`` of an IoU matrix ``(N, M)`` (boxes, masks)
+    with IoU ≥ ``min_iou``, chosen to maximise the summed IoU (Hungarian assignment)."""
+    iou = np.asarray(iou, dtype=np.float64)
     if iou.size == 0:
         return []
     from scipy.optimize import linear_sum_assignment
