@@ -120,3 +120,14 @@ def test_task_uncertainty_takes_the_least_certain_control() -> None:
     np.testing.assert_allclose(task_uncertainty(Strategy.RANKED_BATCH, [sure]), sure["margin"])
     with pytest.raises(ValueError):
         task_uncertainty(Strategy.MARGIN, [])
+
+
+def test_queue_scores_keep_the_batch_order_after_rounding_when_confidence_is_near_zero() -> None:
+    """A nearly uniform model: every confidence far below the 6 decimals Label Studio gets."""
+    confidence = np.full(20, 1e-8)
+    first = np.array([7, 3, 11, 0, 5])
+    written = np.round(queue_scores(first, confidence), 6)
+    order = np.argsort(written, kind="stable")
+    assert order[:len(first)].tolist() == first.tolist()
+    assert len(set(written[first].tolist())) == len(first)
+    assert np.all(written[np.setdiff1d(np.arange(20), first)] > written[first].max())

@@ -199,19 +199,28 @@ def select(strategy: Strategy, uncertainty: np.ndarray, k: int, rng: np.random.G
     return chosen.astype(np.int64)
 
 
-def queue_scores(first: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+# Scores reach Label Studio rounded to 6 decimals (labelstudio.results): the batch's steps
+# must stay this far apart to keep their order.
+SCORE_RESOLUTION = 1e-6
+
+
+def queue_scores(first: np.ndarray, confidence: np.ndarray,
+                 resolution: float = SCORE_RESOLUTION) -> np.ndarray:
     """The scores to write so that sorting ascending (Label Studio's Data Manager) lists the
     selected batch ``first`` in the selector's order, then every other task by ``confidence``.
 
     The others keep their confidence (clipped to [floor, 1]); the batch gets evenly spaced
-    values in ``[0, floor)``, where floor is the lowest confidence among the others."""
+    values in ``[0, floor)``, where floor is the lowest confidence among the others, raised
+    where needed so that the batch's steps are at least two ``resolution`` apart (a nearly
+    uniform model has confidences near 0, and rounding would otherwise merge the steps)."""
     scores = np.clip(np.asarray(confidence, dtype=np.float64), 0.0, 1.0)
     first = np.asarray(first, dtype=np.int64)
     if len(np.unique(first)) != len(first):
         raise ValueError("the batch lists a task twice")
     rest = np.ones(len(scores), dtype=bool)
     rest[first] = False
-    floor = max(float(scores[rest].min()) if rest.any() else 1.0, 1e-6)
+    floor = max(float(scores[rest].min()) if rest.any() else 1.0,
+                2.0 * resolution * max(len(first), 1))
     scores[rest] = np.maximum(scores[rest], floor)
     scores[first] = floor * np.arange(len(first)) / max(len(first), 1)
     return scores
