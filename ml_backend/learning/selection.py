@@ -220,7 +220,7 @@ def queue_scores(first: np.ndarray, confidence: np.ndarray,
     rest = np.ones(len(scores), dtype=bool)
     rest[first] = False
     floor = max(float(scores[rest].min()) if rest.any() else 1.0,
-                2.0 * resolution * max(len(first), 1))
+                resolution * max(2 * len(first), 1))
     scores[rest] = np.maximum(scores[rest], floor)
     scores[first] = floor * np.arange(len(first)) / max(len(first), 1)
     return scores
