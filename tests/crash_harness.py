@@ -3,15 +3,19 @@
 Run as a child: ``python tests/crash_harness.py save|train <model dir> <files dir>`` loops
 forever, either saving versions of random files straight through ``ModelStore.save`` or
 running real classifier training (``train_classifier`` on digit images read from local
-files) that saves a version per round. :func:`kill_rounds` starts such a child, kills it
-with SIGKILL after a random delay, and checks that a fresh process sees a loadable store
-every time. Used by tests/test_crash_safety.py and scripts/hardening_report.py.
+files) that saves a version per round, and prints ``saved`` after each. :func:`kill_rounds`
+starts such a child, waits for its first ``saved``, kills it with SIGKILL after a further
+random delay, and checks that a fresh process sees a loadable store every time. Waiting for
+the first save (rather than a fixed time from start) makes every kill land inside later
+saves or training rounds however slow the machine is. Used by tests/test_crash_safety.py
+and scripts/hardening_report.py.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -21,10 +25,14 @@ from pathlib import Path
 from typing import Any
 
 PROJECT = 1
-# A training child saves its first version ~5-10 s after it starts (imports, backbone,
-# embeddings), then one every ~0.4 s: kills in this window land inside training rounds.
-TRAIN_KILL_DELAY_S = (5.0, 12.0)
-SAVE_KILL_DELAY_S = (0.4, 1.6)
+# Delays after the child's first completed save. A training child then saves a version
+# every ~0.4 s, a saving child every ~0.1 s: kills in these windows land inside later
+# training rounds and their saves.
+TRAIN_KILL_DELAY_S = (0.0, 1.2)
+SAVE_KILL_DELAY_S = (0.0, 0.6)
+# A training child's first save comes after imports, the backbone and embeddings (~5-10 s
+# here); a loaded CI machine may take several times that.
+FIRST_SAVE_TIMEOUT_S = 180.0
 CONFIG = (Path(__file__).resolve().parent.parent / "labeling_configs"
           / "digit_classification.xml").read_text()
 
@@ -73,6 +81,7 @@ def _child(mode: str, model_dir: Path, files: Path) -> None:
             files_ = {f"part{i}.bin": os.urandom(rng.randint(1, 3) * 2**20) for i in range(3)}
             with store.locked(PROJECT):
                 store.save(PROJECT, "crash", files_, {"note": "kill test"})
+            print("saved", flush=True)
     from ml_backend.jobs.kinds import TrainRequest
     from ml_backend.models.classifier.training import train_classifier
     from ml_backend.runtime import Runtime
@@ -81,6 +90,7 @@ def _child(mode: str, model_dir: Path, files: Path) -> None:
     runtime.ls_api = _Annotations(files)  # type: ignore[assignment]
     while True:
         train_classifier(runtime, TrainRequest(project=PROJECT, mode="full"))
+        print("saved", flush=True)
 
 
 @dataclass
@@ -106,24 +116,47 @@ def check_store(mode: str, model_dir: Path, files: Path) -> str | None:
     return None if model is None else model.version
 
 
+def _wait_for_first_save(child: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([child.stdout], [], [], left)
+        if not ready:
+            return False
+        line = child.stdout.readline()  # type: ignore[union-attr]
+        if not line:  # the child exited
+            return False
+        if line.strip() == b"saved":
+            return True
+    return False
+
+
 def kill_rounds(mode: str, work: Path, rounds: int, seed: int = 0,
-                delay_s: tuple[float, float] = (0.3, 3.0)) -> KillReport:
-    """``rounds`` times: start the child, SIGKILL it after a random delay, check the store
-    from a fresh process (this one, with new objects)."""
+                delay_s: tuple[float, float] = SAVE_KILL_DELAY_S) -> KillReport:
+    """``rounds`` times: start the child, wait for its first completed save, SIGKILL it
+    after a further random delay, check the store from a fresh process (this one, with new
+    objects). Every child completes a save before its kill, so each kill sees a newer
+    version than the one before."""
     model_dir, files = work / "models", work / "files"
     files.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     report = KillReport(mode)
     for _ in range(rounds):
         child = subprocess.Popen([sys.executable, __file__, mode, str(model_dir), str(files)],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                 start_new_session=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 bufsize=0, start_new_session=True)
+        if not _wait_for_first_save(child, FIRST_SAVE_TIMEOUT_S):
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            report.problems.append(f"no save within {FIRST_SAVE_TIMEOUT_S:.0f} s: "
+                                   f"{child.stderr.read()[-500:]!r}")  # type: ignore[union-attr]
+            continue
         time.sleep(rng.uniform(*delay_s))
         if child.poll() is not None:
             report.problems.append(f"child exited early: {child.stderr.read()[-500:]!r}")
             continue
         os.killpg(child.pid, signal.SIGKILL)
         child.wait()
+        child.stdout.close()  # type: ignore[union-attr]
         child.stderr.close()  # type: ignore[union-attr]
         report.kills += 1
         try:

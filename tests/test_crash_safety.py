@@ -16,17 +16,17 @@ from crash_harness import SAVE_KILL_DELAY_S, TRAIN_KILL_DELAY_S, kill_rounds
 def test_20_kills_during_saves_leave_a_loadable_store(tmp_path: Path) -> None:
     report = kill_rounds("save", tmp_path, rounds=20, seed=1, delay_s=SAVE_KILL_DELAY_S)
     assert report.problems == [] and report.kills == report.loadable == 20
-    assert len(report.versions_seen) >= 5  # kills landed between and during many saves
+    assert len(report.versions_seen) == 20  # every child saved before its kill
     leftovers = list((tmp_path / "models" / "projects" / "1" / "versions").glob(".tmp-*"))
     assert all(p.is_dir() for p in leftovers)  # half-written saves stay hidden, never current
 
 
 def test_20_kills_during_training_leave_a_loadable_classifier(tmp_path: Path) -> None:
-    # A warm child saves a version every ~0.4 s from about 5 s after its start: kills after
-    # 5-12 s land inside training rounds and their saves.
+    # Each kill lands 0-1.2 s after the child's first save: inside later training rounds
+    # (one every ~0.4 s) and their saves.
     report = kill_rounds("train", tmp_path, rounds=20, seed=2, delay_s=TRAIN_KILL_DELAY_S)
     assert report.problems == [] and report.kills == report.loadable == 20
-    assert len(report.versions_seen) >= 3  # the kills hit different training rounds
+    assert len(report.versions_seen) == 20  # every child trained a round before its kill
 
 
 def _two_versions(root: Path) -> tuple[ModelStore, str, str]:
