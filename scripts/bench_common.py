@@ -157,3 +157,55 @@ def measure_in_workdir(workdir: Path | None, prefix: str,
             report = measure(Path(tmp))
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
+
+
+def classifier_accuracy(runtime: Any, project: int, control: str,
+                        heldout: list[tuple[Path, str]]) -> float | None:
+    """Held-out accuracy of the project's current classifier head for ``control`` on local
+    image files with their true choice (None while the project has no classifier). The
+    runtime's ``local_files_document_root`` must hold the files."""
+    from ml_backend.labelstudio.api import LabeledTask
+    from ml_backend.models.classifier.training import embed_images, fetch_images
+
+    model = runtime.classifier.model(project)
+    if model is None or control not in model.heads:
+        return None
+    root = runtime.settings.local_files_document_root
+    tasks = [LabeledTask(i + 1, {"image": f"/data/local-files/?d={path.relative_to(root)}"},
+                         0, "", []) for i, (path, _) in enumerate(heldout)]
+    rows, x = embed_images(runtime, model.embedder, fetch_images(runtime, tasks, "image"))
+    head = model.heads[control]
+    predicted = np.asarray(head.labels)[head.predict_proba(x).argmax(axis=1)]
+    truth = np.asarray([heldout[r][1] for r in rows])
+    return float((predicted == truth).mean()) if len(rows) else None
+
+
+def heldout_yolo_dataset(root: Path, scenes: list[tuple[Path, Any]]) -> Path:
+    """A YOLO ``data.yaml`` with every ``(image file, devtools.datasets.ShapeScene)`` in its
+    validation split, for :func:`detector_map`."""
+    from ml_backend.devtools.datasets import SHAPE_CLASSES
+    from ml_backend.models.detector.model import DetectionSample, write_yolo_dataset
+
+    samples = [DetectionSample(f"h{i}", path.read_bytes(), path.suffix, scene.xyxy,
+                               np.array([SHAPE_CLASSES.index(lab) for lab in scene.labels]),
+                               scene.pixels.shape[1], scene.pixels.shape[0])
+               for i, (path, scene) in enumerate(scenes)]
+    return write_yolo_dataset(root, samples, SHAPE_CLASSES, [True] * len(samples))
+
+
+def detector_map(runtime: Any, project: int, data_yaml: Path, image_size: int
+                 ) -> tuple[float, float] | None:
+    """(mAP50, mAP50-95) of the project's newest detector version on ``data_yaml``'s
+    validation split, by Ultralytics' validator (None while no version has a detector)."""
+    from ml_backend.models.detector.model import ultralytics_module
+
+    version = runtime.store.latest(project)
+    if version is None or not version.manifest.get("detector"):
+        return None
+    yolo = ultralytics_module(runtime.detector.config_dir()).YOLO
+    model = yolo(str(version.file(version.manifest["detector"]["file"])), task="detect")
+    metrics = model.val(data=str(data_yaml), imgsz=image_size, batch=16, device="cpu",
+                        workers=0, plots=False, verbose=False,
+                        project=str(runtime.settings.cache_dir / "val"), name="run",
+                        exist_ok=True)
+    return float(metrics.box.map50), float(metrics.box.map)

@@ -35,16 +35,11 @@ from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
 from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.learning.selection import Strategy
-from ml_backend.models.detector.model import (
-    DetectionSample,
-    ultralytics_module,
-    write_yolo_dataset,
-)
 from ml_backend.models.detector.training import train_detector_job
 from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
 
-from bench_common import SimulatedAnnotator, write_report
+from bench_common import SimulatedAnnotator, detector_map, heldout_yolo_dataset, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = (REPO / "labeling_configs" / "shapes_detection.xml").read_text()
@@ -70,28 +65,6 @@ def _write_scenes(root: Path, scenes: list[ShapeScene]) -> list[dict[str, Any]]:
     return tasks
 
 
-def _heldout_yaml(root: Path, scenes: list[ShapeScene], docroot: Path, offset: int) -> Path:
-    samples = [DetectionSample(f"h{i}", (docroot / f"shapes/{offset + i}.png").read_bytes(),
-                               ".png", s.xyxy,
-                               np.array([SHAPE_CLASSES.index(lab) for lab in s.labels]),
-                               s.pixels.shape[1], s.pixels.shape[0])
-               for i, s in enumerate(scenes)]
-    return write_yolo_dataset(root, samples, SHAPE_CLASSES, [True] * len(samples))
-
-
-def _evaluate(runtime: Runtime, project: int, data_yaml: Path, args: argparse.Namespace
-              ) -> tuple[float, float]:
-    version = runtime.store.latest(project)
-    assert version is not None and version.manifest.get("detector")
-    yolo = ultralytics_module(runtime.detector.config_dir()).YOLO
-    model = yolo(str(version.file(version.manifest["detector"]["file"])), task="detect")
-    metrics = model.val(data=str(data_yaml), imgsz=args.image_size, batch=16, device="cpu",
-                        workers=0, plots=False, verbose=False,
-                        project=str(runtime.settings.cache_dir / "val"), name="run",
-                        exist_ok=True)
-    return float(metrics.box.map50), float(metrics.box.map)
-
-
 def _simulate(runtime: Runtime, tasks: list[dict[str, Any]], scenes: list[ShapeScene],
               heldout_yaml: Path, project: int, order: str, seed: int,
               args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -108,7 +81,9 @@ def _simulate(runtime: Runtime, tasks: list[dict[str, Any]], scenes: list[ShapeS
         if outcome["status"] != "trained":
             raise RuntimeError(f"round did not train: {outcome}")
         trained_s = time.perf_counter() - started
-        map50, map50_95 = _evaluate(runtime, project, heldout_yaml, args)
+        measured = detector_map(runtime, project, heldout_yaml, args.image_size)
+        assert measured is not None
+        map50, map50_95 = measured
         meta = runtime.store.latest(project).manifest["detector"]  # type: ignore[union-attr]
         rounds.append({"labels": len(annotator.done), "heldout_map50": round(map50, 4),
                        "heldout_map50_95": round(map50_95, 4),
@@ -136,7 +111,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     scenes = shape_scenes(args.pool + args.holdout, seed=args.data_seed)
     docroot = work / "docroot"
     tasks = _write_scenes(docroot, scenes)
-    heldout_yaml = _heldout_yaml(work / "heldout", scenes[args.pool:], docroot, args.pool)
+    heldout_yaml = heldout_yolo_dataset(work / "heldout", [
+        (docroot / f"shapes/{args.pool + i}.png", scene)
+        for i, scene in enumerate(scenes[args.pool:])])
     runtime = Runtime(Settings(
         model_dir=work / "models", cache_dir=work / "cache", local_files_document_root=docroot,
         detector_image_size=args.image_size, detector_epochs=args.epochs,

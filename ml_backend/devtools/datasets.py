@@ -78,11 +78,13 @@ SHAPE_IMAGE_SIZES = ((320, 240), (256, 256), (240, 320))  # width, height: three
 @dataclass(frozen=True)
 class ShapeScene:
     """One synthetic image ``pixels (H, W, 3) uint8`` with its objects' exact boxes
-    ``xyxy (N, 4)`` (pixels) and class names ``labels``."""
+    ``xyxy (N, 4)`` (pixels), class names ``labels`` and masks ``masks (N, H, W) bool`` (each
+    object's own pixels, as drawn: objects never overlap)."""
 
     pixels: np.ndarray
     xyxy: np.ndarray
     labels: tuple[str, ...]
+    masks: np.ndarray
 
 
 def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
@@ -130,6 +132,7 @@ def render_shape_scene(rng: np.random.Generator, width: int, height: int,
             draw.ellipse([x1 - r, y1 - r, x1 + r, y1 + r], fill=colour)
     boxes: list[np.ndarray] = []
     labels: list[str] = []
+    masks: list[np.ndarray] = []
     short = min(width, height)
     for _ in range(int(rng.integers(1, max_objects + 1))):
         for _attempt in range(30):
@@ -154,14 +157,17 @@ def render_shape_scene(rng: np.random.Generator, width: int, height: int,
         x1, y1, x2, y2 = (int(v) for v in box.clip(0, [width, height, width, height]))
         under = np.asarray(image)[y1:y2 + 1, x1:x2 + 1].reshape(-1, 3).mean(0)
         colour = _contrasting(rng, under)
-        if points is None:
-            draw.ellipse(box.tolist(), fill=colour)
-        else:
-            draw.polygon([tuple(p) for p in points.tolist()], fill=colour)
+        mask = Image.new("1", (width, height))
+        for target, fill in ((draw, colour), (ImageDraw.Draw(mask), 1)):
+            if points is None:
+                target.ellipse(box.tolist(), fill=fill)
+            else:
+                target.polygon([tuple(p) for p in points.tolist()], fill=fill)
         boxes.append(box)
         labels.append(label)
+        masks.append(np.asarray(mask, dtype=bool))
     return ShapeScene(np.asarray(image).copy(), np.array(boxes, dtype=np.float64).reshape(-1, 4),
-                      tuple(labels))
+                      tuple(labels), np.array(masks, dtype=bool).reshape(-1, height, width))
 
 
 def write_shape_pngs(out_dir: Path, count: int, seed: int = 0) -> list[tuple[Path, ShapeScene]]:
