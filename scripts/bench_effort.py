@@ -46,7 +46,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,20 +256,33 @@ def _backend_env(ls: Any, work: Path, args: argparse.Namespace, pool: Pool) -> d
     return env
 
 
-def run_prelabel_arm(client: Any, ls: Any, pool: Pool, ranked: bool, args: argparse.Namespace,
-                     work: Path, measure: Callable[[Path, int], float | None]) -> ArmRun:
+@contextlib.contextmanager
+def connected_project(client: Any, ls: Any, pool: Pool, args: argparse.Namespace, work: Path
+                      ) -> Iterator[tuple[Any, LabelStudioProject, int]]:
+    """A backend process for one arm, and the pool as a project connected to it (connected
+    before the upload, as the demo does); yields (backend, project, ML backend id)."""
     from integration.backend_process import BackendProcess
 
-    from ml_backend.devtools.project_setup import connect_backend, create_informative_view
+    from ml_backend.devtools.project_setup import connect_backend
 
-    run = ArmRun()
-    started = time.perf_counter()
     work.mkdir(parents=True, exist_ok=True)
     backend = BackendProcess(_backend_env(ls, work, args, pool), work / "backend.log")
     try:
         backend.wait_ready(600)
         project = LabelStudioProject(client, pool, f"{pool.name} {work.name}")
-        connect_backend(client, project.id, backend.url)
+        ml_id = connect_backend(client, project.id, backend.url)
+        yield backend, project, ml_id
+    finally:
+        backend.stop()
+
+
+def run_prelabel_arm(client: Any, ls: Any, pool: Pool, ranked: bool, args: argparse.Namespace,
+                     work: Path, measure: Callable[[Path, int], float | None]) -> ArmRun:
+    from ml_backend.devtools.project_setup import create_informative_view
+
+    run = ArmRun()
+    started = time.perf_counter()
+    with connected_project(client, ls, pool, args, work) as (backend, project, _):
         view = create_informative_view(client, project.id)
         project.upload(ls)
         backend.wait_idle(1800)  # the import's cold-start ranking
@@ -300,8 +313,6 @@ def run_prelabel_arm(client: Any, ls: Any, pool: Pool, ranked: bool, args: argpa
             print(f"{pool.name} {'ranked' if ranked else 'random'}: {len(done)} tasks, "
                   f"{sum(run.seconds) / 3600:.3f} h, quality {run.quality[-1][1]}",
                   file=sys.stderr)
-    finally:
-        backend.stop()
     run.wall_s = time.perf_counter() - started
     return run
 
@@ -383,18 +394,12 @@ def run_sam_arm(client: Any, ls: Any, pool: Pool, args: argparse.Namespace, work
     """Every object of every image segmented with SAM clicks through Label Studio's
     interactive endpoint; an object the clicker cannot bring to IoU 0.9 is drawn by hand."""
     import requests
-    from integration.backend_process import BackendProcess
 
-    from ml_backend.devtools.project_setup import connect_backend, label_studio_auth_header
+    from ml_backend.devtools.project_setup import label_studio_auth_header
 
     run = ArmRun()
     started = time.perf_counter()
-    work.mkdir(parents=True, exist_ok=True)
-    backend = BackendProcess(_backend_env(ls, work, args, pool), work / "backend.log")
-    try:
-        backend.wait_ready(600)
-        project = LabelStudioProject(client, pool, f"{pool.name} {work.name}")
-        ml_id = connect_backend(client, project.id, backend.url)
+    with connected_project(client, ls, pool, args, work) as (backend, project, ml_id):
         project.upload(ls)
         backend.wait_idle(1800)  # SAM embeddings of the import, computed ahead
         headers = label_studio_auth_header(ls.url, ls.api_key)
@@ -422,8 +427,6 @@ def run_sam_arm(client: Any, ls: Any, pool: Pool, args: argparse.Namespace, work
             run.had_prelabel.append(False)
             run.clicks.extend(clicks_used)
             project.submit(int(index))
-    finally:
-        backend.stop()
     run.wall_s = time.perf_counter() - started
     return run
 
