@@ -6,14 +6,16 @@ A real backend process (``ml-backend serve``: gunicorn, in-process jobs, images 
 local-files root) receives annotated shapes through ``POST /train``, so its own fine-tune job
 trains the first detector version from the architecture config. Then one client sends
 single-task ``/predict`` requests (the request Label Studio sends when an annotator opens a
-task) while idle, and again while a second fine-tune job runs (the job trains in a child
-process at ``DETECTOR_TRAIN_NICE``). With ``--compare-nice 0`` the same is repeated with the
-child at normal priority, to show what the lowered priority buys.
+task) while idle, and again while a second fine-tune job runs in its child process. Arms
+(``--arms``): ``shipped`` (the defaults: the child at ``DETECTOR_TRAIN_NICE=10`` in the
+``SCHED_IDLE`` class), ``nice-only`` (niceness 10, ``DETECTOR_TRAIN_IDLE=false``) and
+``normal`` (niceness 0, no idle class), one after the other in one run.
 
 Prints JSON (saved with a PNG plot): median and p95 latency idle and during training, and
 their ratio (target ≤ 2).
 
-    .venv/bin/python scripts/bench_detection_latency.py [--image-size 640] [--compare-nice 0]
+    .venv/bin/python scripts/bench_detection_latency.py [--image-size 640] \
+        [--arms shipped,nice-only,normal]
 """
 
 from __future__ import annotations
@@ -89,17 +91,25 @@ def _stats(samples: list[float]) -> dict[str, float]:
             "p95_ms": round(1000 * ordered[int(0.95 * (len(ordered) - 1))], 1)}
 
 
-def measure(work: Path, nice: int, args: argparse.Namespace) -> dict[str, Any]:
+# Arm name -> the training-priority settings it sets; shipped sets none (the defaults).
+ARMS: dict[str, dict[str, str]] = {
+    "shipped": {},
+    "nice-only": {"DETECTOR_TRAIN_NICE": "10", "DETECTOR_TRAIN_IDLE": "false"},
+    "normal": {"DETECTOR_TRAIN_NICE": "0", "DETECTOR_TRAIN_IDLE": "false"},
+}
+
+
+def measure(work: Path, arm: str, args: argparse.Namespace) -> dict[str, Any]:
     docroot = work / "docroot"
     first = _tasks(docroot, args.train_images, seed=1)
     more = _tasks(docroot, args.train_images // 2, seed=2)
     probes = _tasks(docroot, 20, seed=3)
-    env = {"MODEL_DIR": str(work / f"models-{nice}"), "CACHE_DIR": str(work / f"cache-{nice}"),
+    env = {"MODEL_DIR": str(work / f"models-{arm}"), "CACHE_DIR": str(work / f"cache-{arm}"),
            "LOCAL_FILES_DOCUMENT_ROOT": str(docroot), "REDIS_URL": "",
            "DETECTOR_IMAGE_SIZE": str(args.image_size), "DETECTOR_EPOCHS": str(args.epochs),
-           "DETECTOR_TRAIN_NICE": str(nice), "DETECTOR_MIN_LABELS": "1",
-           "LOG_LEVEL": "WARNING", "CLASSIFIER_IMAGE_SIZE": "32"}
-    backend = BackendProcess(env, work / f"backend-nice{nice}.log")
+           "DETECTOR_MIN_LABELS": "1", "LOG_LEVEL": "WARNING", "CLASSIFIER_IMAGE_SIZE": "32",
+           **ARMS[arm]}
+    backend = BackendProcess(env, work / f"backend-{arm}.log")
     try:
         backend.wait_ready()
         _train(backend, first)  # the first version, from the architecture config
@@ -136,7 +146,8 @@ def measure(work: Path, nice: int, args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError(f"second fine-tune failed: {job}")
         # Requests in the job's last moments (saving) may have run after training ended.
         idle_stats, during_stats = _stats(idle), _stats(during)
-        return {"train_nice": nice, "idle": idle_stats, "during_fine_tune": during_stats,
+        return {"arm": arm, "settings": ARMS[arm] or "defaults",
+                "idle": idle_stats, "during_fine_tune": during_stats,
                 "median_ratio": round(during_stats["median_ms"] / idle_stats["median_ms"], 3),
                 "p95_ratio": round(during_stats["p95_ms"] / idle_stats["p95_ms"], 3),
                 "fine_tune_s": round(training_s, 1),
@@ -153,8 +164,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = report["arms"]
-    labels = [f"idle\n(nice {a['train_nice']} run)" for a in arms] + \
-        [f"during fine-tune\n(child nice {a['train_nice']})" for a in arms]
+    labels = [f"idle\n({a['arm']} run)" for a in arms] + \
+        [f"during fine-tune\n({a['arm']})" for a in arms]
     medians = [a["idle"]["median_ms"] for a in arms] + \
         [a["during_fine_tune"]["median_ms"] for a in arms]
     p95 = [a["idle"]["p95_ms"] for a in arms] + [a["during_fine_tune"]["p95_ms"] for a in arms]
@@ -177,17 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2, help="DETECTOR_EPOCHS")
     parser.add_argument("--train-images", type=int, default=60)
     parser.add_argument("--requests", type=int, default=40, help="idle requests")
-    parser.add_argument("--nice", type=int, default=10, help="DETECTOR_TRAIN_NICE under test")
-    parser.add_argument("--compare-nice", type=int, default=None,
-                        help="also run with this niceness (e.g. 0) for comparison")
+    parser.add_argument("--arms", default="shipped",
+                        help=f"comma-separated, from {', '.join(ARMS)}")
     parser.add_argument("--out", type=Path,
                         default=REPO / "docs" / "benchmarks" / "bench_detection_latency")
     args = parser.parse_args(argv)
+    names = [name.strip() for name in args.arms.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(ARMS))
+    if unknown or not names:
+        parser.error(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-det-latency-") as tmp:
-        arms = [measure(Path(tmp), args.nice, args)]
-        if args.compare_nice is not None:
-            arms.append(measure(Path(tmp), args.compare_nice, args))
+        arms = [measure(Path(tmp), name, args) for name in names]
     report = {"image_size": args.image_size, "epochs": args.epochs,
               "train_images": args.train_images, "arms": arms,
               "target": "median during fine-tune <= 2 x idle",

@@ -4,6 +4,9 @@ and a missing checkpoint that costs only the boxes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,7 @@ import pytest
 from ml_backend.app import create_app
 from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.core.errors import BackendError
+from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.jobs.queues import InProcessQueue
@@ -21,7 +25,12 @@ from ml_backend.jobs.registry import job_registry
 from ml_backend.learning.selection import Strategy
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.models.detector.model import YoloDetector
-from ml_backend.models.detector.training import FineTuneSpec, fine_tune, train_detector_job
+from ml_backend.models.detector.training import (
+    FineTuneSpec,
+    fine_tune,
+    move_to_idle_class,
+    train_detector_job,
+)
 from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
 
@@ -226,9 +235,25 @@ def test_a_fine_tune_past_its_time_limit_is_killed_and_the_store_is_untouched(
                         out_dir=str(tmp_path), config_dir=str(tmp_path / "cfg"), epochs=1,
                         image_size=SIZE, batch=2, device="cpu", warm=False)
     with pytest.raises(BackendError, match="killed after"):
-        fine_tune(spec, tmp_path, timeout_s=0.5)
+        fine_tune(spec, tmp_path, timeout_s=0.5, idle_class=True)
     _, runtime, _ = detection_backend
     assert runtime.store.latest(5) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="Linux scheduling classes")
+def test_the_training_process_can_be_moved_to_the_idle_class() -> None:
+    """DETECTOR_TRAIN_IDLE (default on): serving's threads take a core from the training
+    child at once (bench_detection_latency.py measures what that buys)."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert os.sched_getscheduler(child.pid) != os.SCHED_IDLE
+        move_to_idle_class(child.pid)
+        assert os.sched_getscheduler(child.pid) == os.SCHED_IDLE
+    finally:
+        child.kill()
+        child.wait()
+    assert Settings.from_env({}).detector_train_idle
+    assert not Settings.from_env({"DETECTOR_TRAIN_IDLE": "false"}).detector_train_idle
 
 
 def test_detecting_boxes_leaves_torch_threads_alone(tiny_checkpoint: Path,

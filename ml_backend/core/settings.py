@@ -177,13 +177,16 @@ class Settings:
     detector_image_size: int = 640
     # Fine-tuning: on START_TRAINING and after every DETECTOR_TRAIN_EVERY new annotated
     # tasks, once DETECTOR_MIN_LABELS exist; DETECTOR_EPOCHS epochs of DETECTOR_BATCH images,
-    # in a child process at CPU niceness DETECTOR_TRAIN_NICE so serving keeps its latency,
-    # killed after DETECTOR_TRAIN_TIMEOUT_S.
+    # in a child process killed after DETECTOR_TRAIN_TIMEOUT_S. So that serving keeps its
+    # latency, the child runs at CPU niceness DETECTOR_TRAIN_NICE and, where Linux offers it
+    # (DETECTOR_TRAIN_IDLE), in the SCHED_IDLE class: a request's threads take a core from it
+    # at once, where niceness alone lets it finish its time slice while they wait.
     detector_train_every: int = 10
     detector_min_labels: int = 8
     detector_epochs: int = 10
     detector_batch: int = 16
     detector_train_nice: int = 10
+    detector_train_idle: bool = True
     detector_train_timeout_s: float = 4 * 3600.0
     # SAM (SAM_MODEL_TYPE, SAM_CHECKPOINT above). Image embeddings stay in memory up to
     # SAM_EMBEDDING_MEMORY_MB and on disk up to SAM_EMBEDDING_DISK_MB (4 MB each). They are
@@ -322,6 +325,7 @@ class Settings:
             detector_epochs=_int(env, "DETECTOR_EPOCHS", defaults.detector_epochs, 1),
             detector_batch=_int(env, "DETECTOR_BATCH", defaults.detector_batch, 1),
             detector_train_nice=_int(env, "DETECTOR_TRAIN_NICE", defaults.detector_train_nice),
+            detector_train_idle=_bool(env, "DETECTOR_TRAIN_IDLE", defaults.detector_train_idle),
             detector_train_timeout_s=_float(env, "DETECTOR_TRAIN_TIMEOUT_S",
                                             defaults.detector_train_timeout_s, 1.0),
             sam_embedding_memory_mb=_int(env, "SAM_EMBEDDING_MEMORY_MB",

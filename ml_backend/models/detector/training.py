@@ -129,9 +129,24 @@ class FineTuneSpec:
     seed: int = 0
 
 
+def move_to_idle_class(pid: int) -> None:
+    """Move process ``pid`` to Linux's SCHED_IDLE class: it then runs only on cores nothing
+    else wants. Set from here, not in the child, so a platform that refuses it costs a
+    warning rather than the fine-tune."""
+    if not hasattr(os, "sched_setscheduler"):
+        log.warning("DETECTOR_TRAIN_IDLE: this platform has no SCHED_IDLE; niceness only")
+        return
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except OSError as exc:
+        log.warning("DETECTOR_TRAIN_IDLE: could not move the training process to SCHED_IDLE "
+                    "(%s); niceness only", exc)
+
+
 def fine_tune(spec: FineTuneSpec, work_dir: Path, nice: int = 0,
-              timeout_s: float | None = None) -> dict[str, Any]:
-    """Run :func:`train_detector` in a child process (niceness ``nice``) and return its
+              timeout_s: float | None = None, idle_class: bool = False) -> dict[str, Any]:
+    """Run :func:`train_detector` in a child process (niceness ``nice``; in Linux's
+    ``SCHED_IDLE`` class with ``idle_class``, where the platform has it) and return its
     result: ``weights`` path, ``map50``, ``map50_95``. Raises BackendError with the end of
     the child's log when it fails or runs past ``timeout_s`` (the child is killed).
 
@@ -152,13 +167,17 @@ def fine_tune(spec: FineTuneSpec, work_dir: Path, nice: int = 0,
         if nice:
             os.nice(nice)
 
-    with open(log_path, "wb") as log_file:
+    with open(log_path, "wb") as log_file, subprocess.Popen(
+            [sys.executable, "-m", "ml_backend.models.detector.training", str(spec_path),
+             str(result_path)], stdout=log_file, stderr=subprocess.STDOUT,
+            preexec_fn=lower_priority, cwd=work_dir) as child:
+        if idle_class:
+            move_to_idle_class(child.pid)
         try:
-            code = subprocess.call(
-                [sys.executable, "-m", "ml_backend.models.detector.training", str(spec_path),
-                 str(result_path)], stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=lower_priority, cwd=work_dir, timeout=timeout_s)
+            code = child.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired as exc:
+            child.kill()
+            child.wait()
             raise BackendError(f"detector fine-tune killed after {timeout_s:.0f} s "
                                "(DETECTOR_TRAIN_TIMEOUT_S)") from exc
     if code != 0 or not result_path.is_file():
@@ -267,7 +286,7 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
                         batch=settings.detector_batch, device=str(runtime.device),
                         warm=not start.endswith((".yaml", ".yml")))
     result = fine_tune(spec, work_dir, settings.detector_train_nice,
-                       settings.detector_train_timeout_s)
+                       settings.detector_train_timeout_s, settings.detector_train_idle)
     return {**result, "n_train": int((~is_val).sum()), "n_val": int(is_val.sum()),
             "val_source": val_source, "start": source}
 
