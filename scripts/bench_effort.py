@@ -469,6 +469,8 @@ def arm_summary(run: ArmRun, target: float | None) -> dict[str, Any]:
         "tasks": len(run.order),
         "hours_total": _hours(float(cumulative[-1]) if len(cumulative) else 0.0),
         "seconds_per_task": round(float(np.mean(run.seconds)), 3) if run.seconds else None,
+        # What /report calls saved_s: each task's manual cost minus what it cost here.
+        "hours_saved": _hours(float(np.sum(run.manual_seconds)) - float(np.sum(run.seconds))),
         "tasks_to_target": reached,
         "hours_to_target": None if reached is None else _hours(float(cumulative[reached - 1])),
         "accepted_without_edit_share": round(float(np.mean(run.untouched)), 4)
