@@ -32,7 +32,7 @@ weights the row says it is not measurable offline (random weights make meaningle
 Prints one JSON document and saves it with a PNG (cumulative effort against tasks done):
 
     .venv/bin/python scripts/bench_effort.py --pools digits --pool-size 300
-    .venv/bin/python scripts/bench_effort.py --pools shapes --pool-size 200 --batch 50
+    .venv/bin/python scripts/bench_effort.py --pools shapes --pool-size 200
     .venv/bin/python scripts/bench_effort.py --pools digits,shapes,masks --pool-size 8 \\
         --heldout 8 --batch 4 --detector-epochs 1 --sam-random-init     # smoke run (CI)
 """
@@ -608,8 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-size", type=int, default=None,
                         help="images per pool (default: digits 300, shapes 200, masks 40)")
     parser.add_argument("--heldout", type=int, default=200, help="held-out images per pool")
-    parser.add_argument("--batch", type=int, default=20,
-                        help="tasks labeled between two looks at the queue")
+    parser.add_argument("--batch", type=int, default=Settings().ranking_batch_size,
+                        help="tasks labeled between two looks at the queue; also the "
+                             "backend's RANKING_BATCH_SIZE (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--detector-epochs", type=int, default=20)
     parser.add_argument("--detector-image-size", type=int, default=256)
