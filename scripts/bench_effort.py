@@ -248,8 +248,9 @@ def _backend_env(ls: Any, work: Path, args: argparse.Namespace, pool: Pool) -> d
            "MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
            "REDIS_URL": "", "LOG_LEVEL": "WARNING",
            "DETECTOR_EPOCHS": str(args.detector_epochs),
-           "DETECTOR_IMAGE_SIZE": str(args.detector_image_size),
-           "RANKING_BATCH_SIZE": str(args.batch)}
+           "DETECTOR_IMAGE_SIZE": str(args.detector_image_size)}
+    if args.batch != Settings().ranking_batch_size:  # the shipped value stays a default
+        env["RANKING_BATCH_SIZE"] = str(args.batch)
     if pool.name == "masks":
         env["SAM_CHECKPOINT"] = str(args.sam_checkpoint)
         env["SAM_MODEL_TYPE"] = args.sam_model_type
