@@ -119,10 +119,27 @@ class LabelStudioAPI:
 
         The JSON export lists a task's predictions by id only, so the records come from the
         project's prediction list (a second request)."""
+        self.existing_label_config(project)
+        tasks = self._export(project, all_tasks=False)
+        by_task = self.prediction_records(project)
+        return [{**task, "predictions": by_task.get(int(task["id"]), [])} for task in tasks]
+
+    def existing_label_config(self, project: int) -> str:
+        """The project's label config; NotFound when Label Studio has no such project."""
         with _calling(f"read project {project}", missing=f"Label Studio has no project "
                                                         f"{project}"):
-            self._client.projects.get(id=project)
-        tasks = self._export(project, all_tasks=False)
+            return str(self._client.projects.get(id=project).label_config)
+
+    def all_tasks_export(self, project: int) -> list[dict[str, Any]]:
+        """Every task of ``project`` as Label Studio's JSON export has it (annotated or not,
+        with ``annotations``, skipped ones included); NotFound when there is no such
+        project."""
+        self.existing_label_config(project)
+        return self._export(project, all_tasks=True)
+
+    def prediction_records(self, project: int) -> dict[int, list[dict[str, Any]]]:
+        """The project's predictions as full records (``id``, ``model_version``, ``result``,
+        ``created_at``), by task id."""
         with _calling(f"list predictions of project {project}"):
             records = [p.model_dump(mode="json") if hasattr(p, "model_dump") else dict(p)
                        for p in self._client.predictions.list(project=project)]
@@ -130,7 +147,7 @@ class LabelStudioAPI:
         for record in records:
             if isinstance(record.get("task"), int):
                 by_task.setdefault(record["task"], []).append(record)
-        return [{**task, "predictions": by_task.get(int(task["id"]), [])} for task in tasks]
+        return by_task
 
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
         with _calling(f"export project {project}"):
