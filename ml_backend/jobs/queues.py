@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 JobFunction = Callable[["Runtime", Any], Any]  # (runtime, request of the kind's type)
 RequestMerge = Callable[[Any, Any], Any]  # (queued request, new request) -> merged
+RQ_RECORD_ID = "rq"  # the record of a job an RQ worker runs (RQ keeps the real id)
 
 
 def keep_newest(queued: JobRequest, new: JobRequest) -> JobRequest:
@@ -103,11 +104,42 @@ class JobRecord:
     ended_at: float | None = None
     result: Any = None
     error: str | None = None
+    progress: dict[str, Any] | None = None  # what report_progress last said
 
     def summary(self) -> dict[str, Any]:
         out = asdict(self)
         out.pop("payload")
         return out
+
+
+# The job record of the job running on this thread (set on the job's own short-lived
+# thread), for report_progress.
+_running = threading.local()
+
+
+def report_progress(done: int, total: int, stage: str = "") -> None:
+    """Called by a long job as it goes: ``/jobs`` shows ``progress`` (``done`` of ``total``
+    in ``stage``) while it runs. Outside a job it does nothing."""
+    progress = {"done": int(done), "total": int(total), "stage": stage}
+    record: JobRecord | None = getattr(_running, "record", None)
+    if record is None:
+        return
+    record.progress = progress
+    if record.id == RQ_RECORD_ID:  # an RQ job: its meta is what `recent` reads back
+        from rq import get_current_job
+
+        job = get_current_job()
+        if job is not None:
+            job.meta["progress"] = progress
+            job.save_meta()
+
+
+def _run_as(record: JobRecord, run: Callable[[], Any]) -> Any:
+    _running.record = record
+    try:
+        return run()
+    finally:
+        _running.record = None
 
 
 def execute(runtime: Runtime, record: JobRecord, registry: Registry) -> JobRecord:
@@ -118,8 +150,8 @@ def execute(runtime: Runtime, record: JobRecord, registry: Registry) -> JobRecor
         # On a thread of its own, which ends with the job: see compute_threads.
         kind = registry[record.name]
         request = kind.parse(record.payload)
-        record.result = on_short_lived_thread(f"job-{record.name}",
-                                              lambda: kind.run(runtime, request))
+        record.result = on_short_lived_thread(
+            f"job-{record.name}", lambda: _run_as(record, lambda: kind.run(runtime, request)))
         record.status = "finished"
     except Exception as exc:
         record.status = "failed"
@@ -312,7 +344,7 @@ def run_rq_job(name: str, payload: dict[str, Any], key: str | None = None) -> An
             coalesced = job.connection.getdel(_coalesced_key(key))
             if coalesced:
                 payload = registry[name].merged(payload, json.loads(coalesced))
-    record = execute(runtime, JobRecord(id="rq", name=name, key=key, payload=payload),
+    record = execute(runtime, JobRecord(id=RQ_RECORD_ID, name=name, key=key, payload=payload),
                      registry)
     if record.status == "failed":
         raise RuntimeError(record.error)
@@ -391,6 +423,7 @@ class RQQueue:
             if job is not None:
                 out.append({"id": job.id, "name": job.args[0] if job.args else None,
                             "status": job.get_status().value,
+                            "progress": job.meta.get("progress"),
                             "error": (job.latest_result().exc_string[-500:]
                                       if job.is_failed and job.latest_result() else None)})
         return out
