@@ -1,0 +1,1 @@
+"""Project labels as training-ready data sets: YOLO, COCO, ImageFolder, PNG masks."""
