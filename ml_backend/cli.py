@@ -1,6 +1,6 @@
 """`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train,
 precompute (SAM embeddings), preannotate (a whole project), report (what pre-labels saved
-annotators), jobs (list them)."""
+annotators), export (labels as a training-ready data set), jobs (list them)."""
 
 from __future__ import annotations
 
@@ -184,6 +184,48 @@ def _report(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace, settings: Settings) -> int:
+    """A project's human labels as a training-ready data set in --out, in this process, with
+    a progress bar; exit 2 for bad input (unknown project, a non-empty folder, a config with
+    nothing for the format), 1 when Label Studio fails. Builds no runtime: no model loads."""
+    import time
+
+    from ml_backend.core.errors import BackendError, BadRequest, NotFound
+    from ml_backend.core.images import ImageLoader
+    from ml_backend.core.progress import progress_bar
+    from ml_backend.core.store import ModelStore
+    from ml_backend.export.dataset import OutputNotEmpty
+    from ml_backend.export.run import ExportOptions, export_project
+    from ml_backend.labelstudio.api import LabelStudioAPI
+
+    if not (settings.label_studio_url and settings.label_studio_api_key):
+        print("export: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+
+    def show(done: int, total: int, stage: str) -> None:
+        progress_bar(sys.stderr, done, total, time.monotonic() - started, unit="image")
+        sys.stderr.write(f" {stage}  ")
+
+    try:
+        options = ExportOptions.parse(args.project, args.format, args.out, args.split,
+                                      args.augment, args.seed, args.overwrite)
+        api = LabelStudioAPI(settings.label_studio_url, settings.label_studio_api_key)
+        outcome = export_project(api, ImageLoader(settings), ModelStore(settings.model_dir),
+                                 options, progress=show)
+    except (BadRequest, NotFound, OutputNotEmpty) as exc:
+        print(f"\nexport: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:
+        print(f"\nexport: {exc}", file=sys.stderr)
+        return 1
+    print(file=sys.stderr)
+    for warning in outcome.as_dict()["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(json.dumps(outcome.as_dict(), indent=1))
+    return 0
+
+
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     """Recent jobs: from Redis when REDIS_URL is set, else from a running server."""
     if settings.redis_url:
@@ -222,7 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="comma-separated job lanes to take, in priority order "
                              "(default: all; 'models' = training and embedding, 'ranking' = "
                              "re-ranking, 'detector' = detector fine-tunes, 'sam' = SAM "
-                             "embeddings, 'predict' = whole-project pre-annotation)")
+                             "embeddings, 'predict' = whole-project pre-annotation, "
+                             "'export' = data set exports)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     train = sub.add_parser("train", help="train a project's classifier now, in this process")
     train.add_argument("--project", type=int, required=True)
@@ -248,6 +291,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     report.add_argument("--plot", default=None, metavar="PATH",
                         help="also write a PNG of the counts and seconds saved")
     report.add_argument("--json", action="store_true", help="the report as JSON, not a table")
+    export = sub.add_parser(
+        "export", help="write a project's human labels as a training-ready data set (YOLO, "
+                       "COCO, ImageFolder or PNG masks) with train/val/test splits and a "
+                       "balance report (needs LABEL_STUDIO_URL/_API_KEY)")
+    export.add_argument("--project", type=int, required=True)
+    export.add_argument("--format", required=True,
+                        choices=("yolo", "coco", "imagefolder", "masks"))
+    export.add_argument("--out", required=True, help="the folder to write (new or empty)")
+    export.add_argument("--split", default="0.8/0.1/0.1",
+                        help="train/val/test ratios (default 0.8/0.1/0.1); tasks exported "
+                             "before keep their split")
+    export.add_argument("--augment", type=int, default=0, metavar="N",
+                        help="N augmented copies of each train image (val/test never)")
+    export.add_argument("--seed", type=int, default=0)
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in --out")
     jobs = sub.add_parser("jobs", help="list recent background jobs with status and errors")
     jobs.add_argument("--server", default="http://127.0.0.1:9090",
                       help="without REDIS_URL: the backend whose in-process jobs to list")
@@ -262,7 +321,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Absolute, resolved once (Settings): what a relative MODEL_DIR/CACHE_DIR meant here.
     logging.getLogger("ml_backend").info("storage: %s", settings.paths())
     handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute,
-                "preannotate": _preannotate, "report": _report, "jobs": _jobs}
+                "preannotate": _preannotate, "report": _report, "export": _export,
+                "jobs": _jobs}
     return handlers[args.command](args, settings)
 
 

@@ -11,9 +11,11 @@ import time
 from typing import Any
 
 from ml_backend.core.errors import BackendError, BadRequest, NotFound
+from ml_backend.export.run import check_output, options_from_body, project_spec
 from ml_backend.jobs.compute_threads import on_short_lived_thread
 from ml_backend.jobs.kinds import (
     EmbedRequest,
+    ExportRequest,
     JobName,
     PreannotateRequest,
     RerankRequest,
@@ -34,6 +36,9 @@ from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
+# Where POST /export writes: MODEL_DIR/exports/<out> (server-side state, like the models;
+# a request cannot name a folder outside it).
+EXPORTS = "exports"
 TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
             "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
 
@@ -142,6 +147,18 @@ class Backend:
         project; LabelStudioUnavailable: Label Studio cannot be reached)."""
         api = self.runtime.label_studio("the savings report")
         return project_report(api, project).as_dict()
+
+    # --- POST /export/<project> ------------------------------------------------------------
+    def export(self, project: int, body: Any) -> dict[str, Any]:
+        """Queue an export job (its progress shows in /jobs). What can be checked at once is:
+        NotFound (no such project), NothingToExport (422), OutputNotEmpty (409)."""
+        options = options_from_body(project, body, self.runtime.settings.model_dir / EXPORTS)
+        project_spec(self.runtime.label_studio("export"), project, options.format)
+        check_output(options.out_dir, options.overwrite)
+        job = self.jobs.submit(JobName.EXPORT, ExportRequest(
+            project, options.format.value, str(options.out_dir), list(options.split),
+            options.augment, options.seed, options.overwrite))
+        return {"status": "queued", "job": job, "out_dir": str(options.out_dir)}
 
     # --- POST /setup -------------------------------------------------------------------------
     def setup(self, body: Any) -> dict[str, Any]:

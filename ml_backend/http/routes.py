@@ -49,6 +49,7 @@ class EndpointService(Protocol):
     def preannotate(self, project: int) -> dict[str, Any]: ...
     def preannotation(self, project: int) -> dict[str, Any]: ...
     def report(self, project: int) -> dict[str, Any]: ...
+    def export(self, project: int, body: Any) -> dict[str, Any]: ...
     def recent_jobs(self) -> list[dict[str, Any]]: ...
 
 
@@ -148,6 +149,10 @@ def build_flask_app(service: EndpointService, settings: Settings, metrics: Metri
     @app.get("/report/<int:project>")
     def report(project: int) -> Response:
         return jsonify(service.report(project))
+
+    @app.post("/export/<int:project>")
+    def export(project: int) -> Response:
+        return jsonify(service.export(project, _json_body()))
 
     @app.get("/jobs")
     def job_list() -> Response:

@@ -25,6 +25,7 @@ class JobName(str, Enum):
     SAM_EMBED = "sam_embed"  # SAM image embeddings ahead of clicks
     PREANNOTATE = "preannotate"  # plan a whole-project pre-annotation
     PREANNOTATE_CHUNK = "preannotate_chunk"  # predict and write one chunk of it
+    EXPORT = "export"  # write a training-ready data set of the project's labels
 
     # The plain value wherever a name is printed (logs, metric labels, /jobs), on every
     # Python version (3.11 and 3.12 format str-mixin enums differently).
@@ -160,3 +161,20 @@ class PreannotateChunkRequest(JobRequest):
         _project_id(self.project)
         if not self.task_ids:
             raise ValueError("PreannotateChunkRequest: task_ids is empty")
+
+
+@dataclass(frozen=True)
+class ExportRequest(JobRequest):
+    """``export``: the project's human labels as a data set in ``format`` under ``out_dir``
+    (an absolute path the service resolved), split by ``split`` (train, val, test ratios)."""
+
+    project: int
+    format: str
+    out_dir: str
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    augment: int = 0
+    seed: int = 0
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _project_id(self.project)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from ml_backend.export.run import export_job
 from ml_backend.jobs.kinds import (
     EmbedRequest,
+    ExportRequest,
     JobName,
     PreannotateChunkRequest,
     PreannotateRequest,
@@ -59,6 +61,8 @@ def job_registry() -> Registry:
         JobName.PREANNOTATE: JobKind(preannotate_project, PreannotateRequest, lane="predict"),
         JobName.PREANNOTATE_CHUNK: JobKind(preannotate_chunk, PreannotateChunkRequest,
                                            lane="predict"),
+        # An export reads every image of a project: its own lane, so training never waits.
+        JobName.EXPORT: JobKind(export_job, ExportRequest, lane="export"),
     }
 
 
