@@ -119,16 +119,20 @@ class LabelStudioAPI:
 
         The JSON export lists a task's predictions by id only, so the records come from the
         project's prediction list (a second request)."""
-        self.existing_label_config(project)
+        self._existing_project(project)
         tasks = self._export(project, all_tasks=False)
         by_task = self.prediction_records(project)
         return [{**task, "predictions": by_task.get(int(task["id"]), [])} for task in tasks]
 
-    def existing_label_config(self, project: int) -> str:
-        """The project's label config; NotFound when Label Studio has no such project."""
+    def _existing_project(self, project: int) -> Any:
+        """The SDK's project record; NotFound when Label Studio has no such project."""
         with _calling(f"read project {project}", missing=f"Label Studio has no project "
                                                         f"{project}"):
-            return str(self._client.projects.get(id=project).label_config)
+            return self._client.projects.get(id=project)
+
+    def existing_label_config(self, project: int) -> str:
+        """The project's label config; NotFound when Label Studio has no such project."""
+        return str(self._existing_project(project).label_config)
 
     def all_tasks_export(self, project: int) -> list[dict[str, Any]]:
         """Every task of ``project`` as Label Studio's JSON export has it (annotated or not,
