@@ -73,6 +73,7 @@ from bench_common import (
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 POOLS = ("digits", "shapes", "masks")
+PRELABEL_ARMS = ("prelabels_random", "prelabels_ranked")
 ARMS = ("manual_random", "prelabels_random", "prelabels_ranked")
 TARGETS = {"digits": ("accuracy", 0.9), "shapes": ("mAP50", 0.8)}
 GOALS = {"digits": 1 / 2, "shapes": 1 / 3}  # the shipped loop's effort over manual, at most
@@ -251,6 +252,8 @@ def _backend_env(ls: Any, work: Path, args: argparse.Namespace, pool: Pool) -> d
            "DETECTOR_IMAGE_SIZE": str(args.detector_image_size)}
     if args.batch != Settings().ranking_batch_size:  # the shipped value stays a default
         env["RANKING_BATCH_SIZE"] = str(args.batch)
+    if args.detector_min_epoch_images is not None:
+        env["DETECTOR_MIN_EPOCH_IMAGES"] = str(args.detector_min_epoch_images)
     if pool.name == "masks":
         env["SAM_CHECKPOINT"] = str(args.sam_checkpoint)
         env["SAM_MODEL_TYPE"] = args.sam_model_type
@@ -525,6 +528,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "costs_seconds": dataclasses.asdict(args.costs), "seed": args.seed, "batch": args.batch,
         "detector": {"epochs": args.detector_epochs, "image_size": args.detector_image_size,
+                     "min_epoch_images": args.detector_min_epoch_images
+                     if args.detector_min_epoch_images is not None
+                     else Settings().detector_min_epoch_images,
                      "weights": "none (YOLO architecture config, trained from scratch)"},
         "pools": {}}
     with contextlib.ExitStack() as stack:
@@ -550,14 +556,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                                                "through Label Studio; its figures mean nothing")
             else:
                 measure = quality_measure(pool, work / name, args)
-                for arm in ("prelabels_random", "prelabels_ranked"):
+                for arm in args.arms:
                     runs[arm] = run_prelabel_arm(client, ls, pool, arm.endswith("ranked"), args,
                                                  work / f"{name}-{arm}", measure)
                 runs = {"manual_random": manual_arm(pool, args.seed, args.costs,
-                                                    runs["prelabels_random"]), **runs}
+                                                    runs.get("prelabels_random")), **runs}
                 notes["manual_random"] = ("no model, so no run: the manual cost of the random "
-                                          "order prelabels_random labels; its quality curve "
-                                          "is that arm's (the same labeled sets)")
+                                          "order prelabels_random labels" + (
+                                              "; its quality curve is that arm's (the same "
+                                              "labeled sets)" if "prelabels_random" in runs
+                                              else ""))
             report["pools"][name] = pool_report(pool, runs, args, notes)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
@@ -613,8 +621,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks labeled between two looks at the queue; also the "
                              "backend's RANKING_BATCH_SIZE (default: the shipped one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--arms", default=",".join(PRELABEL_ARMS),
+                        help="the pre-label arms to run (the manual arm costs nothing to run)")
     parser.add_argument("--detector-epochs", type=int, default=20)
     parser.add_argument("--detector-image-size", type=int, default=256)
+    parser.add_argument("--detector-min-epoch-images", type=int, default=None,
+                        help="DETECTOR_MIN_EPOCH_IMAGES (default: the shipped value)")
     parser.add_argument("--sam-checkpoint", type=Path, default=None)
     parser.add_argument("--sam-model-type", default="vit_b")
     parser.add_argument("--sam-random-init", action="store_true",
@@ -631,6 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.pools) - set(POOLS)
     if unknown:
         parser.error(f"unknown pools: {sorted(unknown)}")
+    args.arms = [a for a in args.arms.split(",") if a]
+    if not args.arms or set(args.arms) - set(PRELABEL_ARMS):
+        parser.error(f"--arms takes some of {', '.join(PRELABEL_ARMS)}")
     args.costs = CostModel(**{f.name: getattr(args, f.name) for f in dataclasses.fields(
         CostModel)})
     with tempfile.TemporaryDirectory(prefix="bench-effort-") as tmp:

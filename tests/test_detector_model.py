@@ -24,11 +24,13 @@ from ml_backend.jobs.queues import InProcessQueue
 from ml_backend.jobs.registry import job_registry
 from ml_backend.learning.selection import Strategy
 from ml_backend.models.classifier.training import train_classifier
-from ml_backend.models.detector.model import YoloDetector
+from ml_backend.models.detector.model import DetectionSample, YoloDetector
 from ml_backend.models.detector.training import (
+    REPEAT_MARK,
     FineTuneSpec,
     fine_tune,
     move_to_idle_class,
+    repeat_training_images,
     train_detector_job,
 )
 from ml_backend.pipeline.ranking import rank_tasks
@@ -66,6 +68,7 @@ def detection_backend(make_settings: Any, image_host: Any, tiny_checkpoint: Path
                       ) -> Iterator[tuple[Any, Runtime, InProcessQueue]]:
     settings = make_settings(label_studio_url=image_host.url, yolo_checkpoint=str(tiny_checkpoint),
                              detector_image_size=SIZE, detector_epochs=1, detector_batch=4,
+                             detector_min_epoch_images=0,
                              detector_min_labels=4, detector_train_every=3,
                              detector_train_nice=0)
     runtime = Runtime(settings)
@@ -267,3 +270,20 @@ def test_detecting_boxes_leaves_torch_threads_alone(tiny_checkpoint: Path,
     detector = YoloDetector(tiny_checkpoint, tmp_path / "cfg", "cpu", SIZE)
     detector.detect([np.zeros((48, 64, 3), np.uint8)], 0.0)
     assert torch.get_num_threads() == threads
+
+
+def test_a_small_training_split_is_repeated_up_to_an_epoch_and_validation_never() -> None:
+    def sample(name: str) -> DetectionSample:
+        return DetectionSample(name, b"png", ".png", np.zeros((1, 4)), np.zeros(1, int), 8, 8)
+
+    samples = [sample(f"task-{i}") for i in range(5)]
+    is_val = np.array([False, True, False, False, False])
+    repeated, repeated_val = repeat_training_images(samples, is_val, 10)
+    assert repeated[:5] == samples and list(repeated_val[:5]) == list(is_val)
+    train = [s.name for s, v in zip(repeated, repeated_val, strict=True) if not v]
+    assert len(train) == 10 and len(set(train)) == 10  # unique files in the dataset
+    assert {n.split(REPEAT_MARK)[0] for n in train} == {"task-0", "task-2", "task-3", "task-4"}
+    assert int(repeated_val.sum()) == 1  # the validation image is never copied
+    assert repeat_training_images(samples, is_val, 4)[0] == samples
+    assert repeat_training_images(samples, is_val, 0)[0] == samples
+    assert Settings.from_env({"DETECTOR_MIN_EPOCH_IMAGES": "0"}).detector_min_epoch_images == 0

@@ -186,6 +186,10 @@ class Settings:
     detector_min_labels: int = 8
     detector_epochs: int = 10
     detector_batch: int = 16
+    # A round on fewer training images repeats them up to DETECTOR_MIN_EPOCH_IMAGES per epoch:
+    # a from-scratch detector otherwise takes one optimizer step per epoch on its first
+    # rounds and shows no box for the first ~60 tasks (bench_effort, shapes).
+    detector_min_epoch_images: int = 160
     detector_train_nice: int = 10
     detector_train_idle: bool = True
     detector_train_timeout_s: float = 4 * 3600.0
@@ -325,6 +329,8 @@ class Settings:
                                      1),
             detector_epochs=_int(env, "DETECTOR_EPOCHS", defaults.detector_epochs, 1),
             detector_batch=_int(env, "DETECTOR_BATCH", defaults.detector_batch, 1),
+            detector_min_epoch_images=_int(env, "DETECTOR_MIN_EPOCH_IMAGES",
+                                           defaults.detector_min_epoch_images, 0),
             detector_train_nice=_int(env, "DETECTOR_TRAIN_NICE", defaults.detector_train_nice),
             detector_train_idle=_bool(env, "DETECTOR_TRAIN_IDLE", defaults.detector_train_idle),
             detector_train_timeout_s=_float(env, "DETECTOR_TRAIN_TIMEOUT_S",

@@ -48,6 +48,7 @@ def test_detection_loop(label_studio, ls_client, tmp_path: Path) -> None:
         "CLASSIFIER_IMAGE_SIZE": "32", "FULL_SYNC_INTERVAL_S": "0", "REDIS_URL": "",
         "YOLO_CHECKPOINT": str(checkpoint), "DETECTOR_IMAGE_SIZE": "64",
         "DETECTOR_EPOCHS": "1", "DETECTOR_BATCH": "4", "DETECTOR_MIN_LABELS": "4",
+        "DETECTOR_MIN_EPOCH_IMAGES": "0",
         "DETECTOR_TRAIN_EVERY": "4", "DETECTOR_TRAIN_NICE": "0",
         # The one-epoch starting model is unsure of everything: show all its boxes.
         "DETECTOR_MIN_SCORE": "0", "RERANK_MIN_INTERVAL_S": "0",

@@ -12,6 +12,7 @@ Run as ``python -m ml_backend.models.detector.training SPEC.json`` it is that ch
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -263,6 +264,25 @@ def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any
                    f"({meta['val_source']})", after_new_version(runtime, project, version.name))
 
 
+REPEAT_MARK = "~copy"
+
+
+def repeat_training_images(samples: list[DetectionSample], is_val: np.ndarray, min_images: int
+                           ) -> tuple[list[DetectionSample], np.ndarray]:
+    """Repeat the training split (never the validation one) until an epoch holds at least
+    ``min_images`` images. A from-scratch detector on a few labeled images otherwise gets one
+    optimizer step per epoch and learns nothing for the first rounds; with repeats each round
+    takes as many steps as one on ``min_images`` images (mosaic augmentation makes the copies
+    differ)."""
+    train = [s for s, val in zip(samples, is_val, strict=True) if not val]
+    if not train or len(train) >= min_images:
+        return samples, is_val
+    copies = [dataclasses.replace(s, name=f"{s.name}{REPEAT_MARK}{k}")
+              for k in range(1, -(-min_images // len(train))) for s in train]
+    copies = copies[:min_images - len(train)]
+    return samples + copies, np.concatenate([is_val, np.zeros(len(copies), dtype=bool)])
+
+
 def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample],
            ids: list[int], previous: Any, current: dict[str, Any], work_dir: Path
            ) -> dict[str, Any]:
@@ -274,6 +294,8 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
         samples = samples + samples
         is_val = np.array([False] * (len(samples) // 2) + [True] * (len(samples) // 2))
         val_source = "training images (too few tasks for a held-out split)"
+    samples, is_val = repeat_training_images(samples, is_val,
+                                             settings.detector_min_epoch_images)
     data_yaml = write_yolo_dataset(work_dir / "dataset", samples, control.labels, list(is_val))
     if current and current.get("classes") == list(control.labels) and previous is not None:
         start, source = str(previous.file(current["file"])), f"version {previous.name}"
@@ -287,7 +309,9 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
                         warm=not start.endswith((".yaml", ".yml")))
     result = fine_tune(spec, work_dir, settings.detector_train_nice,
                        settings.detector_train_timeout_s, settings.detector_train_idle)
-    return {**result, "n_train": int((~is_val).sum()), "n_val": int(is_val.sum()),
+    return {**result, "n_train": len({s.name.split(REPEAT_MARK)[0]
+                                      for s, v in zip(samples, is_val, strict=True) if not v}),
+            "n_val": int(is_val.sum()),
             "val_source": val_source, "start": source}
 
 
