@@ -1,6 +1,7 @@
 """`ml-backend` command line: serve (gunicorn or the dev server), worker (RQ), train,
 precompute (SAM embeddings), preannotate (a whole project), report (what pre-labels saved
-annotators), export (labels as a training-ready data set), jobs (list them)."""
+annotators), export (labels as a training-ready data set), dedupe (near-duplicate tasks),
+jobs (list them)."""
 
 from __future__ import annotations
 
@@ -226,6 +227,36 @@ def _export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _dedupe(args: argparse.Namespace, settings: Settings) -> int:
+    """A project's near-duplicate groups (JSON); with --apply, mark all but one of each group
+    in Label Studio so the ranking puts them at the end of the queue. Loads the classifier
+    backbone in this process (embeddings come from the shared cache where they exist)."""
+    from ml_backend.core.errors import BackendError, NotFound
+    from ml_backend.quality.duplicates import apply_marks, find_duplicates
+    from ml_backend.runtime import Runtime
+
+    runtime = Runtime(settings)
+    if runtime.ls_api is None:
+        print("dedupe: set LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY", file=sys.stderr)
+        return 2
+    try:
+        dedupe, tasks = find_duplicates(runtime, args.project)
+        summary = dedupe.as_dict()
+        if args.apply:
+            summary.update(apply_marks(runtime, dedupe, tasks))
+    except NotFound as exc:
+        print(f"dedupe: {exc}", file=sys.stderr)
+        return 2
+    except BackendError as exc:
+        print(f"dedupe: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=1))
+    if not args.apply and dedupe.marks:
+        print(f"{len(dedupe.marks)} tasks would be marked; run again with --apply",
+              file=sys.stderr)
+    return 0
+
+
 def _jobs(args: argparse.Namespace, settings: Settings) -> int:
     """Recent jobs: from Redis when REDIS_URL is set, else from a running server."""
     if settings.redis_url:
@@ -265,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "(default: all; 'models' = training and embedding, 'ranking' = "
                              "re-ranking, 'detector' = detector fine-tunes, 'sam' = SAM "
                              "embeddings, 'predict' = whole-project pre-annotation, "
-                             "'export' = data set exports)")
+                             "'export' = data set exports, 'quality' = label-quality "
+                             "scores and the find-similar index)")
     worker.add_argument("--burst", action="store_true", help="exit when the queue is empty")
     train = sub.add_parser("train", help="train a project's classifier now, in this process")
     train.add_argument("--project", type=int, required=True)
@@ -307,6 +339,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     export.add_argument("--seed", type=int, default=0)
     export.add_argument("--overwrite", action="store_true",
                         help="replace an earlier export in --out")
+    dedupe = sub.add_parser(
+        "dedupe", help="find near-duplicate tasks (backbone embeddings and dHash); with "
+                       "--apply mark all but one of each group in Label Studio so they leave "
+                       "the unlabeled queue (nothing is deleted; needs LABEL_STUDIO_URL/_API_KEY)")
+    dedupe.add_argument("--project", type=int, required=True)
+    dedupe.add_argument("--apply", action="store_true",
+                        help="write the marks (default: only report the groups)")
     jobs = sub.add_parser("jobs", help="list recent background jobs with status and errors")
     jobs.add_argument("--server", default="http://127.0.0.1:9090",
                       help="without REDIS_URL: the backend whose in-process jobs to list")
@@ -322,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("ml_backend").info("storage: %s", settings.paths())
     handlers = {"serve": _serve, "worker": _worker, "train": _train, "precompute": _precompute,
                 "preannotate": _preannotate, "report": _report, "export": _export,
-                "jobs": _jobs}
+                "dedupe": _dedupe, "jobs": _jobs}
     return handlers[args.command](args, settings)
 
 

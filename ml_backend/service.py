@@ -31,6 +31,7 @@ from ml_backend.models.sam.prompts import click_request
 from ml_backend.pipeline.preannotation import preannotation_state
 from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.pipeline.ranking import STATE_TOP, ranking_state
+from ml_backend.quality.similar import MIN_INDEXED, load_index, similar_to
 from ml_backend.reporting.savings import project_report
 from ml_backend.runtime import Runtime
 
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 # Where POST /export writes: MODEL_DIR/exports/<out> (server-side state, like the models;
 # a request cannot name a folder outside it).
 EXPORTS = "exports"
+MAX_SIMILAR = 100  # the most neighbours one GET /similar returns
 TRAIN_ON = {"ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_CREATED",
             "ANNOTATIONS_DELETED", "PROJECT_UPDATED"}
 
@@ -159,6 +161,32 @@ class Backend:
             project, options.format.value, str(options.out_dir), list(options.split),
             options.augment, options.seed, options.overwrite))
         return {"status": "queued", "job": job, "out_dir": str(options.out_dir)}
+
+    # --- GET /similar/<project>/<task> -----------------------------------------------------
+    def similar(self, project: int, task: int, k: int = 10) -> dict[str, Any]:
+        """The ``k`` tasks of ``project`` nearest to ``task`` by the classifier backbone's
+        embedding (exact cosine search over the index the quality job keeps). NotFound for an
+        unknown project, or a task not in it; a project without an index yet, or a task
+        added since it was built, answers with a status that says so."""
+        if not 1 <= k <= MAX_SIMILAR:
+            raise BadRequest(f"k must be between 1 and {MAX_SIMILAR}, got {k}")
+        api = self.runtime.label_studio("find similar")
+        api.existing_label_config(project)  # NotFound: no such project
+        index = load_index(self.runtime.store, project)
+        row = index.row(task) if index is not None else None
+        if row is None and api.task_project(task) != project:
+            raise NotFound(f"project {project} has no task {task}")
+        answer: dict[str, Any] = {"project": project, "task": task, "k": k, "similar": []}
+        if index is None or len(index.task_ids) < MIN_INDEXED:
+            return {**answer, "status": "not-enough-embeddings",
+                    "detail": "no find-similar index yet: it is built after the project's "
+                              "first classifier training (or by ml-backend dedupe)"}
+        if row is None:
+            return {**answer, "status": "not-indexed", "version": index.version,
+                    "detail": f"task {task} came after the index was built; it is "
+                              "indexed after the next training"}
+        return {**answer, "status": "ok", "version": index.version,
+                "indexed": len(index.task_ids), "similar": similar_to(index, row, k)}
 
     # --- POST /setup -------------------------------------------------------------------------
     def setup(self, body: Any) -> dict[str, Any]:

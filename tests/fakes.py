@@ -29,6 +29,8 @@ class FakeLabelStudioAPI:
         self.announced: list[tuple[int, str]] = []
         self.unlabeled: list[dict[str, Any]] = []
         self.predictions: list[dict[str, Any]] = []
+        self.views: dict[str, dict[str, Any]] = {}
+        self.data_updates = 0
 
     def label_config(self, project: int) -> str:
         return self.config
@@ -66,6 +68,18 @@ class FakeLabelStudioAPI:
 
     def delete_predictions(self, project: int, version: str) -> None:
         self.predictions = [p for p in self.predictions if p["model_version"] != version]
+
+    def update_task_data(self, task_id: int, data: dict[str, Any]) -> None:
+        for task in self._all_tasks():
+            if int(task["id"]) == task_id:
+                task["data"] = dict(data)
+                self.data_updates += 1
+                return
+        raise LabelStudioUnavailable(f"HTTP 404: task {task_id} not found")
+
+    def ensure_view(self, project: int, title: str, data: dict[str, Any]) -> int:
+        self.views.setdefault(title, data)
+        return list(self.views).index(title) + 1
 
     def _all_tasks(self) -> list[dict[str, Any]]:
         return [*self.tasks, *self.unlabeled]

@@ -57,7 +57,9 @@ def test_train_then_predict_improves_and_versions_change(backend, image_host) ->
     # The re-ranking job announces the version once the queue's predictions are written.
     assert fake.announced == []
     assert outcome.next_jobs == [{"name": "rerank", "payload": {"project": 7, "force": False},
-                                  "key": "rerank:7"}]
+                                  "key": "rerank:7"},
+                                 {"name": "quality", "payload": {"project": 7},
+                                  "key": "quality:7"}]
 
     # Nothing new: an incremental request is a no-op and keeps the version.
     again = train_classifier(runtime, TrainRequest(project=7, mode="incremental"))
@@ -92,7 +94,8 @@ def test_webhook_trains_in_background(backend, image_host) -> None:
     assert response.status_code == 200 and response.get_json()["status"] == "queued"
     assert jobs.wait_idle(120)
     records = {r["name"]: r for r in jobs.recent()}
-    assert sorted(records) == ["rerank", "train"]
+    assert sorted(records) == ["quality", "rerank", "train"]
+    assert records["quality"]["status"] == "finished", records["quality"]
     assert records["train"]["status"] == "finished", records
     assert runtime.store.latest(7).name == records["train"]["result"]["version"]
     # Nothing unlabeled in this project: the queue is empty, but the version is announced.

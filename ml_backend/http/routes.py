@@ -50,6 +50,7 @@ class EndpointService(Protocol):
     def preannotation(self, project: int) -> dict[str, Any]: ...
     def report(self, project: int) -> dict[str, Any]: ...
     def export(self, project: int, body: Any) -> dict[str, Any]: ...
+    def similar(self, project: int, task: int, k: int) -> dict[str, Any]: ...
     def recent_jobs(self) -> list[dict[str, Any]]: ...
 
 
@@ -153,6 +154,10 @@ def build_flask_app(service: EndpointService, settings: Settings, metrics: Metri
     @app.post("/export/<int:project>")
     def export(project: int) -> Response:
         return jsonify(service.export(project, _json_body()))
+
+    @app.get("/similar/<int:project>/<int:task>")
+    def similar(project: int, task: int) -> Response:
+        return jsonify(service.similar(project, task, request.args.get("k", 10, type=int)))
 
     @app.get("/jobs")
     def job_list() -> Response:

@@ -26,6 +26,7 @@ class JobName(str, Enum):
     PREANNOTATE = "preannotate"  # plan a whole-project pre-annotation
     PREANNOTATE_CHUNK = "preannotate_chunk"  # predict and write one chunk of it
     EXPORT = "export"  # write a training-ready data set of the project's labels
+    QUALITY = "quality"  # label-quality scores and the find-similar index after training
 
     # The plain value wherever a name is printed (logs, metric labels, /jobs), on every
     # Python version (3.11 and 3.12 format str-mixin enums differently).
@@ -175,6 +176,17 @@ class ExportRequest(JobRequest):
     augment: int = 0
     seed: int = 0
     overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        _project_id(self.project)
+
+
+@dataclass(frozen=True)
+class QualityRequest(JobRequest):
+    """``quality``: score every annotated task's label (out-of-fold, cleanlab), write the
+    scores to Label Studio and rebuild the project's find-similar index."""
+
+    project: int
 
     def __post_init__(self) -> None:
         _project_id(self.project)

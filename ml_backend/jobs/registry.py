@@ -16,6 +16,7 @@ from ml_backend.jobs.kinds import (
     JobName,
     PreannotateChunkRequest,
     PreannotateRequest,
+    QualityRequest,
     RerankRequest,
     SamEmbedRequest,
     TrainRequest,
@@ -30,6 +31,7 @@ from ml_backend.models.detector.training import train_detector_job
 from ml_backend.models.sam.precompute import merge_precompute_requests, precompute_sam_job
 from ml_backend.pipeline.preannotation import preannotate_chunk, preannotate_project
 from ml_backend.pipeline.ranking import rerank_project
+from ml_backend.quality.label_errors import quality_job
 from ml_backend.runtime import Runtime
 
 
@@ -63,6 +65,9 @@ def job_registry() -> Registry:
                                            lane="predict"),
         # An export reads every image of a project: its own lane, so training never waits.
         JobName.EXPORT: JobKind(export_job, ExportRequest, lane="export"),
+        # Label quality after a training: cross-validation and a write per changed task,
+        # on its own lane so neither training nor the queue's re-rank waits for it.
+        JobName.QUALITY: JobKind(quality_job, QualityRequest, lane="quality"),
     }
 
 

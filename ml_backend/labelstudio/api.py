@@ -107,9 +107,39 @@ class LabelStudioAPI:
             yield page
 
     def task(self, task_id: int) -> TaskState:
-        """One task as it is now, with the model versions of its predictions."""
-        with _calling(f"read task {task_id}"):
+        """One task as it is now, with the model versions of its predictions; NotFound when
+        Label Studio has no such task."""
+        with _calling(f"read task {task_id}", missing=f"Label Studio has no task {task_id}"):
             return task_state(self._client.tasks.get(id=task_id))
+
+    def task_project(self, task_id: int) -> int:
+        """The project of a task; NotFound when Label Studio has no such task."""
+        with _calling(f"read task {task_id}", missing=f"Label Studio has no task {task_id}"):
+            task = self._client.tasks.get(id=task_id)
+        project = task.get("project") if isinstance(task, dict) else getattr(task, "project",
+                                                                              None)
+        return int(project) if project is not None else -1
+
+    def update_task_data(self, task_id: int, data: dict[str, Any]) -> None:
+        """Replace a task's ``data`` (the caller merges: the data-quality marks are keys
+        added to it, the rest is kept as read)."""
+        with _calling(f"update task {task_id}"):
+            self._client.tasks.update(id=task_id, data=plain(data))
+
+    def ensure_view(self, project: int, title: str, data: dict[str, Any]) -> int:
+        """The id of the project's Data Manager tab titled ``title``, created with ``data``
+        (filters, ordering) when there is none."""
+        with _calling(f"list the views of project {project}"):
+            for view in self._client.views.list(project=project):
+                view_data = getattr(view, "data", None) or {}
+                if isinstance(view_data, dict) and view_data.get("title") == title \
+                        and view.id is not None:
+                    return int(view.id)
+            view = self._client.views.create(project=project,
+                                             data={"title": title, **data})  # type: ignore[arg-type]
+        if view.id is None:
+            raise LabelStudioUnavailable("Label Studio returned a view without id")
+        return int(view.id)
 
     def annotated_export(self, project: int) -> list[dict[str, Any]]:
         """The annotated tasks of ``project`` as Label Studio exports them (annotations with

@@ -420,3 +420,29 @@ def _fit_head(embeddings: np.ndarray, targets: np.ndarray, labels: tuple[str, ..
     return LinearHead(labels=tuple(labels), multiple=multiple, weight=w.astype(np.float32),
                       bias=b.astype(np.float32), mean=mean, scale=scale,
                       temperature=temperature, l2=float(l2), stats=stats)
+
+
+def out_of_fold_proba(embeddings: np.ndarray, targets: np.ndarray, n_classes: int,
+                      regularisation: Regularisation = BASELINE, k: int = 5, seed: int = 0
+                      ) -> np.ndarray:
+    """Calibrated out-of-fold probabilities ``(N, C)`` of single-choice ``targets (N,)``:
+    each row predicted by the production learner (the head :func:`fit_head` fits, with
+    ``regularisation``, e.g. the trained head's :meth:`LinearHead.regularisation`) trained
+    without that row's fold, then one temperature fitted on all folds' logits. What a
+    label-error finder needs: no row is scored by a model that saw its own label."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    y = np.asarray(targets, dtype=np.int64)
+    if x.ndim != 2 or y.shape != (len(x),):
+        raise ValueError(f"embeddings (N, D) and targets (N,) disagree: {x.shape} vs {y.shape}")
+    k = min(k, len(x))
+    if k < 2:
+        raise ValueError(f"out-of-fold probabilities need at least 2 rows, got {len(x)}")
+    if regularisation.standardise:
+        mean, scale = _standardiser(x)
+        x = (x - mean) / scale
+    t = _targets(y, n_classes, multiple=False)
+    with threadpool_limits(limits=1, user_api="blas"):
+        logits = out_of_fold_logits(x, t, False, regularisation.strength(len(x)), k,
+                                    np.random.default_rng(seed),
+                                    baseline=regularisation.is_baseline)
+    return probabilities(logits / fit_temperature(logits, y, False), False)

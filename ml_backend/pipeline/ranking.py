@@ -31,6 +31,7 @@ from ml_backend.models.classifier.family import embed_batch
 from ml_backend.models.family import FamilyScores
 from ml_backend.models.sam.precompute import queue_head_job
 from ml_backend.pipeline.prediction import predictor_for
+from ml_backend.quality.views import is_marked_duplicate
 from ml_backend.runtime import Runtime, version_index
 
 log = logging.getLogger(__name__)
@@ -179,6 +180,15 @@ def _coverage_ranking(runtime: Runtime, project: int, parsed: ParsedConfig,
                        clusters={ids[j]: int(clusters[j]) for j in range(len(ids))})
 
 
+def queue_candidates(unlabeled: list[dict[str, Any]]
+                     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(queued, later)``: the unlabeled tasks the selector ranks, and those that go to the
+    end of the queue (skipped by an annotator, or marked as a near-duplicate)."""
+    later = [t for t in unlabeled if t.get("skipped") or is_marked_duplicate(t)]
+    ids = {id(t) for t in later}
+    return [t for t in unlabeled if id(t) not in ids], later
+
+
 def _seed(version: str) -> int:
     """The random share of a batch is reproducible per version."""
     return int(hashlib.sha256(version.encode()).hexdigest()[:8], 16)
@@ -217,15 +227,15 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     mark("read")
     labeled_tasks = [{"id": t.task_id, "data": t.data} for t in labeled]
     rng = np.random.default_rng(_seed(name))
-    ranked = rank_tasks(runtime, project, config,
-                        [t for t in unlabeled if not t.get("skipped")], labeled_tasks,
+    queued, later = queue_candidates(unlabeled)
+    ranked = rank_tasks(runtime, project, config, queued, labeled_tasks,
                         settings.ranking_strategy, settings.ranking_batch_size,
                         settings.ranking_random_share, rng, cold_start=cold)
-    # Tasks an annotator skipped keep a prediction (for when someone opens them) but go to
-    # the end of the queue instead of topping it again.
-    skipped = rank_tasks(runtime, project, config, [t for t in unlabeled if t.get("skipped")],
-                         labeled_tasks, settings.ranking_strategy, 0, 0.0, rng,
-                         cold_start=cold)
+    # Tasks an annotator skipped, and near-duplicates marked by `ml-backend dedupe --apply`,
+    # keep a prediction (for when someone opens them) but go to the end of the queue
+    # instead of topping it.
+    skipped = rank_tasks(runtime, project, config, later, labeled_tasks,
+                         settings.ranking_strategy, 0, 0.0, rng, cold_start=cold)
     mark("score")
     rows = [{"task": task_id, **ranked.predictions[task_id]} for task_id in ranked.order]
     rows += [{"task": task_id, **skipped.predictions[task_id], "score": 1.0}
@@ -267,7 +277,9 @@ def _rerank_locked(runtime: Runtime, project: int, force: bool) -> dict[str, Any
     })
     result = {"project": project, "status": "ranked", "version": ranked.version,
               "strategy": ranked.strategy, "scored": len(ranked.order),
-              "skipped": len(skipped.order), "failed": len(ranked.failed + skipped.failed),
+              "skipped": len(skipped.order),
+              "duplicates": sum(1 for t in later if is_marked_duplicate(t)),
+              "failed": len(ranked.failed + skipped.failed),
               "written": created, "batch": ranked.batch,
               "deleted_versions": deleted, "waited_s": round(waited, 3),
               "seconds": round(seconds, 3), "phases": phases}

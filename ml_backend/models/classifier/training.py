@@ -27,6 +27,7 @@ from ml_backend.core.store import ModelVersion
 from ml_backend.jobs.kinds import (
     EmbedRequest,
     JobName,
+    QualityRequest,
     RerankRequest,
     TrainMode,
     TrainRequest,
@@ -40,6 +41,9 @@ from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
 LEDGER = "labels"
+# Recompute label-quality scores and the find-similar index after each classifier training
+# (proposed env var QUALITY_AFTER_TRAINING, default on; core/settings.py is not ours to edit).
+QUALITY_AFTER_TRAINING = True
 
 
 @dataclass(frozen=True)
@@ -130,6 +134,15 @@ def rerank_next_job(project: int, force: bool = False) -> dict[str, Any]:
     """The re-ranking a job chains after it (``next_jobs`` in its result)."""
     return {"name": JobName.RERANK, "payload": RerankRequest(project, force).as_payload(),
             "key": job_key(JobName.RERANK, project)}
+
+
+def quality_next_jobs(runtime: Runtime, project: int) -> list[dict[str, Any]]:
+    """The label-quality job a classifier training chains after it, on its own lane (it reads
+    Label Studio: none without its API, or with QUALITY_AFTER_TRAINING off)."""
+    if not (QUALITY_AFTER_TRAINING and runtime.ls_api is not None):
+        return []
+    return [{"name": JobName.QUALITY, "payload": QualityRequest(project).as_payload(),
+             "key": job_key(JobName.QUALITY, project)}]
 
 
 def merge_train_requests(queued: TrainRequest, new: TrainRequest) -> TrainRequest:
@@ -288,7 +301,8 @@ def train_classifier(runtime: Runtime, request: TrainRequest) -> TrainOutcome:
     mark("saved")
     outcome = TrainOutcome(project, "trained", version.name, len(labeled),
                            time.perf_counter() - started, phases=phases,
-                           next_jobs=after_new_version(runtime, project, version.name))
+                           next_jobs=after_new_version(runtime, project, version.name)
+                           + quality_next_jobs(runtime, project))
     log.info("training done: %s", outcome.as_dict())
     return outcome
 

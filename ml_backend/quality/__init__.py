@@ -1,0 +1,1 @@
+"""Data quality: suspected label errors, near-duplicates and find similar."""

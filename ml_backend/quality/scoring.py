@@ -1,0 +1,174 @@
+"""Data quality as pure functions over arrays (modAL style: scoring apart from selection).
+
+- Label errors: out-of-fold probabilities ``(N, C)`` and the given labels ``(N,)`` → a
+  label-quality score per row in [0, 1] (low: the label is suspect) and the rows cleanlab
+  flags as issues.
+- Near-duplicates: embeddings ``(N, D)`` and 64-bit difference hashes → groups, and which
+  member of each group to keep.
+- Find similar: exact cosine nearest neighbours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+# Near-duplicate pairs: both the embeddings' cosine and the dHash Hamming distance must say
+# so (each alone confuses look-alikes: two different "1"s are close in embedding, and small
+# flat images share hashes). Chosen on the benchmark (scripts/bench_quality.py): resized,
+# JPEG re-encoded, 5 %-cropped and brightened copies of digits, see docs/quality.md.
+DUPLICATE_MIN_COSINE = 0.90
+DUPLICATE_MAX_BITS = 12  # of 64
+# A pair whose embeddings are this close is a duplicate whatever the hash says (a crop moves
+# dHash bits, not the embedding).
+DUPLICATE_SURE_COSINE = 0.985
+
+
+def _present_classes(labels: np.ndarray, pred_probs: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels renumbered over the classes that have labels, and the probabilities of those
+    classes renormalised: cleanlab needs every column to be a labeled class."""
+    present = np.unique(labels)
+    remap = np.full(pred_probs.shape[1], -1, dtype=np.int64)
+    remap[present] = np.arange(len(present))
+    probs = pred_probs[:, present]
+    probs = probs / np.clip(probs.sum(axis=1, keepdims=True), 1e-12, None)
+    return remap[labels], probs
+
+
+def _check(pred_probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    probs = np.asarray(pred_probs, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    if probs.ndim != 2 or y.shape != (len(probs),):
+        raise ValueError(f"pred_probs must be (N, C) and labels (N,), got {probs.shape} and "
+                         f"{y.shape}")
+    if len(y) and (y.min() < 0 or y.max() >= probs.shape[1]):
+        raise ValueError(f"labels must lie in [0, {probs.shape[1]}), got {y.min()}..{y.max()}")
+    return probs, y
+
+
+def label_quality_scores(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(N,)`` in [0, 1]: cleanlab's self-confidence (the out-of-fold probability of the given
+    label, ``cleanlab.rank.get_label_quality_scores``); the lowest are the likeliest errors.
+    With fewer than two labeled classes nothing can be suspected: every score is 1."""
+    from cleanlab.rank import get_label_quality_scores
+
+    probs, y = _check(pred_probs, labels)
+    if len(np.unique(y)) < 2:
+        return np.ones(len(y))
+    y, probs = _present_classes(y, probs)
+    return np.asarray(get_label_quality_scores(y, probs, method="self_confidence"),
+                      dtype=np.float64)
+
+
+def label_issues(pred_probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """``(N,) bool``: the rows cleanlab's confident learning flags as label issues
+    (``cleanlab.filter.find_label_issues``, pruned by noise rate)."""
+    from cleanlab.filter import find_label_issues
+
+    probs, y = _check(pred_probs, labels)
+    if len(np.unique(y)) < 2:
+        return np.zeros(len(y), dtype=bool)
+    y, probs = _present_classes(y, probs)
+    return np.asarray(find_label_issues(y, probs, filter_by="prune_by_noise_rate",
+                                        n_jobs=1), dtype=bool)
+
+
+def normalise(embeddings: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length (zero rows stay zero), as float32."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    if x.ndim != 2:
+        raise ValueError(f"embeddings must be (N, D), got {x.shape}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)
+
+
+def nearest(unit: np.ndarray, query: np.ndarray, k: int, exclude: int | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact cosine search: the ``k`` rows of ``unit (N, D)`` (unit rows) most similar to
+    ``query (D,)``, best first, as ``(indices (k,), similarities (k,))``; ``exclude`` (the
+    query's own row) is left out. One matrix-vector product and a partial sort."""
+    sims = unit @ normalise(np.asarray(query)[None, :])[0]
+    if exclude is not None:
+        sims[exclude] = -np.inf
+    k = max(0, min(k, len(sims) - (exclude is not None)))
+    if k == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    top = np.argpartition(-sims, k - 1)[:k]
+    top = top[np.lexsort((top, -sims[top]))]
+    return top.astype(np.int64), sims[top].astype(np.float64)
+
+
+def hash_distances(hashes: Sequence[int]) -> np.ndarray:
+    """``(N, N)`` Hamming distances between 64-bit hashes."""
+    values = np.array([h & 0xFFFFFFFFFFFFFFFF for h in hashes], dtype=np.uint64)
+    xor = values[:, None] ^ values[None, :]
+    return np.unpackbits(xor.view(np.uint8).reshape(len(values), len(values), 8),
+                         axis=2).sum(axis=2)
+
+
+def duplicate_pairs(embeddings: np.ndarray, hashes: Sequence[int],
+                    min_cosine: float = DUPLICATE_MIN_COSINE,
+                    max_bits: int = DUPLICATE_MAX_BITS,
+                    sure_cosine: float = DUPLICATE_SURE_COSINE, block: int = 1024
+                    ) -> np.ndarray:
+    """``(P, 2)`` index pairs ``i < j`` that are near-duplicates: cosine ≥ ``min_cosine`` and
+    hashes within ``max_bits``, or cosine ≥ ``sure_cosine``. Blocks of rows at a time, so
+    memory stays ``block × N``."""
+    unit = normalise(embeddings)
+    n = len(unit)
+    if len(hashes) != n:
+        raise ValueError(f"{n} embeddings but {len(hashes)} hashes")
+    values = np.array([h & 0xFFFFFFFFFFFFFFFF for h in hashes], dtype=np.uint64)
+    found: list[np.ndarray] = []
+    for start in range(0, n, block):
+        sims = unit[start:start + block] @ unit.T
+        rows, cols = np.nonzero(sims >= min_cosine)
+        rows = rows + start
+        keep = cols > rows
+        rows, cols = rows[keep], cols[keep]
+        xor = values[rows] ^ values[cols]
+        bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
+        sure = sims[rows - start, cols] >= sure_cosine
+        keep = (bits <= max_bits) | sure
+        found.append(np.stack([rows[keep], cols[keep]], axis=1))
+    return np.concatenate(found).astype(np.int64) if found else np.zeros((0, 2), np.int64)
+
+
+def groups_from_pairs(n: int, pairs: np.ndarray) -> np.ndarray:
+    """``(N,)`` group number per row (union-find over ``pairs``, transitively): the smallest
+    member index of its group; a row with no pair is its own group."""
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    for i, j in np.asarray(pairs, dtype=np.int64).reshape(-1, 2):
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(n)], dtype=np.int64)
+
+
+def duplicates_to_mark(groups: np.ndarray, annotated: np.ndarray) -> np.ndarray:
+    """``(N,) int``: for every member of a group but the one kept, the row it duplicates
+    (the kept one); ``-1`` for rows kept. The kept member is the first annotated one (its
+    label already covers the group), else the first row. Annotated rows are never marked:
+    a marked row only leaves the unlabeled queue."""
+    groups = np.asarray(groups, dtype=np.int64)
+    annotated = np.asarray(annotated, dtype=bool)
+    marks = np.full(len(groups), -1, dtype=np.int64)
+    for group in np.unique(groups):
+        members = np.flatnonzero(groups == group)
+        if len(members) < 2:
+            continue
+        labeled = members[annotated[members]]
+        keep = int(labeled[0]) if len(labeled) else int(members[0])
+        for row in members:
+            if row != keep and not annotated[row]:
+                marks[row] = keep
+    return marks
