@@ -23,7 +23,12 @@ from ml_backend.export.splits import dhash
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.models.classifier.training import embed_images, fetch_images
-from ml_backend.quality.scoring import duplicate_pairs, duplicates_to_mark, groups_from_pairs
+from ml_backend.quality.scoring import (
+    centre,
+    duplicate_pairs,
+    duplicates_to_mark,
+    groups_from_pairs,
+)
 from ml_backend.quality.similar import save_index
 from ml_backend.quality.views import DUPLICATE_KEY, DUPLICATES_VIEW, duplicates_view
 from ml_backend.runtime import Runtime
@@ -88,7 +93,8 @@ def find_duplicates(runtime: Runtime, project: int) -> tuple[Dedupe, list[dict[s
         save_index(runtime.store, project, ids, x, version.name if version else "base",
                    time.time())
     annotated = np.array([bool(tasks[r]["annotated"]) for r in kept_rows], dtype=bool)
-    groups = groups_from_pairs(len(ids), duplicate_pairs(x, hashes)) if ids else np.zeros(0)
+    groups = (groups_from_pairs(len(ids), duplicate_pairs(centre(x), hashes)) if ids
+              else np.zeros(0, dtype=np.int64))
     marks_by_row = duplicates_to_mark(groups, annotated)
     marks = {ids[i]: ids[int(k)] for i, k in enumerate(marks_by_row) if k >= 0}
     listed: list[list[int]] = []
