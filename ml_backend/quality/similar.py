@@ -4,8 +4,9 @@ The index (task ids and unit-length embeddings of every task with an image, from
 project's current classifier backbone) is rebuilt by the ``quality`` job after each
 classifier training and by ``ml-backend dedupe``; ``GET /similar`` only reads it, so the
 request path loads no model and embeds nothing. Exact search is one matrix-vector product:
-about 1 ms at 10k tasks and 10 ms at 100k (512-d float32, see docs/quality.md), so no
-approximate index is needed at these sizes. No torch here (the HTTP layer reaches it).
+a median of 8 ms at 10k tasks and 17 ms at 100k (512-d float32, 2 busy cores; see
+docs/quality.md), so no approximate index is needed at these sizes. No torch here (the HTTP
+layer reaches it).
 """
 
 from __future__ import annotations
