@@ -209,3 +209,17 @@ def detector_map(runtime: Any, project: int, data_yaml: Path, image_size: int
                         project=str(runtime.settings.cache_dir / "val"), name="run",
                         exist_ok=True)
     return float(metrics.box.map50), float(metrics.box.map)
+
+
+def digits_images(count: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """``load_digits`` as the benchmarks render them: dark on white, 32 px, RGB."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = []
+    for image in digits.images[:count]:
+        grey = 255 - (image / 16.0 * 255).astype(np.uint8)
+        big = np.asarray(Image.fromarray(grey).resize((32, 32), Image.NEAREST))
+        images.append(np.repeat(big[:, :, None], 3, axis=2))
+    return images, np.asarray(digits.target[:count])

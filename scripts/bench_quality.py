@@ -56,24 +56,11 @@ from ml_backend.quality.scoring import (
     normalise,
 )
 
-from bench_common import write_report
+from bench_common import digits_images, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 FLIP_SHARE = 0.05
 DUPLICATE_SHARE = 0.10
-
-
-def digits_images(count: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """``load_digits`` as the benchmarks render them: dark on white, 32 px, RGB."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    images = []
-    for image in digits.images[:count]:
-        grey = 255 - (image / 16.0 * 255).astype(np.uint8)
-        big = np.asarray(Image.fromarray(grey).resize((32, 32), Image.NEAREST))
-        images.append(np.repeat(big[:, :, None], 3, axis=2))
-    return images, np.asarray(digits.target[:count])
 
 
 def _jpeg(pixels: np.ndarray, quality: int = 75) -> np.ndarray:

@@ -19,6 +19,7 @@ import numpy as np
 from ml_backend.core.detections import ls_rect_to_xyxy
 from ml_backend.core.errors import BackendError, UnsupportedConfig
 from ml_backend.labelstudio.label_config import IMAGE_OBJECT_TAGS, ControlSpec, ParsedConfig
+from ml_backend.labelstudio.masks import polygon_mask
 from ml_backend.reporting.regions import Region, RegionKind, parse_regions
 
 
@@ -231,18 +232,6 @@ class ExportItem:
     def stem(self) -> str:
         """The file name without suffix: ``task_<id>`` (``task_<id>_aug<k>`` for a copy)."""
         return f"task_{self.task_id}" + (f"_aug{self.copy}" if self.copy else "")
-
-
-def polygon_mask(points: Sequence[Sequence[float]], width: int, height: int) -> np.ndarray:
-    """Label Studio polygon ``points`` (percent) → a ``(height, width)`` bool mask."""
-    from PIL import Image, ImageDraw
-
-    xy = [(float(x) * width / 100.0, float(y) * height / 100.0) for x, y in points]
-    if len(xy) < 3:
-        raise ValueError("a polygon needs three points")
-    canvas = Image.new("1", (width, height), 0)
-    ImageDraw.Draw(canvas).polygon(xy, fill=1)
-    return np.asarray(canvas, dtype=bool)
 
 
 def region_mask(region: Region, width: int, height: int) -> np.ndarray:

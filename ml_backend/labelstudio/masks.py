@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 MAX_POLYGONS = 10  # components of one mask shown as polygons, largest first
@@ -79,3 +81,15 @@ def component_boxes(probability: np.ndarray, threshold: float, min_area_px: int
     scores = np.asarray(ndimage.mean(probability, labels, index), dtype=np.float64)
     order = np.argsort(-scores, kind="stable")
     return xyxy[order], scores[order]
+
+
+def polygon_mask(points: Sequence[Sequence[float]], width: int, height: int) -> np.ndarray:
+    """Label Studio polygon ``points`` (percent) → a ``(height, width)`` bool mask."""
+    from PIL import Image, ImageDraw
+
+    xy = [(float(x) * width / 100.0, float(y) * height / 100.0) for x, y in points]
+    if len(xy) < 3:
+        raise ValueError("a polygon needs three points")
+    canvas = Image.new("1", (width, height), 0)
+    ImageDraw.Draw(canvas).polygon(xy, fill=1)
+    return np.asarray(canvas, dtype=bool)

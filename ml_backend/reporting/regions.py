@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.core.detections import ls_rect_to_xyxy
+from ml_backend.labelstudio.masks import polygon_mask
 from ml_backend.reporting.effort import (
     ACCEPT_IOU,
     DEFAULT_COSTS,
@@ -278,13 +279,6 @@ def decode_masks(regions: Sequence[Region]) -> list[np.ndarray] | None:
 
 
 def _polygon_mask(points: Any, width: int | None, height: int | None) -> np.ndarray:
-    from PIL import Image, ImageDraw
-
     w, h = (width, height) if width and height else (POLYGON_GRID, POLYGON_GRID)
-    xy = [(float(x) * w / 100.0, float(y) * h / 100.0) for x, y in points]
-    if len(xy) < 3:
-        raise ValueError("a polygon needs three points")
-    image = Image.new("1", (w, h), 0)
-    ImageDraw.Draw(image).polygon(xy, fill=1)
-    return np.asarray(image, dtype=bool)
+    return polygon_mask(points, w, h)
 
