@@ -58,6 +58,7 @@ from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import ShapeScene, shape_scenes
 from ml_backend.labelstudio.rle import mask_to_rle, rle_to_mask
+from ml_backend.models.detector.training import min_epoch_images
 from ml_backend.reporting.effort import DEFAULT_COSTS, CostModel, mask_effort, mask_iou
 from ml_backend.reporting.regions import compare_results
 from ml_backend.runtime import Runtime
@@ -528,9 +529,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     report: dict[str, Any] = {
         "costs_seconds": dataclasses.asdict(args.costs), "seed": args.seed, "batch": args.batch,
         "detector": {"epochs": args.detector_epochs, "image_size": args.detector_image_size,
-                     "min_epoch_images": args.detector_min_epoch_images
-                     if args.detector_min_epoch_images is not None
-                     else Settings().detector_min_epoch_images,
+                     "min_epoch_images": min_epoch_images(
+                         args.detector_min_epoch_images, args.detector_image_size, "cpu"),
                      "weights": "none (YOLO architecture config, trained from scratch)"},
         "pools": {}}
     with contextlib.ExitStack() as stack:

@@ -29,6 +29,7 @@ from ml_backend.models.detector.training import (
     REPEAT_MARK,
     FineTuneSpec,
     fine_tune,
+    min_epoch_images,
     move_to_idle_class,
     repeat_training_images,
     train_detector_job,
@@ -287,3 +288,16 @@ def test_a_small_training_split_is_repeated_up_to_an_epoch_and_validation_never(
     assert repeat_training_images(samples, is_val, 4)[0] == samples
     assert repeat_training_images(samples, is_val, 0)[0] == samples
     assert Settings.from_env({"DETECTOR_MIN_EPOCH_IMAGES": "0"}).detector_min_epoch_images == 0
+
+
+def test_the_auto_epoch_floor_keeps_a_cpu_round_at_the_pixels_of_160_images_at_256px() -> None:
+    auto = Settings.from_env({}).detector_min_epoch_images
+    assert auto is None and Settings.from_env(
+        {"DETECTOR_MIN_EPOCH_IMAGES": "auto"}).detector_min_epoch_images is None
+    assert min_epoch_images(auto, 640, "cuda") == 160
+    assert min_epoch_images(auto, 256, "cpu") == 160
+    assert min_epoch_images(auto, 640, "cpu") == 26  # 160 * (256/640)**2
+    assert min_epoch_images(auto, 64, "cpu") == 160  # never above the GPU floor
+    assert min_epoch_images(40, 640, "cpu") == 40 and min_epoch_images(0, 256, "cuda") == 0
+    with pytest.raises(ValueError, match="DETECTOR_MIN_EPOCH_IMAGES"):
+        Settings.from_env({"DETECTOR_MIN_EPOCH_IMAGES": "-1"})

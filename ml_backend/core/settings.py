@@ -80,6 +80,14 @@ def _image_size(env: Mapping[str, str], name: str) -> int | None:
     return _int(env, name, 0, minimum=16)
 
 
+def _auto_int(env: Mapping[str, str], name: str) -> int | None:
+    """A count >= 0, or None for ``auto`` (the default)."""
+    raw = env.get(name, "").strip().lower()
+    if raw in {"", "auto"}:
+        return None
+    return _int(env, name, 0)
+
+
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -188,8 +196,10 @@ class Settings:
     detector_batch: int = 16
     # A round on fewer training images repeats them up to DETECTOR_MIN_EPOCH_IMAGES per epoch:
     # a from-scratch detector otherwise takes one optimizer step per epoch on its first
-    # rounds and shows no box for the first ~60 tasks (bench_effort, shapes).
-    detector_min_epoch_images: int = 160
+    # rounds and shows no box for the first ~60 tasks (bench_effort, shapes). None (``auto``)
+    # is 160 on a GPU and, on a CPU, as many as cost what 160 images cost at 256 px (26 at
+    # 640 px: 160 there took 189 s per epoch on 2 cores); see detector.training.
+    detector_min_epoch_images: int | None = None
     detector_train_nice: int = 10
     detector_train_idle: bool = True
     detector_train_timeout_s: float = 4 * 3600.0
@@ -329,8 +339,7 @@ class Settings:
                                      1),
             detector_epochs=_int(env, "DETECTOR_EPOCHS", defaults.detector_epochs, 1),
             detector_batch=_int(env, "DETECTOR_BATCH", defaults.detector_batch, 1),
-            detector_min_epoch_images=_int(env, "DETECTOR_MIN_EPOCH_IMAGES",
-                                           defaults.detector_min_epoch_images, 0),
+            detector_min_epoch_images=_auto_int(env, "DETECTOR_MIN_EPOCH_IMAGES"),
             detector_train_nice=_int(env, "DETECTOR_TRAIN_NICE", defaults.detector_train_nice),
             detector_train_idle=_bool(env, "DETECTOR_TRAIN_IDLE", defaults.detector_train_idle),
             detector_train_timeout_s=_float(env, "DETECTOR_TRAIN_TIMEOUT_S",

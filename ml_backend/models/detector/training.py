@@ -267,6 +267,22 @@ def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any
 REPEAT_MARK = "~copy"
 
 
+# DETECTOR_MIN_EPOCH_IMAGES=auto: the floor bench_effort measured (160 images at 256 px); on
+# a CPU it is scaled to the same pixels per epoch, so a round at 640 px stays minutes long.
+AUTO_EPOCH_IMAGES = 160
+AUTO_REFERENCE_SIZE = 256
+
+
+def min_epoch_images(setting: int | None, image_size: int, device_type: str) -> int:
+    """The images per epoch a small training split is repeated up to (0: no repeats)."""
+    if setting is not None:
+        return setting
+    if device_type != "cpu":
+        return AUTO_EPOCH_IMAGES
+    scaled = AUTO_EPOCH_IMAGES * (AUTO_REFERENCE_SIZE / image_size) ** 2
+    return max(1, min(AUTO_EPOCH_IMAGES, round(scaled)))
+
+
 def repeat_training_images(samples: list[DetectionSample], is_val: np.ndarray, min_images: int
                            ) -> tuple[list[DetectionSample], np.ndarray]:
     """Repeat the training split (never the validation one) until an epoch holds at least
@@ -294,8 +310,9 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
         samples = samples + samples
         is_val = np.array([False] * (len(samples) // 2) + [True] * (len(samples) // 2))
         val_source = "training images (too few tasks for a held-out split)"
-    samples, is_val = repeat_training_images(samples, is_val,
-                                             settings.detector_min_epoch_images)
+    epoch_floor = min_epoch_images(settings.detector_min_epoch_images,
+                                   settings.detector_image_size, runtime.device.type)
+    samples, is_val = repeat_training_images(samples, is_val, epoch_floor)
     data_yaml = write_yolo_dataset(work_dir / "dataset", samples, control.labels, list(is_val))
     if current and current.get("classes") == list(control.labels) and previous is not None:
         start, source = str(previous.file(current["file"])), f"version {previous.name}"
