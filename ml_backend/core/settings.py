@@ -72,20 +72,17 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
+def _auto_int(env: Mapping[str, str], name: str, minimum: int = 0) -> int | None:
+    """An integer >= ``minimum``, or None for ``auto`` (the default)."""
+    raw = env.get(name, "").strip().lower()
+    if raw in {"", "auto"}:
+        return None
+    return _int(env, name, 0, minimum=minimum)
+
+
 def _image_size(env: Mapping[str, str], name: str) -> int | None:
     """A side in pixels, or None for ``auto`` (the default)."""
-    raw = env.get(name, "").strip().lower()
-    if raw in {"", "auto"}:
-        return None
-    return _int(env, name, 0, minimum=16)
-
-
-def _auto_int(env: Mapping[str, str], name: str) -> int | None:
-    """A count >= 0, or None for ``auto`` (the default)."""
-    raw = env.get(name, "").strip().lower()
-    if raw in {"", "auto"}:
-        return None
-    return _int(env, name, 0)
+    return _auto_int(env, name, minimum=16)
 
 
 def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
