@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Create a Label Studio project from a label config and a folder of images, optionally
-connect the ML backend, fetch its predictions and add the "Most informative first" view.
+connect the ML backend, fetch its predictions and add the "Most informative first",
+"Suspected label errors" and "Near-duplicates" views.
 
 Reads LABEL_STUDIO_URL and LABEL_STUDIO_API_KEY from the environment; prints JSON of what
 it created. Example::
@@ -37,7 +38,9 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="register the backend without interactive pre-annotation")
     parser.add_argument("--no-predictions", action="store_true",
                         help="do not run 'Retrieve predictions' after connecting")
-    parser.add_argument("--no-view", action="store_true", help="skip the informative-first view")
+    parser.add_argument("--no-view", action="store_true",
+                        help="skip the Data Manager views (informative-first, suspected label "
+                             "errors, near-duplicates)")
     parser.add_argument("--export", type=Path, help="also write a JSON export to this file")
     return parser.parse_args(argv)
 
@@ -76,6 +79,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["predictions_retrieved"] = True
     if not args.no_view:
         out["view_id"] = ps.create_informative_view(client, project_id)
+        # Created now (empty) so annotators find them from the start; the backend's quality
+        # job and `ml-backend dedupe --apply` fill their columns and reuse them by title.
+        out["label_errors_view_id"] = ps.ensure_label_errors_view(client, project_id)
+        out["duplicates_view_id"] = ps.ensure_duplicates_view(client, project_id)
     if args.export:
         out["export"] = str(ps.export_annotations(client, project_id, "JSON", args.export))
     out["project_url"] = f"{url}/projects/{project_id}/data"

@@ -1,9 +1,9 @@
 """Scripted Label Studio project setup with ``label_studio_sdk`` 2.x.
 
 Each function does one step of the active-learning workflow: create a project, upload
-images, connect the ML backend, ask it for predictions, add a "most informative first"
-Data Manager view and export annotations. ``scripts/setup_project.py`` and
-``scripts/demo.py`` chain them.
+images, connect the ML backend, ask it for predictions, add the "most informative first",
+"Suspected label errors" and "Near-duplicates" Data Manager views and export annotations.
+``scripts/setup_project.py`` and ``scripts/demo.py`` chain them.
 """
 
 from __future__ import annotations
@@ -15,6 +15,12 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from ml_backend.labelstudio.auth import LabelStudioAuth
+from ml_backend.quality.views import (
+    DUPLICATES_VIEW,
+    LABEL_ERRORS_VIEW,
+    duplicates_view,
+    label_errors_view,
+)
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
@@ -25,6 +31,9 @@ __all__ = [
     "connect_backend",
     "create_informative_view",
     "create_project",
+    "ensure_duplicates_view",
+    "ensure_label_errors_view",
+    "ensure_view",
     "export_annotations",
     "label_studio_auth_header",
     "retrieve_predictions",
@@ -222,6 +231,34 @@ def create_informative_view(
     if view.id is None:
         raise RuntimeError("Label Studio returned a view without id")
     return int(view.id)
+
+
+def ensure_view(client: LabelStudio, project_id: int, title: str, data: dict[str, Any]) -> int:
+    """The id of the project's Data Manager tab titled ``title``, created with ``data``
+    (filters, ordering) when there is none: a re-run, or the backend's quality job (which
+    looks the tab up by title the same way), never adds a second one."""
+    for view in client.views.list(project=project_id):
+        view_data = getattr(view, "data", None) or {}
+        if isinstance(view_data, dict) and view_data.get("title") == title \
+                and view.id is not None:
+            return int(view.id)
+    view = client.views.create(project=project_id,
+                               data={"title": title, **data})  # type: ignore[arg-type]
+    if view.id is None:
+        raise RuntimeError("Label Studio returned a view without id")
+    return int(view.id)
+
+
+def ensure_label_errors_view(client: LabelStudio, project_id: int) -> int:
+    """The "Suspected label errors" tab: annotated tasks, worst label quality first (empty
+    until the backend's quality job has scored the labels after a training)."""
+    return ensure_view(client, project_id, LABEL_ERRORS_VIEW, label_errors_view())
+
+
+def ensure_duplicates_view(client: LabelStudio, project_id: int) -> int:
+    """The "Near-duplicates" tab: tasks marked as a near-duplicate of another (empty until
+    ``ml-backend dedupe --apply`` has marked some)."""
+    return ensure_view(client, project_id, DUPLICATES_VIEW, duplicates_view())
 
 
 def export_annotations(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -14,12 +15,15 @@ from ml_backend.devtools.project_setup import (
     INFORMATIVE_VIEW_TITLE,
     create_informative_view,
     create_project,
+    ensure_label_errors_view,
     export_annotations,
     upload_images,
 )
+from ml_backend.quality.views import DUPLICATES_VIEW, LABEL_ERRORS_VIEW, QUALITY_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 DIGIT_CONFIG = REPO / "labeling_configs" / "digit_classification.xml"
+SETUP_SCRIPT = REPO / "scripts" / "setup_project.py"
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +78,52 @@ def test_project_upload_view_export(label_studio: LocalLabelStudio, ls_client, t
     assert len(exported) == 3
     labeled = [task for task in exported if task["annotations"]]
     assert labeled[0]["annotations"][0]["result"][0]["value"]["choices"] == [str(images[0][1])]
+
+
+def _setup_script():
+    spec = importlib.util.spec_from_file_location("setup_project_script", SETUP_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _view_titles(ls_client, project_id: int) -> dict[int, str]:
+    return {int(view.id): view.data["title"] for view in ls_client.views.list(project=project_id)}
+
+
+def test_setup_script_creates_the_quality_views(
+    label_studio: LocalLabelStudio, ls_client, tmp_path: Path, monkeypatch, capsys
+):
+    """scripts/setup_project.py adds the "Suspected label errors" and "Near-duplicates" tabs
+    beside "Most informative first" (issue 19), prints their ids, and the backend's quality
+    job later finds them by title instead of adding its own; --no-view adds none."""
+    monkeypatch.setenv("LABEL_STUDIO_URL", label_studio.url)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", label_studio.api_key)
+    images = write_digit_pngs(tmp_path / "digits", count=2, size=16, seed=5)
+    script = _setup_script()
+
+    assert script.main(["--config", str(DIGIT_CONFIG), "--images", str(tmp_path / "digits"),
+                        "--title", "Setup script views"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    project_id = out["project_id"]
+    assert len(out["task_ids"]) == len(images)
+    assert _view_titles(ls_client, project_id) == {
+        out["view_id"]: INFORMATIVE_VIEW_TITLE,
+        out["label_errors_view_id"]: LABEL_ERRORS_VIEW,
+        out["duplicates_view_id"]: DUPLICATES_VIEW,
+    }
+    errors_view = ls_client.views.get(id=str(out["label_errors_view_id"]))
+    assert errors_view.data["ordering"] == [f"tasks:data.{QUALITY_KEY}"]  # worst first
+    # What the quality job does after a training: the existing tab, not a second one
+    assert ensure_label_errors_view(ls_client, project_id) == out["label_errors_view_id"]
+    assert len(_view_titles(ls_client, project_id)) == 3
+
+    assert script.main(["--config", str(DIGIT_CONFIG), "--no-view",
+                        "--title", "Setup script without views"]) == 0
+    bare = json.loads(capsys.readouterr().out)
+    assert "label_errors_view_id" not in bare and "duplicates_view_id" not in bare
+    assert _view_titles(ls_client, bare["project_id"]) == {}
 
 
 def _stub_backend(version: str, seen: list[dict]):
