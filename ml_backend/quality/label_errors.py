@@ -1,28 +1,53 @@
-"""The ``quality`` job: suspected label errors of a classification project, written to Label
-Studio, and the project's find-similar index.
+"""The ``quality`` job: suspected label errors of a project, written to Label Studio, and the
+project's find-similar index.
 
-After each classifier training (never on a request): every annotated task's label is scored
-by cleanlab from out-of-fold probabilities of the production learner (the head the
-classifier trains, with the regularisation the current version chose, cross-validated on
-the cached embeddings of the current backbone). The score goes into the task's ``data``
-(see :mod:`ml_backend.quality.views`, which also says why there) and the "Suspected label
-errors" tab lists annotated tasks lowest score first. Object detection is not scored yet.
+After each classifier or detector training (never on a request):
+
+- classification: every annotated task's label is scored by cleanlab from out-of-fold
+  probabilities of the production learner (the head the classifier trains, with the
+  regularisation the current version chose, cross-validated on the cached embeddings of the
+  current backbone);
+- detection: each annotated task the current detector did not train on (its held-out split,
+  and tasks annotated since) is scored by cleanlab's ObjectLab from that detector's boxes
+  (:mod:`ml_backend.quality.detection_errors`).
+
+The score goes into the task's ``data`` (see :mod:`ml_backend.quality.views`, which also says
+why there; a task scored both ways keeps the lower score) and the "Suspected label errors"
+tab lists annotated tasks lowest score first.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ml_backend.core.detections import label_map
+from ml_backend.core.images import decode_image
+from ml_backend.core.store import ModelVersion
 from ml_backend.jobs.kinds import QualityRequest
-from ml_backend.labelstudio.api import LabeledTask
+from ml_backend.labelstudio.api import LabeledTask, LabelStudioAPI
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
 from ml_backend.learning.heads import BASELINE, Regularisation, out_of_fold_proba
 from ml_backend.models.classifier.model import ResNetEmbedder
-from ml_backend.models.classifier.training import embed_images, fetch_images, targets_for
+from ml_backend.models.classifier.training import (
+    _holdout,
+    embed_images,
+    fetch_images,
+    targets_for,
+)
+from ml_backend.models.detector.boxes import DETECT_CHUNK
+from ml_backend.models.detector.model import DetectionSample, DetectorModel
+from ml_backend.models.detector.training import detection_samples
+from ml_backend.quality.detection_errors import (
+    GivenBoxes,
+    PredictedBoxes,
+    detection_label_quality,
+)
 from ml_backend.quality.scoring import label_issues, label_quality_scores
 from ml_backend.quality.similar import save_index
 from ml_backend.quality.views import (
@@ -38,6 +63,12 @@ QUALITY_STATE = "label-quality"
 # the job reports "not-enough-labels" instead of scores.
 MIN_LABELS = 10
 FOLDS = 5
+# Detection: ObjectLab needs no folds, but a ranking of fewer images than this is no list to
+# review; the tasks the detector did not train on are about a fifth of the annotated ones.
+MIN_DETECTION_TASKS = 5
+# The detector's boxes down to this confidence go to cleanlab, which applies its own
+# thresholds (0.5 and 0.95); the weak ones still set its scale of box similarity.
+PREDICTION_FLOOR = 0.01
 # Scores are written rounded, and only where the rounded value changed (one PATCH a task).
 DECIMALS = 4
 
@@ -49,6 +80,29 @@ def embed_tasks(runtime: Runtime, embedder: ResNetEmbedder, tasks: list[dict[str
     as_labeled = [LabeledTask(int(t["id"]), t.get("data") or {}, 0, "", []) for t in tasks]
     rows, x = embed_images(runtime, embedder, fetch_images(runtime, as_labeled, key))
     return [as_labeled[r].task_id for r in rows], x
+
+
+@dataclass(frozen=True)
+class ScoredTask:
+    """One annotated task's label quality: ``score`` in [0, 1] (low: suspect), cleanlab's
+    ``issue`` flag, and what was scored, by kind (``{"classification": {"label": "7"}}``)."""
+
+    task: LabeledTask
+    score: float
+    issue: bool
+    scored: dict[str, dict[str, Any]]
+
+
+def merge_scored(scored: Sequence[ScoredTask]) -> list[ScoredTask]:
+    """One entry per task, in first-seen order: a task scored by several kinds of annotation
+    keeps the lowest score (its likeliest error) and is an issue when any kind flags it."""
+    merged: dict[int, ScoredTask] = {}
+    for item in scored:
+        seen = merged.get(item.task.task_id)
+        merged[item.task.task_id] = item if seen is None else ScoredTask(
+            seen.task, min(seen.score, item.score), seen.issue or item.issue,
+            {**seen.scored, **item.scored})
+    return list(merged.values())
 
 
 def score_labels(x: np.ndarray, y: np.ndarray, n_classes: int, head_regularisation: Regularisation,
@@ -75,16 +129,79 @@ def _quality_locked(runtime: Runtime, project: int) -> dict[str, Any]:
     started = time.perf_counter()
     ls_api = runtime.label_studio("label quality")
     config = ls_api.label_config(project)
-    control = _single_choice(config)
     version = runtime.store.latest(project)
-    model = runtime.classifier.model(project)
-    if control is None or version is None or model is None:
-        return {"project": project, "status": "skipped",
-                "detail": "no single-choice classification control with a trained model"}
-    embedder = runtime.classifier.embedder(version)
+    if version is None:
+        return {"project": project, "status": "skipped", "detail": "no trained model"}
     labeled, unlabeled = ls_api.project_tasks(project)
     result: dict[str, Any] = {"project": project, "version": version.name}
+    parts = {"classification": _classification(runtime, project, version, config, labeled,
+                                               unlabeled, result),
+             "detection": _detection(runtime, project, version, config, labeled)}
+    summaries = {kind: summary for kind, (summary, _) in parts.items()}
+    scored = merge_scored([item for _, items in parts.values() for item in items])
+    if not scored:
+        statuses = [s["status"] for s in summaries.values()]
+        status = "not-enough-labels" if "not-enough-labels" in statuses else "skipped"
+        detail = "; ".join(s["detail"] for s in summaries.values() if s["status"] == status)
+        n_labeled = sum(s.get("n_labeled", 0) for s in summaries.values())
+        if status == "not-enough-labels":
+            runtime.store.write_state(project, QUALITY_STATE, {
+                "version": version.name, "status": status, "n": n_labeled, "parts": summaries,
+                "computed_at": time.time()})
+        return {**result, "status": status, "n_labeled": n_labeled, "detail": detail,
+                **summaries}
+    written = write_label_quality(runtime, ls_api, project, version.name, labeled, scored,
+                                  summaries)
+    seconds = round(time.perf_counter() - started, 3)
+    log.info("project %s: label quality of %d tasks, %d suspected, %d written (%.1f s)",
+             project, len(scored), written["issues"], written["written"], seconds)
+    return {**result, "status": "scored", "n_labeled": len(scored), **written,
+            "seconds": seconds, **summaries}
 
+
+def write_label_quality(runtime: Runtime, ls_api: LabelStudioAPI, project: int, version: str,
+                        labeled: Sequence[LabeledTask], scored: Sequence[ScoredTask],
+                        parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Write each score that changed into its task's ``data`` (one PATCH a task), remove the
+    score of every annotated task not scored this time (it would describe an older model),
+    make sure the tab exists, and keep every score in the project's state, worst first."""
+    written = 0
+    for item in scored:
+        value = round(item.score, DECIMALS)
+        if item.task.data.get(QUALITY_KEY) != value:
+            ls_api.update_task_data(item.task.task_id, {**item.task.data, QUALITY_KEY: value})
+            written += 1
+    current = {item.task.task_id for item in scored}
+    cleared = 0
+    for task in labeled:
+        if task.task_id not in current and QUALITY_KEY in task.data:
+            ls_api.update_task_data(task.task_id, {k: v for k, v in task.data.items()
+                                                   if k != QUALITY_KEY})
+            cleared += 1
+    view = ls_api.ensure_view(project, LABEL_ERRORS_VIEW, label_errors_view())
+    order = np.argsort([item.score for item in scored], kind="stable")
+    worst = [{"task": scored[i].task.task_id, "score": round(scored[i].score, DECIMALS),
+              "issue": scored[i].issue, **scored[i].scored} for i in order]
+    issues = sum(item.issue for item in scored)
+    runtime.store.write_state(project, QUALITY_STATE, {
+        "version": version, "status": "scored", "n": len(scored), "issues": issues,
+        "parts": parts, "computed_at": time.time(), "tasks": worst})
+    return {"issues": issues, "written": written, "cleared": cleared, "view": view,
+            "worst": worst[:10]}
+
+
+# --- classification -------------------------------------------------------------------------
+def _classification(runtime: Runtime, project: int, version: ModelVersion, config: str,
+                    labeled: list[LabeledTask], unlabeled: list[dict[str, Any]],
+                    result: dict[str, Any]) -> tuple[dict[str, Any], list[ScoredTask]]:
+    """The single-choice control's scores from out-of-fold probabilities, and the
+    find-similar index (``result["indexed"]``) from the same embeddings."""
+    control = _single_choice(config)
+    model = runtime.classifier.model(project) if control is not None else None
+    if control is None or model is None:
+        return {"status": "skipped", "detail": "no single-choice classification control "
+                                               "with a trained model"}, []
+    embedder = runtime.classifier.embedder(version)
     # The find-similar index: every task with an image, labeled or not.
     everything = [{"id": t.task_id, "data": t.data} for t in labeled] + unlabeled
     ids, vectors = embed_tasks(runtime, embedder, everything, control.value_key)
@@ -97,36 +214,89 @@ def _quality_locked(runtime: Runtime, project: int) -> dict[str, Any]:
     usable = [(labeled[r], int(label)) for r, label in zip(rows, y, strict=True)
               if labeled[r].task_id in by_id]
     if len(usable) < MIN_LABELS or len({label for _, label in usable}) < 2:
-        runtime.store.write_state(project, QUALITY_STATE, {
-            "version": version.name, "status": "not-enough-labels", "n": len(usable),
-            "computed_at": time.time()})
-        return {**result, "status": "not-enough-labels", "n_labeled": len(usable),
+        return {"status": "not-enough-labels", "n_labeled": len(usable),
                 "detail": f"label quality needs {MIN_LABELS} labeled images in at least two "
-                          "classes"}
+                          "classes"}, []
     x = np.stack([vectors[by_id[task.task_id]] for task, _ in usable])
     labels = np.array([label for _, label in usable], dtype=np.int64)
     head = model.heads.get(control.name)
     regularisation = head.regularisation() if head is not None else BASELINE
     scores, issues = score_labels(x, labels, len(control.labels), regularisation)
+    scored = [ScoredTask(task, float(score), bool(issue),
+                         {"classification": {"label": control.labels[label]}})
+              for (task, label), score, issue in zip(usable, scores, issues, strict=True)]
+    return {"status": "scored", "control": control.name, "n_labeled": len(scored),
+            "issues": int(issues.sum())}, scored
 
-    written = 0
-    for (task, _), score in zip(usable, scores, strict=True):
-        value = round(float(score), DECIMALS)
-        if task.data.get(QUALITY_KEY) != value:
-            ls_api.update_task_data(task.task_id, {**task.data, QUALITY_KEY: value})
-            written += 1
-    view = ls_api.ensure_view(project, LABEL_ERRORS_VIEW, label_errors_view())
-    order = np.argsort(scores, kind="stable")
-    worst = [{"task": usable[i][0].task_id, "score": round(float(scores[i]), DECIMALS),
-              "label": control.labels[usable[i][1]], "issue": bool(issues[i])}
-             for i in order]
-    seconds = round(time.perf_counter() - started, 3)
-    runtime.store.write_state(project, QUALITY_STATE, {
-        "version": version.name, "status": "scored", "control": control.name,
-        "n": len(usable), "issues": int(issues.sum()), "computed_at": time.time(),
-        "seconds": seconds, "tasks": worst})
-    log.info("project %s: label quality of %d tasks, %d suspected, %d written (%.1f s)",
-             project, len(usable), int(issues.sum()), written, seconds)
-    return {**result, "status": "scored", "n_labeled": len(usable),
-            "issues": int(issues.sum()), "written": written, "view": view,
-            "worst": worst[:10], "seconds": seconds}
+
+# --- detection ------------------------------------------------------------------------------
+def unseen_tasks(labeled: Sequence[LabeledTask], trained_on: Sequence[int]
+                 ) -> list[LabeledTask]:
+    """The annotated tasks whose boxes the detector never trained on."""
+    seen = {int(t) for t in trained_on}
+    return [task for task in labeled if task.task_id not in seen]
+
+
+def predicted_boxes(model: DetectorModel, control: ControlSpec,
+                    samples: Sequence[DetectionSample], max_pixels: int
+                    ) -> list[PredictedBoxes]:
+    """The detector's boxes on each sample's image down to :data:`PREDICTION_FLOOR`, its
+    classes mapped to ``control``'s labels as the predictions shown to annotators are (a class
+    mapped to no label is dropped), in the same pixel frame as the annotated boxes."""
+    mapping = label_map(control.labels, control.label_attrs, model.detector.classes)
+    index = {label: i for i, label in enumerate(control.labels)}
+    out: list[PredictedBoxes] = []
+    for start in range(0, len(samples), DETECT_CHUNK):
+        chunk = samples[start:start + DETECT_CHUNK]
+        images = [decode_image(s.image, max_pixels, source=s.name) for s in chunk]
+        for raw in model.detector.detect(images, PREDICTION_FLOOR):
+            keep = [i for i, name in enumerate(raw.labels) if name in mapping]
+            out.append(PredictedBoxes(raw.xyxy[keep],
+                                      np.array([index[mapping[raw.labels[i]]] for i in keep],
+                                               dtype=np.int64), raw.scores[keep]))
+    return out
+
+
+def _detection(runtime: Runtime, project: int, version: ModelVersion, config: str,
+               labeled: list[LabeledTask]) -> tuple[dict[str, Any], list[ScoredTask]]:
+    """ObjectLab scores of the annotated tasks the current detector did not train on."""
+    meta = version.manifest.get("detector") or {}
+    controls = {c.name: c for c in parse_label_config(config).for_family(ModelFamily.DETECTOR)}
+    if not meta or not controls:
+        return {"status": "skipped", "detail": "no RectangleLabels control with a trained "
+                                               "detector"}, []
+    control = controls.get(meta.get("control", ""))
+    if control is None:
+        return {"status": "skipped", "detail": f"the detector was trained on control "
+                f"{meta.get('control')!r}, which the label config no longer has"}, []
+    if "trained_on" not in meta:
+        return {"status": "skipped", "detail": f"detector {version.name} predates the record "
+                "of the tasks it trained on; the next detector training keeps it"}, []
+    samples, ids = detection_samples(runtime, control, unseen_tasks(labeled, meta["trained_on"]))
+    held_out = _holdout(ids)
+    # Honest about what was scored: tasks of the fixed held-out split (no round trains on
+    # them), and training-split tasks annotated since this detector trained (the next round
+    # trains on them, and their score is then removed).
+    scored_on = {"held_out_split": int(held_out.sum()),
+                 "not_yet_trained": int((~held_out).sum())}
+    if len(samples) < MIN_DETECTION_TASKS:
+        return {"status": "not-enough-labels", "n_labeled": len(samples),
+                "scored_on": scored_on,
+                "detail": f"detection label quality needs {MIN_DETECTION_TASKS} annotated "
+                          f"images the detector did not train on (its held-out split or "
+                          f"annotated since); there are {len(samples)}"}, []
+    model = runtime.detector.model(project)
+    if model is None or model.digest != meta.get("digest"):
+        return {"status": "skipped", "detail": "a newer detector was saved meanwhile; the "
+                                               "quality job its training chains scores it"}, []
+    predicted = predicted_boxes(model, control, samples, runtime.settings.max_image_pixels)
+    given = [GivenBoxes(s.xyxy, s.class_ids) for s in samples]
+    quality = detection_label_quality(given, predicted, len(control.labels))
+    by_id = {task.task_id: task for task in labeled}
+    scored = [ScoredTask(by_id[task_id], float(score), bool(issue),
+                         {"detection": {"boxes": len(g.class_ids),
+                                        "split": "held-out" if held else "training"}})
+              for task_id, g, score, issue, held in zip(ids, given, quality.scores,
+                                                         quality.issues, held_out, strict=True)]
+    return {"status": "scored", "control": control.name, "n_labeled": len(scored),
+            "issues": int(quality.issues.sum()), "scored_on": scored_on}, scored

@@ -34,6 +34,7 @@ from PIL import Image
 from ml_backend.core.detections import ls_rect_to_xyxy
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.settings import absolute_path
+from ml_backend.core.store import ModelVersion
 from ml_backend.jobs.kinds import TrainRequest
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
@@ -43,6 +44,7 @@ from ml_backend.models.classifier.training import (
     _sync_labels,
     after_new_version,
     carry_over,
+    quality_next_jobs,
 )
 from ml_backend.models.detector.model import (
     DetectionSample,
@@ -249,7 +251,8 @@ def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any
                     "classes": list(control.labels), "control": control.name,
                     "fingerprint": fingerprint, "n_labeled": len(labeled),
                     **{k: trained[k] for k in ("map50", "map50_95", "epochs", "n_train",
-                                               "n_val", "val_source", "start")}}
+                                               "n_val", "val_source", "start")},
+                    "trained_on": trained_on(previous, current, trained)}
             with runtime.store.locked(project):
                 # Re-read: the classifier may have saved a version meanwhile; keep its parts.
                 latest = runtime.store.latest(project)
@@ -261,7 +264,21 @@ def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any
             shutil.rmtree(work_dir, ignore_errors=True)
     return outcome("trained", version.name, len(samples),
                    f"val mAP50 {meta['map50']:.3f}, mAP50-95 {meta['map50_95']:.3f} "
-                   f"({meta['val_source']})", after_new_version(runtime, project, version.name))
+                   f"({meta['val_source']})", after_new_version(runtime, project, version.name)
+                   + quality_next_jobs(runtime, project))
+
+
+def trained_on(previous: ModelVersion | None, current: dict[str, Any], trained: dict[str, Any]
+               ) -> list[int]:
+    """The task ids whose boxes this detector has seen: this round's training split and,
+    when it warm-started from the previous version, that version's record (the quality job
+    scores only the other annotated tasks). A previous version from before the record adds
+    nothing: its rounds trained on the non-held-out tasks of their time, which this round's
+    split holds again, except a task whose annotation was removed since and a round too
+    small for a split (it trained on every task)."""
+    warm = previous is not None and trained["start"] == f"version {previous.name}"
+    inherited = current.get("trained_on", []) if warm else []
+    return sorted({int(t) for t in inherited} | {int(t) for t in trained["train_ids"]})
 
 
 REPEAT_MARK = "~copy"
@@ -326,8 +343,12 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
                         warm=not start.endswith((".yaml", ".yml")))
     result = fine_tune(spec, work_dir, settings.detector_train_nice,
                        settings.detector_train_timeout_s, settings.detector_train_idle)
-    return {**result, "n_train": len({s.name.split(REPEAT_MARK)[0]
-                                      for s, v in zip(samples, is_val, strict=True) if not v}),
+    train_names = {s.name.split(REPEAT_MARK)[0]
+                   for s, v in zip(samples, is_val, strict=True) if not v}
+    return {**result, "n_train": len(train_names),
+            # The first len(ids) samples are the tasks' own (copies are appended).
+            "train_ids": [t for t, s in zip(ids, samples[:len(ids)], strict=True)
+                          if s.name in train_names],
             "n_val": int(is_val.sum()),
             "val_source": val_source, "start": source}
 
