@@ -10,18 +10,20 @@ All in process on the product's code paths, no Label Studio:
   (``label_quality_scores``; ``label_issues`` for cleanlab's own flagged set). Reported:
   precision and recall of the lowest-scored 5 % (the flip rate), of cleanlab's set, the
   best precision at recall ≥ 0.7 and the PR-AUC (average precision).
-- **Near-duplicates**: 10 % of the images get a copy, one transform each in turn (resized
-  to 1.5×, JPEG re-encoded at quality 75, a 5 % crop scaled back, brightness +15), all
-  JPEG-encoded; embeddings (the product's embedder) and dHash (``export.splits.dhash``) go
-  through ``duplicate_pairs`` on centred embeddings with the shipped thresholds, as
-  ``ml-backend dedupe`` does. Reported: recall of the injected pairs (per transform), false
-  pairs (grouped pairs that are not an injected pair; per million pairs and per image), and
-  the time per 10k images (dHash, pair search on 10k synthetic rows; embedding separately,
-  as it is usually cached from training).
+- **Near-duplicates**, on two pools: the digits (8×8 scans: distinct samples can differ by
+  a few grey levels) and 1000 shape scenes (``shape_scenes``). 10 % of a pool's images get a
+  copy, one transform each in turn (resized to 1.5×, JPEG re-encoded at quality 75, a 5 %
+  crop scaled back, brightness +15), all JPEG-encoded. Pairs are found as ``ml-backend
+  dedupe`` finds them: ``duplicate_pairs`` on the product embedder's centred embeddings and
+  the pixel fingerprints, with the shipped thresholds. Reported: recall of the injected
+  pairs (per transform), false pairs (found pairs that are not an injected one: share of
+  the found pairs, per million pairs, share of images in one; and which signal found
+  them), and the time per 10k images (fingerprints; the pair search on 10k random rows, its
+  full cost; embedding separately, as it is usually cached from training).
 - **Find similar**: exact search (``nearest``) over random 512-d embeddings at 10k and
   100k rows; median and p95 latency of one query.
 
-    .venv/bin/python scripts/bench_quality.py [--count 1797] [--seeds 1] [--out PATH]
+    .venv/bin/python scripts/bench_quality.py [--count 1797] [--shapes 1000] [--out PATH]
 """
 
 from __future__ import annotations
@@ -39,16 +41,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml_backend.export.splits import dhash
+from ml_backend.devtools.datasets import shape_scenes
 from ml_backend.learning.heads import fit_head, out_of_fold_proba
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 from ml_backend.models.classifier.model import ResNetEmbedder, load_backbone, locate_weights
+from ml_backend.quality.fingerprints import (
+    MAX_LOG_ASPECT,
+    MIN_COLOUR,
+    MIN_DETAIL,
+    SIDE,
+    Fingerprints,
+    crop_boxes,
+    fingerprint_pairs,
+    fingerprints,
+)
 from ml_backend.quality.scoring import (
-    DUPLICATE_MAX_BITS,
-    DUPLICATE_MIN_COSINE,
     DUPLICATE_SURE_COSINE,
     centre,
     duplicate_pairs,
+    embedding_pairs,
     groups_from_pairs,
     label_issues,
     label_quality_scores,
@@ -89,10 +100,11 @@ TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "resize": _resize, "jpeg": lambda p: p, "crop_5pct": _crop, "brightness": _brighter}
 
 
-def _embedder(work: Path) -> ResNetEmbedder:
+def _embedder(work: Path) -> tuple[ResNetEmbedder, bool]:
+    """The product's embedder, and whether its weights are a random init (offline)."""
     weights = locate_weights("resnet18", None, work / "models")
     return ResNetEmbedder(load_backbone(weights, torch.device("cpu")), weights.digest, None,
-                          torch.device("cpu"), EmbeddingCache(work / "cache"))
+                          torch.device("cpu"), EmbeddingCache(work / "cache")), weights.degraded
 
 
 def label_errors(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
@@ -137,8 +149,23 @@ def label_errors(x: np.ndarray, y: np.ndarray, seed: int) -> dict[str, Any]:
     }
 
 
-def near_duplicates(embedder: ResNetEmbedder, images: list[np.ndarray], x: np.ndarray,
-                    seed: int, timing_rows: int) -> dict[str, Any]:
+def _random_fingerprints(rows: int, seed: int) -> Fingerprints:
+    """Unit-row random fingerprints: no pairs, so the search pays its full cost."""
+    rng = np.random.default_rng(seed)
+    views = len(crop_boxes(1, 1))
+
+    def unit(d: int) -> np.ndarray:
+        x = rng.normal(size=(rows, views, d)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=2, keepdims=True)
+
+    return Fingerprints(unit(3 * SIDE * SIDE).astype(np.float16), unit(SIDE * SIDE),
+                        np.zeros(rows))
+
+
+def near_duplicates(embedder: ResNetEmbedder, embedder_degraded: bool,
+                    images: list[np.ndarray], seed: int, timing_rows: int) -> dict[str, Any]:
+    """Inject copies of 10 % of ``images``, one transform each in turn, and find them as
+    ``ml-backend dedupe`` does (``duplicate_pairs`` on centred embeddings and fingerprints)."""
     rng = np.random.default_rng(seed)
     n = len(images)
     sources = rng.choice(n, size=max(len(TRANSFORMS), round(DUPLICATE_SHARE * n)),
@@ -147,46 +174,56 @@ def near_duplicates(embedder: ResNetEmbedder, images: list[np.ndarray], x: np.nd
     kinds = [names[i % len(names)] for i in range(len(sources))]
     copies = [_jpeg(TRANSFORMS[kind](images[s])) for s, kind in zip(sources, kinds,
                                                                    strict=True)]
+    pool = images + copies
     started = time.perf_counter()
-    copy_x = embedder.embed_pixels(copies)
-    embed_s = (time.perf_counter() - started) / len(copies)
+    x = embedder.embed_pixels(pool)
+    embed_s = (time.perf_counter() - started) / len(pool)
     started = time.perf_counter()
-    hashes = [dhash(p) for p in images] + [dhash(p) for p in copies]
-    hash_s = (time.perf_counter() - started) / len(hashes)
-    all_x = np.vstack([x, copy_x])
+    prints = fingerprints(pool)
+    print_s = (time.perf_counter() - started) / len(pool)
     started = time.perf_counter()
-    pairs = duplicate_pairs(centre(all_x), hashes)
+    # As dedupe runs offline: the random-init backbone's embeddings are not trusted.
+    pairs = duplicate_pairs(prints, None if embedder_degraded else centre(x))
     pair_s = time.perf_counter() - started
-    groups = groups_from_pairs(len(all_x), pairs)
+    by_signal = {"fingerprints": fingerprint_pairs(prints),
+                 "embedding": embedding_pairs(centre(x))}
+    groups = groups_from_pairs(len(pool), pairs)
     injected = {(int(s), n + i) for i, s in enumerate(sources)}
-    found = {(int(i), int(j)) for i, j in pairs}
+
+    def false_in(found: np.ndarray) -> int:
+        return len({(int(i), int(j)) for i, j in found} - injected)
+
     recall = {kind: round(float(np.mean([groups[s] == groups[n + i]
                                          for i, (s, k) in enumerate(zip(sources, kinds,
                                                                         strict=True))
                                          if k == kind])), 4) for kind in names}
     same_group = [groups[s] == groups[n + i] for i, s in enumerate(sources)]
-    false_pairs = len(found - injected)
-    total_pairs = len(all_x) * (len(all_x) - 1) // 2
-    wrongly_grouped = {i for pair in found - injected for i in pair}
-    # The pair search at 10k rows (random embeddings and hashes: no pairs, full cost).
-    big = rng.normal(size=(timing_rows, x.shape[1])).astype(np.float32)
-    big_hashes = [int(h) for h in rng.integers(0, 2**63, size=timing_rows)]
+    false = {(int(i), int(j)) for i, j in pairs} - injected
+    total_pairs = len(pool) * (len(pool) - 1) // 2
     started = time.perf_counter()
-    duplicate_pairs(centre(big), big_hashes)
+    fingerprint_pairs(_random_fingerprints(timing_rows, seed))
     search_s = time.perf_counter() - started
     per_10k = 10_000 / timing_rows
     return {
         "images": n, "injected": len(sources),
-        "thresholds": {"min_cosine_centred": DUPLICATE_MIN_COSINE,
-                       "max_dhash_bits": DUPLICATE_MAX_BITS,
-                       "sure_cosine_centred": DUPLICATE_SURE_COSINE},
+        "thresholds": {"fingerprint_min_colour": MIN_COLOUR,
+                       "fingerprint_min_detail": MIN_DETAIL,
+                       "fingerprint_max_log_aspect": MAX_LOG_ASPECT,
+                       "embedding_sure_cosine_centred": DUPLICATE_SURE_COSINE},
+        "signals": ["fingerprints"] + ([] if embedder_degraded else ["embeddings"]),
         "recall": round(float(np.mean(same_group)), 4), "recall_by_transform": recall,
-        "false_pairs": false_pairs,
-        "false_pairs_per_million_pairs": round(false_pairs / total_pairs * 1e6, 2),
-        "images_in_a_false_pair_share": round(len(wrongly_grouped) / len(all_x), 4),
+        "found_pairs": len(pairs), "false_pairs": len(false),
+        "false_pairs_share_of_found": round(len(false) / max(1, len(pairs)), 4),
+        "false_pairs_per_million_pairs": round(len(false) / total_pairs * 1e6, 2),
+        "images_in_a_false_pair_share": round(len({i for p in false for i in p}) / len(pool),
+                                              4),
+        "false_pairs_by_signal": {name: false_in(found) for name, found in by_signal.items()},
+        "injected_found_by_signal": {
+            name: len(injected & {(int(i), int(j)) for i, j in found})
+            for name, found in by_signal.items()},
         "pair_search_s_at_this_size": round(pair_s, 3),
         "per_10k_images_s": {
-            "dhash": round(hash_s * 10_000, 1),
+            "fingerprints": round(print_s * 10_000, 1),
             "pair_search": round(search_s * (per_10k ** 2 if timing_rows < 10_000 else 1), 1),
             "embedding_if_not_cached": round(embed_s * 10_000, 1)},
         "pair_search_timed_at_rows": timing_rows,
@@ -227,11 +264,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
                       f"(PR-AUC {errors['pr_auc']:.2f})", xlabel="recall", ylabel="precision",
                 xlim=(0, 1.02), ylim=(0, 1.02))
     axes[0].legend()
-    dup = report["near_duplicates"]
-    kinds = list(dup["recall_by_transform"])
-    axes[1].bar(kinds, [dup["recall_by_transform"][k] for k in kinds])
-    axes[1].set(title=f"near-duplicates: recall by transform ({dup['false_pairs']} false "
-                      "pairs)", ylabel="recall", ylim=(0, 1.05))
+    pools = report["near_duplicates"]
+    kinds = list(next(iter(pools.values()))["recall_by_transform"])
+    width = 0.8 / len(pools)
+    for i, (name, dup) in enumerate(pools.items()):
+        axes[1].bar(np.arange(len(kinds)) + i * width,
+                    [dup["recall_by_transform"][k] for k in kinds], width,
+                    label=f"{name} ({dup['false_pairs']} false of {dup['found_pairs']} pairs)")
+    axes[1].set_xticks(np.arange(len(kinds)) + width * (len(pools) - 1) / 2, kinds)
+    axes[1].set(title="near-duplicates: recall by transform", ylabel="recall",
+                ylim=(0, 1.15))
+    axes[1].legend(loc="lower right", fontsize=8)
     sizes = list(report["similar"])
     axes[2].bar(sizes, [report["similar"][s]["median_ms"] for s in sizes])
     axes[2].set(title="find similar: exact search, one query", xlabel="indexed tasks",
@@ -243,6 +286,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=1797, help="digits images (max 1797)")
+    parser.add_argument("--shapes", type=int, default=1000,
+                        help="shape scenes in the near-duplicate pool")
     parser.add_argument("--seeds", type=int, default=1, help="label-error runs (flip sets)")
     parser.add_argument("--similar-sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
@@ -253,7 +298,7 @@ def main() -> None:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as tmp:
-        embedder = _embedder(Path(tmp))
+        embedder, degraded = _embedder(Path(tmp))
         images, y = digits_images(args.count)
         t0 = time.perf_counter()
         x = embedder.embed_pixels(images)
@@ -261,10 +306,16 @@ def main() -> None:
               file=sys.stderr)
         errors = [label_errors(x, y, seed) for seed in range(args.seeds)]
         print(f"label errors: {[e['top_cut'] for e in errors]}", file=sys.stderr)
-        duplicates = near_duplicates(embedder, images, x, 0, args.pair_timing_rows)
-        print(f"near-duplicates: recall {duplicates['recall']}", file=sys.stderr)
+        pools = {"digits": images,
+                 "shapes": [s.pixels for s in shape_scenes(args.shapes, seed=5)]}
+        duplicates = {name: near_duplicates(embedder, degraded, pool, 0,
+                                            args.pair_timing_rows)
+                      for name, pool in pools.items()}
+        print(f"near-duplicates: recall { {k: d['recall'] for k, d in duplicates.items()} }",
+              file=sys.stderr)
     report: dict[str, Any] = {
-        "backbone": "resnet18 random init (offline), CLASSIFIER_IMAGE_SIZE=auto",
+        "backbone": f"resnet18 {'random init (offline)' if degraded else 'pretrained'}, "
+                    "CLASSIFIER_IMAGE_SIZE=auto",
         "label_errors": errors, "near_duplicates": duplicates,
         "similar": similar_latency([int(s) for s in args.similar_sizes.split(",")], 512,
                                    args.queries, 0),

@@ -16,8 +16,8 @@ def test_quality_benchmark_reduced_run(tmp_path: Path) -> None:
     out = tmp_path / "bench_quality"
     completed = subprocess.run(
         [sys.executable, str(REPO / "scripts" / "bench_quality.py"), "--count", "200",
-         "--similar-sizes", "300,600", "--queries", "5", "--pair-timing-rows", "300",
-         "--out", str(out)],
+         "--shapes", "60", "--similar-sizes", "300,600", "--queries", "5",
+         "--pair-timing-rows", "300", "--out", str(out)],
         capture_output=True, text=True, timeout=600, cwd=REPO)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.with_suffix(".json").read_text())

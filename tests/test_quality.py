@@ -13,6 +13,7 @@ from ml_backend.jobs.kinds import QualityRequest, RerankRequest, TrainRequest
 from ml_backend.learning.heads import BASELINE, Regularisation, out_of_fold_proba
 from ml_backend.models.classifier.training import train_classifier
 from ml_backend.pipeline.ranking import queue_candidates, rerank_project
+from ml_backend.quality.fingerprints import fingerprints
 from ml_backend.quality.label_errors import quality_job
 from ml_backend.quality.scoring import (
     duplicate_pairs,
@@ -135,18 +136,16 @@ def test_quality_job_with_few_labels_says_so(backend, image_host) -> None:
 
 
 # --- near-duplicates ------------------------------------------------------------------------
-def test_duplicate_pairs_need_both_signals_or_a_sure_embedding() -> None:
-    x = np.array([[1.0, 0.0, 0.0], [0.99, 0.14, 0.0], [0.95, 0.3, 0.0], [0.0, 1.0, 0.0],
-                  [0.0, 0.0, 1.0]])
-    hashes = [0b1111, 0b1111, 0xFFFF_0000, 0b1111, 0b1111]
-    pairs = duplicate_pairs(x, hashes, min_cosine=0.9, max_bits=4, sure_cosine=0.999)
-    # 0-1: close and same hash; 0-2 and 1-2: close, hashes 20+ bits apart; 3, 4: far.
-    assert pairs.tolist() == [[0, 1]]
-    far = [0, 2**64 - 1, 2**32 - 1, 2**16 - 1, 2**48 - 1]  # 16+ bits apart pairwise
-    sure = duplicate_pairs(x, far, min_cosine=0.9, max_bits=4, sure_cosine=0.989)
-    assert sure.tolist() == [[0, 1]]
-    assert duplicate_pairs(x, hashes, block=2).tolist() == \
-        duplicate_pairs(x, hashes, block=1024).tolist()
+def test_duplicate_pairs_join_fingerprint_and_trusted_embedding_pairs() -> None:
+    rng = np.random.default_rng(0)
+    scenes = [rng.integers(0, 256, (40, 60, 3), dtype=np.uint8) for _ in range(4)]
+    prints = fingerprints([scenes[0], scenes[0][::-1].copy(), scenes[1], scenes[0]])
+    x = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.99, 0.14]])
+    # Pixels: 0-3 are the same image. Embeddings: 1-3 point the same way.
+    assert duplicate_pairs(prints).tolist() == [[0, 3]]
+    assert duplicate_pairs(prints, x, sure_cosine=0.98).tolist() == [[0, 3], [1, 3]]
+    with pytest.raises(ValueError, match="4 fingerprints"):
+        duplicate_pairs(prints, x[:3])
 
 
 def test_groups_and_marks_keep_one_and_never_mark_an_annotated_task() -> None:

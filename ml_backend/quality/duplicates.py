@@ -1,6 +1,6 @@
-"""Near-duplicate tasks of a project (``ml-backend dedupe``): found from the classifier
-backbone's embeddings (cosine) and the difference hash of the pixels, grouped, and, with
-``apply``, every member of a group but one marked in Label Studio.
+"""Near-duplicate tasks of a project (``ml-backend dedupe``): found from pixel fingerprints
+(:mod:`ml_backend.quality.fingerprints`) and the classifier backbone's embeddings, grouped,
+and, with ``apply``, every member of a group but one marked in Label Studio.
 
 A marked task keeps its data, predictions and annotations; it gains a ``near_duplicate_of``
 key in its ``data`` (the task kept for its group), shows in the "Near-duplicates" tab, and
@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from ml_backend.core.errors import BackendError, ImageError
-from ml_backend.export.splits import dhash
 from ml_backend.labelstudio.api import LabeledTask
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.models.classifier.training import embed_images, fetch_images
+from ml_backend.quality.fingerprints import fingerprint, stack_fingerprints
 from ml_backend.quality.scoring import (
     centre,
     duplicate_pairs,
@@ -39,17 +39,18 @@ DUPLICATES_STATE = "duplicates"
 
 @dataclass(frozen=True)
 class Dedupe:
-    """Groups of near-duplicate task ids (each list: the kept task first) and the marks
-    ``{task: kept task}`` they call for."""
+    """Groups of near-duplicate task ids (each list: the kept task first), the marks
+    ``{task: kept task}`` they call for, and the signals that found them."""
 
     project: int
     n_tasks: int
     groups: list[list[int]]
     marks: dict[int, int]
+    signals: list[str]  # what found the pairs: "fingerprints", and "embeddings" if trusted
 
     def as_dict(self) -> dict[str, Any]:
         return {"project": self.project, "tasks": self.n_tasks, "groups": self.groups,
-                "marked": len(self.marks)}
+                "marked": len(self.marks), "signals": self.signals}
 
 
 def _image_key(config: str) -> str:
@@ -76,7 +77,7 @@ def find_duplicates(runtime: Runtime, project: int) -> tuple[Dedupe, list[dict[s
     images = fetch_images(runtime, as_labeled, key)
     rows, x = embed_images(runtime, embedder, images)
     position = {row: i for i, row in enumerate(images.rows)}
-    hashes: list[int] = []
+    parts: list[tuple[np.ndarray, np.ndarray, float]] = []
     good: list[int] = []
     for j, row in enumerate(rows):
         try:
@@ -84,8 +85,9 @@ def find_duplicates(runtime: Runtime, project: int) -> tuple[Dedupe, list[dict[s
         except ImageError as exc:
             log.warning("dedupe: task %s left out: %s", tasks[row]["id"], exc)
             continue
-        hashes.append(dhash(pixels))
+        parts.append(fingerprint(pixels))  # about 45 kB a task; the pixels are dropped
         good.append(j)
+    prints = stack_fingerprints(parts)
     x = x[good] if len(good) else np.zeros((0, 1), np.float32)
     kept_rows = [rows[j] for j in good]
     ids = [int(tasks[r]["id"]) for r in kept_rows]
@@ -93,8 +95,10 @@ def find_duplicates(runtime: Runtime, project: int) -> tuple[Dedupe, list[dict[s
         save_index(runtime.store, project, ids, x, version.name if version else "base",
                    time.time())
     annotated = np.array([bool(tasks[r]["annotated"]) for r in kept_rows], dtype=bool)
-    groups = (groups_from_pairs(len(ids), duplicate_pairs(centre(x), hashes)) if ids
-              else np.zeros(0, dtype=np.int64))
+    # A random-init backbone's embeddings say nothing about content: pixels only, then.
+    trusted = not runtime.classifier.base_weights().degraded
+    pairs = duplicate_pairs(prints, centre(x) if trusted else None)
+    groups = groups_from_pairs(len(ids), pairs) if ids else np.zeros(0, dtype=np.int64)
     marks_by_row = duplicates_to_mark(groups, annotated)
     marks = {ids[i]: ids[int(k)] for i, k in enumerate(marks_by_row) if k >= 0}
     listed: list[list[int]] = []
@@ -103,7 +107,8 @@ def find_duplicates(runtime: Runtime, project: int) -> tuple[Dedupe, list[dict[s
         if len(members) > 1:
             kept = [m for m in members if m not in marks]
             listed.append(kept + [m for m in members if m in marks])
-    return Dedupe(project, len(tasks), listed, marks), tasks
+    signals = ["fingerprints", "embeddings"] if trusted else ["fingerprints"]
+    return Dedupe(project, len(tasks), listed, marks, signals), tasks
 
 
 def apply_marks(runtime: Runtime, dedupe: Dedupe, tasks: list[dict[str, Any]]

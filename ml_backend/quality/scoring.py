@@ -3,26 +3,20 @@
 - Label errors: out-of-fold probabilities ``(N, C)`` and the given labels ``(N,)`` → a
   label-quality score per row in [0, 1] (low: the label is suspect) and the rows cleanlab
   flags as issues.
-- Near-duplicates: embeddings ``(N, D)`` and 64-bit difference hashes → groups, and which
-  member of each group to keep.
+- Near-duplicates: embeddings ``(N, D)`` and pixel fingerprints → groups, and which member
+  of each group to keep.
 - Find similar: exact cosine nearest neighbours.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-# Near-duplicate pairs, on embeddings centred on the project's mean (:func:`centre`; raw
-# pooled ReLU features all point one way: two different digits have cosine 0.98 on the
-# random-init backbone): cosine at least DUPLICATE_MIN_COSINE and dHash within
-# DUPLICATE_MAX_BITS, or cosine at least DUPLICATE_SURE_COSINE whatever the hash says (a
-# crop moves dHash bits more than a good backbone's embedding). Each signal alone confuses
-# look-alikes (8-px digits share hashes by the thousand). Chosen on the benchmark
-# (scripts/bench_quality.py), see docs/quality.md.
-DUPLICATE_MIN_COSINE = 0.90
-DUPLICATE_MAX_BITS = 8  # of 64
+from ml_backend.quality.fingerprints import Fingerprints, fingerprint_pairs
+
+# A near-duplicate pair by embedding alone: centred cosine at least this (see
+# :func:`duplicate_pairs`). Raw pooled ReLU features all point one way (two different digits
+# have cosine 0.98 on the random-init backbone), hence the centring on the project's mean.
 DUPLICATE_SURE_COSINE = 0.99
 
 
@@ -107,40 +101,36 @@ def centre(embeddings: np.ndarray) -> np.ndarray:
     return x - x.mean(axis=0, keepdims=True) if len(x) else x
 
 
-def hash_distances(hashes: Sequence[int]) -> np.ndarray:
-    """``(N, N)`` Hamming distances between 64-bit hashes."""
-    values = np.array([h & 0xFFFFFFFFFFFFFFFF for h in hashes], dtype=np.uint64)
-    xor = values[:, None] ^ values[None, :]
-    return np.unpackbits(xor.view(np.uint8).reshape(len(values), len(values), 8),
-                         axis=2).sum(axis=2)
-
-
-def duplicate_pairs(embeddings: np.ndarray, hashes: Sequence[int],
-                    min_cosine: float = DUPLICATE_MIN_COSINE,
-                    max_bits: int = DUPLICATE_MAX_BITS,
-                    sure_cosine: float = DUPLICATE_SURE_COSINE, block: int = 1024
-                    ) -> np.ndarray:
-    """``(P, 2)`` index pairs ``i < j`` that are near-duplicates: cosine ≥ ``min_cosine`` and
-    hashes within ``max_bits``, or cosine ≥ ``sure_cosine``. Blocks of rows at a time, so
-    memory stays ``block × N``."""
+def embedding_pairs(embeddings: np.ndarray, min_cosine: float = DUPLICATE_SURE_COSINE,
+                    block: int = 1024) -> np.ndarray:
+    """``(P, 2)`` index pairs ``i < j`` whose embeddings (centre them first: :func:`centre`)
+    have cosine at least ``min_cosine``; ``block`` rows at a time (memory ``block × N``)."""
     unit = normalise(embeddings)
-    n = len(unit)
-    if len(hashes) != n:
-        raise ValueError(f"{n} embeddings but {len(hashes)} hashes")
-    values = np.array([h & 0xFFFFFFFFFFFFFFFF for h in hashes], dtype=np.uint64)
     found: list[np.ndarray] = []
-    for start in range(0, n, block):
-        sims = unit[start:start + block] @ unit.T
-        rows, cols = np.nonzero(sims >= min_cosine)
+    for start in range(0, len(unit), block):
+        rows, cols = np.nonzero(unit[start:start + block] @ unit.T >= min_cosine)
         rows = rows + start
         keep = cols > rows
-        rows, cols = rows[keep], cols[keep]
-        xor = values[rows] ^ values[cols]
-        bits = np.unpackbits(xor.view(np.uint8).reshape(-1, 8), axis=1).sum(axis=1)
-        sure = sims[rows - start, cols] >= sure_cosine
-        keep = (bits <= max_bits) | sure
         found.append(np.stack([rows[keep], cols[keep]], axis=1))
     return np.concatenate(found).astype(np.int64) if found else np.zeros((0, 2), np.int64)
+
+
+def duplicate_pairs(prints: Fingerprints, embeddings: np.ndarray | None = None,
+                    sure_cosine: float = DUPLICATE_SURE_COSINE) -> np.ndarray:
+    """``(P, 2)`` index pairs ``i < j`` that are near-duplicates, sorted: the same picture by
+    its pixel fingerprints (resized, re-encoded, brightened, cropped a few per cent:
+    :func:`~ml_backend.quality.fingerprints.fingerprint_pairs`), or, given ``embeddings``
+    (centred), the same content by embedding (cosine ≥ ``sure_cosine``: a pretrained
+    backbone also sees larger crops and edits the pixels miss). Give no embeddings from a
+    random-init backbone: on shape scenes its centred cosine passes 0.99 for hundreds of
+    different images (docs/quality.md)."""
+    found = [fingerprint_pairs(prints)]
+    if embeddings is not None:
+        if len(embeddings) != len(prints):
+            raise ValueError(f"{len(embeddings)} embeddings but {len(prints)} fingerprints")
+        found.append(embedding_pairs(embeddings, sure_cosine))
+    pairs = np.concatenate(found)
+    return np.unique(pairs, axis=0) if len(pairs) else pairs
 
 
 def groups_from_pairs(n: int, pairs: np.ndarray) -> np.ndarray:
