@@ -1,9 +1,8 @@
 """Train/val/test splits: stratified by class, near-duplicates kept together, deterministic
 under a seed, and stable when the project grows (pure functions).
 
-Near-duplicates are found by the difference hash (dHash, as ``imagehash.dhash`` computes
-it: a 9 × 8 grayscale thumbnail, one bit per horizontal neighbour pair), written here in a
-few lines of numpy so no package is needed for it. Images whose hashes differ in at most
+Near-duplicates are found by the difference hash (``imagehash.dhash``: a 9 × 8 grayscale
+thumbnail, one bit per horizontal neighbour pair). Images whose hashes differ in at most
 :data:`NEAR_DUPLICATE_BITS` of 64 bits form one group (transitively), and a group goes to one
 split, so a val image is never a re-encode or a slight crop of a train image.
 """
@@ -24,15 +23,14 @@ NO_CLASS = ""  # the stratum of images without labels
 
 
 def dhash(pixels: np.ndarray, size: int = HASH_SIZE) -> int:
-    """The difference hash of an ``(H, W, 3)`` or ``(H, W)`` uint8 image: the image as
-    ``size + 1`` × ``size`` grayscale (Lanczos), bit set where a pixel is brighter than its
-    right neighbour, row-major, first bit most significant (imagehash's order)."""
+    """``imagehash.dhash`` of an ``(H, W, 3)`` or ``(H, W)`` uint8 image as an int: the image
+    as ``size + 1`` × ``size`` grayscale, bit set where a pixel is brighter than its right
+    neighbour, row-major, first bit most significant."""
+    import imagehash
     from PIL import Image
 
-    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8)).convert("L")
-    small = np.asarray(image.resize((size + 1, size), Image.Resampling.LANCZOS), dtype=np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).reshape(-1)
-    return int("".join("1" if b else "0" for b in bits), 2)
+    image = Image.fromarray(np.asarray(pixels, dtype=np.uint8))
+    return int(str(imagehash.dhash(image, hash_size=size)), 16)
 
 
 def hamming(a: int, b: int) -> int:
