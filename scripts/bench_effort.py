@@ -255,6 +255,8 @@ def _backend_env(ls: Any, work: Path, args: argparse.Namespace, pool: Pool) -> d
         env["RANKING_BATCH_SIZE"] = str(args.batch)
     if args.detector_min_epoch_images is not None:
         env["DETECTOR_MIN_EPOCH_IMAGES"] = str(args.detector_min_epoch_images)
+    if args.detector_min_score is not None:
+        env["DETECTOR_MIN_SCORE"] = args.detector_min_score
     if pool.name == "masks":
         env["SAM_CHECKPOINT"] = str(args.sam_checkpoint)
         env["SAM_MODEL_TYPE"] = args.sam_model_type
@@ -531,6 +533,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "detector": {"epochs": args.detector_epochs, "image_size": args.detector_image_size,
                      "min_epoch_images": min_epoch_images(
                          args.detector_min_epoch_images, args.detector_image_size, "cpu"),
+                     "min_score": args.detector_min_score or Settings().detector_min_score,
                      "weights": "none (YOLO architecture config, trained from scratch)"},
         "pools": {}}
     with contextlib.ExitStack() as stack:
@@ -603,6 +606,16 @@ def plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def _min_score_option(value: str) -> str:
+    """``--detector-min-score``: what DETECTOR_MIN_SCORE accepts (a number in [0, 1] or
+    ``auto``), checked by the backend's own parser before anything starts."""
+    try:
+        Settings.from_env({"DETECTOR_MIN_SCORE": value})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value.strip().lower()
+
+
 def _cost_options(parser: argparse.ArgumentParser) -> None:
     for item in dataclasses.fields(CostModel):
         default = getattr(DEFAULT_COSTS, item.name)
@@ -627,6 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detector-image-size", type=int, default=256)
     parser.add_argument("--detector-min-epoch-images", type=int, default=None,
                         help="DETECTOR_MIN_EPOCH_IMAGES (default: the shipped value)")
+    parser.add_argument("--detector-min-score", type=_min_score_option, default=None,
+                        help="DETECTOR_MIN_SCORE: a number in [0, 1], or auto (the threshold "
+                             "each version chose for the least fix-up time; default: the "
+                             "shipped value)")
     parser.add_argument("--sam-checkpoint", type=Path, default=None)
     parser.add_argument("--sam-model-type", default="vit_b")
     parser.add_argument("--sam-random-init", action="store_true",

@@ -22,6 +22,10 @@ class Device(str, Enum):
 
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
+# Boxes shown from this confidence: chosen for mAP. It stays the default until the effort
+# benchmark has measured DETECTOR_MIN_SCORE=auto, and is auto's value for a version whose
+# training chose no threshold.
+DEFAULT_DETECTOR_MIN_SCORE = 0.25
 
 
 def _parse_enum(enum_type: type[Enum], name: str, raw: str) -> Enum:
@@ -105,6 +109,19 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _auto_share(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """A share between 0 and 1, or None for ``auto``; unset is ``default``."""
+    raw = env.get(name, "").strip().lower()
+    if raw == "auto":
+        return None
+    if not raw:
+        return default
+    try:
+        return _share(env, name, 0.0)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or auto)") from None
+
+
 def _load(env: Mapping[str, str], name: str, default: float) -> float:
     value = _share(env, name, default)
     if value <= 0.0:
@@ -176,9 +193,11 @@ class Settings:
     # Detector (YOLO_CHECKPOINT above; without it YOLO_ARCH, an Ultralytics architecture
     # config, is trained from scratch by the first fine-tune). Boxes below
     # DETECTOR_MIN_SCORE are not shown (a control's model_score_threshold attribute
-    # overrides it); DETECTOR_IMAGE_SIZE is the inference and training size.
+    # overrides it); None (``auto``) is the threshold the version's training chose for the
+    # least annotator fix-up time (detector.thresholds), else DEFAULT_DETECTOR_MIN_SCORE.
+    # DETECTOR_IMAGE_SIZE is the inference and training size.
     yolo_arch: str = "yolov8n.yaml"
-    detector_min_score: float = 0.25
+    detector_min_score: float | None = DEFAULT_DETECTOR_MIN_SCORE
     detector_image_size: int = 640
     # Fine-tuning: on START_TRAINING and after every DETECTOR_TRAIN_EVERY new annotated
     # tasks, once DETECTOR_MIN_LABELS exist; DETECTOR_EPOCHS epochs of DETECTOR_BATCH images,
@@ -327,7 +346,8 @@ class Settings:
             clipseg_sam_refine=_bool(env, "CLIPSEG_SAM_REFINE", defaults.clipseg_sam_refine),
             clipseg_cache_mb=_int(env, "CLIPSEG_CACHE_MB", defaults.clipseg_cache_mb),
             yolo_arch=_opt_str(env, "YOLO_ARCH") or defaults.yolo_arch,
-            detector_min_score=_share(env, "DETECTOR_MIN_SCORE", defaults.detector_min_score),
+            detector_min_score=_auto_share(env, "DETECTOR_MIN_SCORE",
+                                           defaults.detector_min_score),
             detector_image_size=_int(env, "DETECTOR_IMAGE_SIZE", defaults.detector_image_size,
                                      minimum=32),
             detector_train_every=_int(env, "DETECTOR_TRAIN_EVERY",

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ml_backend.core.detections import Detections, label_map
+from ml_backend.core.settings import DEFAULT_DETECTOR_MIN_SCORE
 from ml_backend.labelstudio.label_config import ControlSpec
 from ml_backend.labelstudio.results import Boxes, Output
 from ml_backend.learning.selection import detection_uncertainty
@@ -22,6 +23,15 @@ UNCERTAINTY_FLOOR = 0.05
 DETECT_CHUNK = 8  # images per detector call: batched, but bounded in memory
 # Boxes whose confidence reaches this count as found (see ranking.detection_uncertainty).
 CONFIDENT = 0.5
+
+
+def default_min_score(setting: float | None, tuned: float | None) -> float:
+    """The threshold of controls without ``model_score_threshold``: ``DETECTOR_MIN_SCORE``
+    when it is a number; under ``auto`` (None) the one the version's training chose for the
+    least fix-up time (``tuned``), else the mAP default."""
+    if setting is not None:
+        return setting
+    return tuned if tuned is not None else DEFAULT_DETECTOR_MIN_SCORE
 
 
 def score_threshold(control: ControlSpec, default: float) -> float:

@@ -22,6 +22,7 @@ from ml_backend.learning.selection import Strategy
 from ml_backend.models.detector.boxes import (
     DETECT_CHUNK,
     boxes_outputs,
+    default_min_score,
     detect_images,
     unmapped_controls,
 )
@@ -31,6 +32,7 @@ from ml_backend.models.detector.model import (
     YoloDetector,
     locate_detector,
 )
+from ml_backend.models.detector.thresholds import tuned_threshold
 from ml_backend.models.family import (
     FamilyScores,
     FileSignature,
@@ -122,14 +124,23 @@ class DetectorFamily:
     def model(self, project: int | None) -> DetectorModel | None:
         """The project's latest fine-tuned detector, else the configured checkpoint, else
         None (untrained: only an architecture config). Loaded once per weights file."""
+        return self.model_and_threshold(project)[0]
+
+    def model_and_threshold(self, project: int | None
+                            ) -> tuple[DetectorModel | None, float | None]:
+        """:meth:`model`, and the box threshold its training chose for the least annotator
+        fix-up time (None: a checkpoint, or a version that chose none), read from the same
+        version so the two cannot come from different rounds."""
         version = self.store.latest(project) if project is not None else None
         info = version.manifest.get("detector") if version is not None else None
+        tuned = None
         if version is not None and info:
             name, path, digest = version.name, version.file(info["file"]), info["digest"]
+            tuned = tuned_threshold(info)
         else:
             base = self.base()
             if not base.trained:
-                return None
+                return None, None
             name = version.name if version is not None else self._untrained_version
             path, digest = base.spec, base.digest
         with self._state.lock:
@@ -141,7 +152,7 @@ class DetectorFamily:
                 if detector is None:
                     detector = self._load(Path(path), digest, version,
                                           info["file"] if info else None)
-        return DetectorModel(name, detector, digest)
+        return DetectorModel(name, detector, digest), tuned
 
     def _load(self, path: Path, digest: str, version: ModelVersion | None,
               file_name: str | None) -> YoloDetector:
@@ -184,7 +195,7 @@ class DetectorFamily:
         if not controls:
             return None
         try:
-            model = self.model(project)
+            model, tuned = self.model_and_threshold(project)
         except ModelUnavailable as exc:
             log.error("project %s: detector unavailable, no boxes: %s", project, exc)
             return None
@@ -194,7 +205,8 @@ class DetectorFamily:
         if unmapped:
             log.warning("project %s: the detector's classes match no label of %s (map them "
                         "with predicted_values on <Label>)", project, unmapped)
-        threshold = self.settings.detector_min_score
+        # A control's model_score_threshold still wins over this (detect_images).
+        threshold = default_min_score(self.settings.detector_min_score, tuned)
         outputs: dict[int, TaskOutputs] = {}
         for key in dict.fromkeys(c.value_key for c in controls):
             group = [c for c in controls if c.value_key == key]
