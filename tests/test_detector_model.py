@@ -185,8 +185,11 @@ def test_fine_tune_job_saves_a_version_with_val_map_and_keeps_the_classifier(
     before = runtime.store.latest(5)
     outcome = train_detector_job(runtime, TrainRequest(project=5, mode="incremental"))
     assert outcome["status"] == "trained", outcome
+    # A new version re-ranks the queue and re-scores the labels (on their own lanes).
     assert outcome["next_jobs"] == [{"name": "rerank", "payload": {"project": 5, "force": False},
-                                     "key": "rerank:5"}]
+                                     "key": "rerank:5"},
+                                    {"name": "quality", "payload": {"project": 5},
+                                     "key": "quality:5"}]
     version = runtime.store.latest(5)
     assert version is not None and version.name != before.name
     assert version.name.startswith("tiny_yolov8n-v")  # named after the checkpoint
