@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from ml_backend.core.detections import Detections, xyxy_to_ls_rect
+from ml_backend.core.errors import ModelUnavailable
+from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.jobs.kinds import QualityRequest, TrainRequest
 from ml_backend.models.classifier.training import _holdout
@@ -29,7 +31,7 @@ from ml_backend.runtime import Runtime
 
 from conftest import png_bytes
 from fakes import FakeLabelStudioAPI
-from yolo_fixture import SHAPES_CONFIG
+from yolo_fixture import SHAPES_CONFIG, SIZE, train_tiny_yolo
 
 N_CLASSES = len(SHAPE_CLASSES)
 # Above cleanlab's high-probability threshold (0.95, strict): a confident detector.
@@ -300,6 +302,23 @@ def test_a_detector_without_its_training_record_is_skipped(backend: Any, image_h
     assert result["status"] == "skipped" and "predates the record" in result["detail"]
 
 
+def test_an_unavailable_detector_costs_only_its_part(
+        backend: Any, image_host: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, runtime, _ = backend
+    tasks, _ = _shape_project(image_host, 8, {})
+    fake = FakeLabelStudioAPI(SHAPES_CONFIG, tasks)
+    runtime.ls_api = fake  # type: ignore[assignment]
+    _save_detector(runtime, 9, [])
+
+    def broken(project: int) -> DetectorModel:
+        raise ModelUnavailable("cannot load YOLO weights detector.pt: truncated")
+
+    monkeypatch.setattr(runtime.detector, "model", broken)
+    result = quality_job(runtime, QualityRequest(9))
+    assert result["status"] == "skipped" and fake.data_updates == 0
+    assert "detection: detector unavailable: cannot load" in result["detail"]
+
+
 def test_detector_training_records_its_tasks_and_chains_the_quality_job(
         backend: Any, image_host: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     _, runtime, _ = backend
@@ -333,3 +352,30 @@ def test_detector_training_records_its_tasks_and_chains_the_quality_job(
     held = _holdout(list(range(1, 13)))
     assert set(second["trained_on"]) == set(expected) | {
         t for t, h in zip(range(1, 13), held, strict=True) if not h}
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_yolo(tmp_path_factory.mktemp("tiny-yolo"))
+
+
+def test_quality_job_through_a_real_detector(make_settings: Any, image_host: Any,
+                                             tiny_checkpoint: Path) -> None:
+    """The real predict path (decode, YOLO, class mapping) into cleanlab: a tiny detector
+    (one epoch at 64 px) says little, so only the shape of the result is checked."""
+    settings: Settings = make_settings(label_studio_url=image_host.url,
+                                       detector_image_size=SIZE)
+    runtime = Runtime(settings)
+    tasks, _ = _shape_project(image_host, 12, {3: "swap"})
+    fake = FakeLabelStudioAPI(SHAPES_CONFIG, tasks)
+    runtime.ls_api = fake  # type: ignore[assignment]
+    weights = tiny_checkpoint.read_bytes()
+    runtime.store.save(9, "tiny", {"detector.pt": weights}, {"family": "detector", "detector": {
+        "file": "detector.pt", "digest": hashlib.sha256(weights).hexdigest()[:16],
+        "classes": list(SHAPE_CLASSES), "control": "shape", "trained_on": [1, 2]}})
+    result = quality_job(runtime, QualityRequest(9))
+    assert result["status"] == "scored", result
+    assert result["detection"]["n_labeled"] == 10
+    scores = [t["data"][QUALITY_KEY] for t in fake.tasks[2:]]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert all(QUALITY_KEY not in t["data"] for t in fake.tasks[:2])

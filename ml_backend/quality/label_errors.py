@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ml_backend.core.detections import label_map
+from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.images import decode_image
 from ml_backend.core.store import ModelVersion
 from ml_backend.jobs.kinds import QualityRequest
@@ -142,7 +143,7 @@ def _quality_locked(runtime: Runtime, project: int) -> dict[str, Any]:
     if not scored:
         statuses = [s["status"] for s in summaries.values()]
         status = "not-enough-labels" if "not-enough-labels" in statuses else "skipped"
-        detail = "; ".join(s["detail"] for s in summaries.values() if s["status"] == status)
+        detail = "; ".join(f"{kind}: {s['detail']}" for kind, s in summaries.items())
         n_labeled = sum(s.get("n_labeled", 0) for s in summaries.values())
         if status == "not-enough-labels":
             runtime.store.write_state(project, QUALITY_STATE, {
@@ -285,7 +286,13 @@ def _detection(runtime: Runtime, project: int, version: ModelVersion, config: st
                 "detail": f"detection label quality needs {MIN_DETECTION_TASKS} annotated "
                           f"images the detector did not train on (its held-out split or "
                           f"annotated since); there are {len(samples)}"}, []
-    model = runtime.detector.model(project)
+    try:
+        model = runtime.detector.model(project)
+    except ModelUnavailable as exc:
+        # As in serving, a broken detector costs only its part (/health reports it too).
+        log.error("project %s: detector unavailable, no detection label quality: %s",
+                  project, exc)
+        return {"status": "skipped", "detail": f"detector unavailable: {exc}"}, []
     if model is None or model.digest != meta.get("digest"):
         return {"status": "skipped", "detail": "a newer detector was saved meanwhile; the "
                                                "quality job its training chains scores it"}, []
