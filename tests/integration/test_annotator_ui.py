@@ -8,7 +8,9 @@ real process. Each step saves a screenshot under ``artifacts/e2e/`` for a person
 3. open a segmentation task, turn on Auto-Annotation, click with the smart keypoint tool:
    SAM's mask appears, is accepted and submitted; Label Studio stores a brush region and
    our backend receives the webhook;
-4. after a retrain, the "Most informative first" view lists tasks in our ranking's order.
+4. after a retrain, the "Most informative first" view lists tasks in our ranking's order;
+5. after the quality job, the "Suspected label errors" tab lists the annotated tasks by
+   increasing ``label_quality``, the two injected label errors first.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ml_backend.devtools.project_setup import (
     connect_backend,
     create_informative_view,
     create_project,
+    label_studio_auth_header,
     retrieve_predictions,
     upload_images,
 )
@@ -264,5 +267,98 @@ def test_4_after_a_retrain_the_informative_view_follows_our_ranking(
         # (tasks with equal scores may come in either order).
         assert shown[:len(state["batch"])] == state["batch"], (shown, state["batch"])
         assert [score[t] for t in shown] == sorted(score.values())[:len(shown)]
+    finally:
+        backend.stop()
+
+
+# The Data Manager grid as the UI draws it: column titles, and each rendered row's task id
+# and cell texts in the same column order, top to bottom (rows are absolutely placed).
+_READ_GRID = """() => {
+    const heads = [...document.querySelectorAll('[class*="table-head__draggable"]')]
+        .map(h => h.innerText.trim());
+    const rows = [...document.querySelectorAll('[data-testid=table-row-wrapper]')]
+        .sort((a, b) => parseFloat(a.style.top) - parseFloat(b.style.top))
+        .map(r => ({
+            task: parseInt(r.querySelector('input[aria-label^="Select Task"]')
+                .getAttribute('aria-label').split(' ').pop()),
+            cells: [...r.querySelector('[data-testid=table-row]').children]
+                .map(c => c.innerText.trim())}));
+    return {heads, rows};
+}"""
+
+
+def _hide_default_hidden_columns(label_studio: Any, project: int, view: int) -> None:
+    """Hide in the tab the columns a tab made in the UI hides by default (Label Studio's
+    ``visibility_defaults``): a tab made through the API shows every column, and the score's
+    column would sit far right of the ID. Display only: filters and ordering are kept."""
+    headers = label_studio_auth_header(label_studio.url, label_studio.api_key)
+    api = f"{label_studio.url}/api/dm"
+    columns = requests.get(f"{api}/columns?project={project}", headers=headers,
+                           timeout=10).json()["columns"]
+    hidden = [f"{c['target']}:{c['id']}" for c in columns if not c.get("parent")
+              and not (c.get("visibility_defaults") or {}).get("explore", True)]
+    data = requests.get(f"{api}/views/{view}", headers=headers, timeout=10).json()["data"]
+    requests.patch(f"{api}/views/{view}", headers=headers, timeout=10, json={
+        "project": project, "data": {**data, "hiddenColumns": {  # both keys, or the UI fails
+            "explore": hidden, "labeling": hidden}}}).raise_for_status()
+
+
+def test_5_suspected_label_errors_tab_lists_the_injected_errors_first(
+        label_studio, ls_client, page, tmp_path: Path) -> None:
+    from ml_backend.devtools.datasets import write_digit_pngs
+    from ml_backend.quality.views import LABEL_ERRORS_VIEW, QUALITY_KEY
+
+    per_class = 10  # as in test_quality.py: enough for 5-fold out-of-fold probabilities
+    digits = write_digit_pngs(tmp_path / "digits", 100, size=32)
+    zeros = [path for path, label in digits if label == 0][:per_class]
+    ones = [path for path, label in digits if label == 1][:per_class]
+    project = create_project(ls_client, "quality-ui",
+                             REPO / "labeling_configs" / "digit_classification.xml")
+    ids = upload_images(label_studio.url, label_studio.api_key, project, [*zeros, *ones])
+    zero_ids = ids[:per_class]
+    errors = {zero_ids[3]: "1", ids[per_class + 5]: "0"}  # a 0 labeled "1", a 1 labeled "0"
+    backend = BackendProcess(backend_env(label_studio, tmp_path, FULL_SYNC_INTERVAL_S="0",
+                                         RERANK_MIN_INTERVAL_S="0"), tmp_path / "backend.log")
+    try:
+        backend.wait_ready()
+        connect_backend(ls_client, project, backend.url)
+        for task in ids:  # through the API, so Label Studio sends the webhooks
+            label = errors.get(task, "0" if task in zero_ids else "1")
+            ls_client.annotations.create(id=task, result=[{
+                "from_name": "digit", "to_name": "image", "type": "choices",
+                "value": {"choices": [label]}}])
+
+        def scored() -> bool:  # the quality job chained by a training that saw every label
+            return any(j["name"] == "quality" and j["status"] == "finished"
+                       and (j.get("result") or {}).get("n_labeled") == len(ids)
+                       and j["result"].get("status") == "scored" for j in backend.jobs())
+
+        _wait(scored, 300, backend.log_tail())
+        backend.wait_idle(timeout_s=300)  # no later training or scoring while we read
+        [view] = [v.id for v in ls_client.views.list(project=project)
+                  if (v.data or {}).get("title") == LABEL_ERRORS_VIEW]
+        quality = {int(t.id): float(t.data[QUALITY_KEY])
+                   for t in ls_client.tasks.list(project=project, fields="all")
+                   if QUALITY_KEY in t.data}
+        _hide_default_hidden_columns(label_studio, project, view)
+        page.goto(f"{label_studio.url}/projects/{project}/data?tab={view}")
+        page.wait_for_selector("[data-testid=table-row]")
+        page.wait_for_load_state("networkidle")
+        # Should the score's column still sit right of the viewport, bring it into view.
+        page.locator("[class*='table-head__draggable']",
+                     has_text=QUALITY_KEY).scroll_into_view_if_needed()
+        page.screenshot(path=str(ARTIFACTS / "5-suspected-label-errors.png"))
+        assert not page.get_by_text("Runtime error").is_visible()  # Label Studio's error modal
+        grid = page.evaluate(_READ_GRID)
+        [column] = [i for i, title in enumerate(grid["heads"]) if QUALITY_KEY in title]
+        shown = [(row["task"], float(row["cells"][column])) for row in grid["rows"]]
+        assert len(shown) >= 2, grid
+        # What the UI shows is Label Studio's stored score, in increasing order, and the
+        # injected errors are the first two rows.
+        assert all(abs(value - quality[task]) < 1e-3 for task, value in shown), (shown, quality)
+        values = [value for _, value in shown]
+        assert values == sorted(values), shown
+        assert {task for task, _ in shown[:2]} == set(errors), (shown, errors)
+        assert not backend.failed_jobs(), backend.failed_jobs()
     finally:
         backend.stop()
