@@ -4,11 +4,13 @@ tiny random-init ResNet, and a bounded wait for another thread's progress."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,15 @@ def hosted_digit_tasks(host: ImageHost, count: int, project: int = 7) -> list[di
         host.files[path] = png
         tasks.append(choice_task(i + 1, path, "digit", [str(label)]))
     return tasks
+
+
+def load_script(path: Path) -> ModuleType:
+    """A script under ``scripts/`` (not a package) imported from its file, for its functions."""
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_backend.core.detections import Detections, xyxy_to_ls_rect
+from ml_backend.core.detections import Detections
 from ml_backend.core.settings import DEFAULT_DETECTOR_MIN_SCORE, Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.jobs.kinds import TrainRequest
@@ -32,7 +32,7 @@ from ml_backend.reporting.effort import CostModel
 
 from conftest import png_bytes
 from fakes import FakeLabelStudioAPI
-from yolo_fixture import SHAPES_CONFIG, SIZE, train_tiny_yolo
+from yolo_fixture import SHAPES_CONFIG, SIZE, hosted_shape_tasks, train_tiny_yolo
 
 TRUE_BOX = [10.0, 10.0, 50.0, 50.0]
 
@@ -237,20 +237,6 @@ HELD_OUT_IDS = [t for t in range(1, 40) if _holdout([t])[0]][:4]
 TRAIN_IDS = [t for t in range(1, 40) if not _holdout([t])[0]][:4]
 
 
-def _shape_tasks(image_host: Any, ids: Sequence[int], project: int) -> list[dict[str, Any]]:
-    tasks = []
-    for task_id, scene in zip(ids, shape_scenes(len(ids), seed=11), strict=True):
-        path = f"/data/upload/{project}/shape{task_id}.png"
-        image_host.files[path] = png_bytes(scene.pixels)
-        height, width = scene.pixels.shape[:2]
-        result = [{"from_name": "shape", "to_name": "image", "type": "rectanglelabels",
-                   "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [lab]}}
-                  for box, lab in zip(scene.xyxy, scene.labels, strict=True)]
-        tasks.append({"id": task_id, "data": {"image": path}, "annotations": [{
-            "id": task_id, "updated_at": "2026-01-01T00:00:00Z", "result": result}]})
-    return tasks
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train_tiny_yolo(tmp_path_factory.mktemp("tiny-yolo"))
@@ -272,7 +258,7 @@ def detector_runtime(make_settings: Any, image_host: Any, tiny_checkpoint: Path
 def test_a_fine_tune_on_held_out_tasks_stores_its_box_threshold(
         detector_runtime: Any, image_host: Any) -> None:
     assert len(HELD_OUT_IDS) == detector_training.MIN_THRESHOLD_IMAGES
-    tasks = _shape_tasks(image_host, HELD_OUT_IDS + TRAIN_IDS, 6)
+    tasks = hosted_shape_tasks(image_host, HELD_OUT_IDS + TRAIN_IDS, 6)
     detector_runtime.ls_api = FakeLabelStudioAPI(SHAPES_CONFIG, tasks)
     outcome = detector_training.train_detector_job(detector_runtime,
                                                    TrainRequest(project=6, mode="full"))
@@ -312,7 +298,7 @@ def test_only_enough_held_out_tasks_choose_a_threshold(
 
     monkeypatch.setattr(detector_training, "choose_box_threshold", choose)
     runtime = Runtime(make_settings(label_studio_url=image_host.url, detector_min_labels=3))
-    runtime.ls_api = FakeLabelStudioAPI(SHAPES_CONFIG, _shape_tasks(image_host, ids, 4))
+    runtime.ls_api = FakeLabelStudioAPI(SHAPES_CONFIG, hosted_shape_tasks(image_host, ids, 4))
     outcome = detector_training.train_detector_job(runtime, TrainRequest(project=4,
                                                                          mode="full"))
     assert outcome["status"] == "trained", outcome

@@ -4,20 +4,18 @@ class after another."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
+from types import ModuleType
 
 from ml_backend.devtools.datasets import write_digit_pngs
+
+from conftest import load_script
 
 DEMO = Path(__file__).resolve().parents[1] / "scripts" / "demo.py"
 
 
-def _demo():
-    spec = importlib.util.spec_from_file_location("demo_script", DEMO)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _demo() -> ModuleType:
+    return load_script(DEMO)
 
 
 def test_the_demo_shuffles_its_upload_order_with_a_seed(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from ml_backend.app import create_app
-from ml_backend.core.detections import xyxy_to_ls_rect
 from ml_backend.core.errors import BackendError
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
@@ -37,9 +36,8 @@ from ml_backend.models.detector.training import (
 from ml_backend.pipeline.ranking import rank_tasks
 from ml_backend.runtime import Runtime
 
-from conftest import png_bytes
 from fakes import FakeLabelStudioAPI
-from yolo_fixture import MIXED_CONFIG, SHAPES_CONFIG, SIZE, train_tiny_yolo
+from yolo_fixture import MIXED_CONFIG, SHAPES_CONFIG, SIZE, hosted_shape_tasks, train_tiny_yolo
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +46,8 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _shape_tasks(image_host: Any, count: int, project: int = 5) -> list[dict[str, Any]]:
-    """Tasks annotated with their exact boxes, images served by the host."""
-    tasks = []
-    for i, scene in enumerate(shape_scenes(count, seed=11)):
-        path = f"/data/upload/{project}/shape{i}.png"
-        image_host.files[path] = png_bytes(scene.pixels)
-        height, width = scene.pixels.shape[:2]
-        result = [{"from_name": "shape", "to_name": "image", "type": "rectanglelabels",
-                   "value": {**xyxy_to_ls_rect(box, width, height), "rectanglelabels": [lab]}}
-                  for box, lab in zip(scene.xyxy, scene.labels, strict=True)]
-        result.append({"from_name": "busy", "to_name": "image", "type": "choices",
-                       "value": {"choices": ["many" if len(scene.labels) > 2 else "one"]}})
-        tasks.append({"id": i + 1, "data": {"image": path}, "annotations": [{
-            "id": i + 1, "updated_at": "2026-01-01T00:00:00Z", "result": result}]})
-    return tasks
+    """Tasks 1..count annotated with their exact boxes and the "busy" choice."""
+    return hosted_shape_tasks(image_host, range(1, count + 1), project, busy_choice=True)
 
 
 @pytest.fixture

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import requests
@@ -80,12 +80,10 @@ def test_project_upload_view_export(label_studio: LocalLabelStudio, ls_client, t
     assert labeled[0]["annotations"][0]["result"][0]["value"]["choices"] == [str(images[0][1])]
 
 
-def _setup_script():
-    spec = importlib.util.spec_from_file_location("setup_project_script", SETUP_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def _setup_script() -> ModuleType:
+    from conftest import load_script
+
+    return load_script(SETUP_SCRIPT)
 
 
 def _view_titles(ls_client, project_id: int) -> dict[int, str]:
