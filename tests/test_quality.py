@@ -216,3 +216,55 @@ def test_similar_endpoint(backend, image_host) -> None:
     # A task added after the index was built.
     fake.unlabeled = [{"id": 500, "data": {"image": tasks[0]["data"]["image"]}}]
     assert client.get("/similar/7/500").get_json()["status"] == "not-indexed"
+
+
+def test_default_hidden_columns_as_a_tab_made_in_the_ui() -> None:
+    """The columns a tab made in the UI hides (Label Studio's ``visibility_defaults``),
+    for a tab made through the API, but never the tab's own sort or filter column."""
+    from ml_backend.quality.views import default_hidden_columns, label_errors_view
+
+    def column(id_: str, explore: bool, **extra: Any) -> dict[str, Any]:
+        return {"id": id_, "target": "tasks", "visibility_defaults": {
+            "explore": explore, "labeling": False}, **extra}
+
+    columns = {"columns": [
+        column("id", True), column("inner_id", False), column("predictions_score", False),
+        column("file_upload", False), column("total_annotations", True),
+        column("data", True), column(QUALITY_KEY, False, parent="data"),  # a data key
+        {"id": "agreement", "target": "tasks"}]}  # no defaults: shown
+    hidden = default_hidden_columns(columns, label_errors_view())
+    expected = ["tasks:inner_id", "tasks:predictions_score", "tasks:file_upload"]
+    assert hidden == {"explore": expected, "labeling": expected}  # both, or the UI fails
+    # A tab sorted (descending) or filtered on a column hidden by default keeps it.
+    view = {"ordering": ["-tasks:predictions_score"], "filters": {"items": [
+        {"filter": "filter:tasks:file_upload", "operator": "contains", "value": "x"}]}}
+    assert default_hidden_columns(columns, view)["explore"] == ["tasks:inner_id"]
+    with pytest.raises(ValueError):
+        default_hidden_columns({"detail": "Authentication failed"}, view)
+
+
+def test_ensure_view_without_the_columns_creates_the_tab_all_shown(caplog) -> None:
+    """Reading the columns fails: the tab is still created (every column), with a warning."""
+    from types import SimpleNamespace
+
+    from ml_backend.core.errors import LabelStudioUnavailable
+    from ml_backend.labelstudio.api import LabelStudioAPI
+    from ml_backend.quality.views import LABEL_ERRORS_VIEW, label_errors_view
+
+    created: list[dict[str, Any]] = []
+
+    def create(project: int, data: dict[str, Any]) -> Any:
+        created.append(data)
+        return SimpleNamespace(id=5)
+
+    def no_columns(*args: Any, **kwargs: Any) -> Any:
+        raise LabelStudioUnavailable("HTTP 500")
+
+    api = LabelStudioAPI.__new__(LabelStudioAPI)
+    views = SimpleNamespace(list=lambda project: [], create=create)
+    api._client = SimpleNamespace(views=views)  # type: ignore[assignment]
+    api._raw = no_columns  # type: ignore[method-assign]
+    with caplog.at_level("WARNING"):
+        assert api.ensure_view(7, LABEL_ERRORS_VIEW, label_errors_view()) == 5
+    assert created == [{"title": LABEL_ERRORS_VIEW, **label_errors_view()}]
+    assert "every column" in caplog.text

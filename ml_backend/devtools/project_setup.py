@@ -8,6 +8,7 @@ images, connect the ML backend, ask it for predictions, add the "most informativ
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ from ml_backend.labelstudio.auth import LabelStudioAuth
 from ml_backend.quality.views import (
     DUPLICATES_VIEW,
     LABEL_ERRORS_VIEW,
+    default_hidden_columns,
     duplicates_view,
     label_errors_view,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "retrieve_predictions",
     "upload_images",
 ]
+
+log = logging.getLogger(__name__)
 
 INFORMATIVE_VIEW_TITLE = "Most informative first"
 UPLOAD_BATCH = 50  # Label Studio refuses more than DATA_UPLOAD_MAX_NUMBER_FILES (100) files
@@ -236,14 +240,23 @@ def create_informative_view(
 def ensure_view(client: LabelStudio, project_id: int, title: str, data: dict[str, Any]) -> int:
     """The id of the project's Data Manager tab titled ``title``, created with ``data``
     (filters, ordering) when there is none: a re-run, or the backend's quality job (which
-    looks the tab up by title the same way), never adds a second one."""
+    looks the tab up by title the same way), never adds a second one. A new tab hides the
+    columns a tab made in the UI hides (:func:`default_hidden_columns`)."""
     for view in client.views.list(project=project_id):
         view_data = getattr(view, "data", None) or {}
         if isinstance(view_data, dict) and view_data.get("title") == title \
                 and view.id is not None:
             return int(view.id)
-    view = client.views.create(project=project_id,
-                               data={"title": title, **data})  # type: ignore[arg-type]
+    data = {"title": title, **data}
+    try:  # no SDK method for the columns: the SDK's own authenticated HTTP client
+        response = client._client_wrapper.httpx_client.request(
+            "api/dm/columns", method="GET", params={"project": project_id})
+        response.raise_for_status()
+        data["hiddenColumns"] = default_hidden_columns(response.json(), data)
+    except Exception as exc:  # display only: the tab still works with every column
+        log.warning("project %s: tab %r gets every column (cannot read the Data Manager "
+                    "columns: %s)", project_id, title, str(exc)[:300])
+    view = client.views.create(project=project_id, data=data)  # type: ignore[arg-type]
     if view.id is None:
         raise RuntimeError("Label Studio returned a view without id")
     return int(view.id)

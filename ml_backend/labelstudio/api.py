@@ -15,6 +15,7 @@ from typing import Any
 
 from ml_backend.core.errors import LabelStudioUnavailable, NotFound
 from ml_backend.core.jsonio import plain
+from ml_backend.quality.views import default_hidden_columns
 
 log = logging.getLogger(__name__)
 
@@ -128,15 +129,23 @@ class LabelStudioAPI:
 
     def ensure_view(self, project: int, title: str, data: dict[str, Any]) -> int:
         """The id of the project's Data Manager tab titled ``title``, created with ``data``
-        (filters, ordering) when there is none."""
+        (filters, ordering) when there is none, hiding the columns a tab made in the UI
+        hides (:func:`default_hidden_columns`)."""
         with _calling(f"list the views of project {project}"):
             for view in self._client.views.list(project=project):
                 view_data = getattr(view, "data", None) or {}
                 if isinstance(view_data, dict) and view_data.get("title") == title \
                         and view.id is not None:
                     return int(view.id)
-            view = self._client.views.create(project=project,
-                                             data={"title": title, **data})  # type: ignore[arg-type]
+        data = {"title": title, **data}
+        try:
+            columns = self._raw("GET", "api/dm/columns", params={"project": project}).json()
+            data["hiddenColumns"] = default_hidden_columns(columns, data)
+        except Exception as exc:  # display only: the tab still works with every column
+            log.warning("project %s: tab %r gets every column (cannot read the Data Manager "
+                        "columns: %s)", project, title, _short(exc))
+        with _calling(f"create a view in project {project}"):
+            view = self._client.views.create(project=project, data=data)  # type: ignore[arg-type]
         if view.id is None:
             raise LabelStudioUnavailable("Label Studio returned a view without id")
         return int(view.id)
