@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_backend.core.detections import Detections
+from ml_backend.core.detections import Detections, LabeledBoxes
 from ml_backend.core.settings import DEFAULT_DETECTOR_MIN_SCORE, Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
 from ml_backend.jobs.kinds import TrainRequest
@@ -24,7 +24,6 @@ from ml_backend.models.detector.boxes import default_min_score
 from ml_backend.models.detector.model import DetectionSample
 from ml_backend.models.detector.thresholds import (
     DEFAULT_GRID,
-    TrueBoxes,
     fixup_threshold,
     tuned_threshold,
 )
@@ -43,8 +42,8 @@ def _predicted(boxes: Sequence[Sequence[float]], labels: Sequence[str],
                       np.array(scores, dtype=float), 100, 100)
 
 
-def _truth(boxes: Sequence[Sequence[float]], labels: Sequence[str]) -> TrueBoxes:
-    return TrueBoxes(np.array(boxes, dtype=float).reshape(-1, 4), tuple(labels))
+def _truth(boxes: Sequence[Sequence[float]], labels: Sequence[str]) -> LabeledBoxes:
+    return LabeledBoxes(np.array(boxes, dtype=float).reshape(-1, 4), tuple(labels))
 
 
 def _grid_seconds(*spans: tuple[float, float, float]) -> dict[float, float]:
@@ -124,7 +123,7 @@ def test_bad_input_is_refused(predictions, truths, grid, error) -> None:
 
 def test_true_boxes_need_a_label_per_box() -> None:
     with pytest.raises(ValueError, match=r"2 labels need xyxy \(2, 4\)"):
-        TrueBoxes(np.zeros((1, 4)), ("circle", "square"))
+        LabeledBoxes(np.zeros((1, 4)), ("circle", "square"))
 
 
 @pytest.mark.parametrize("meta, expected", [

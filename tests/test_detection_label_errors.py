@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_backend.core.detections import Detections, xyxy_to_ls_rect
+from ml_backend.core.detections import Detections, LabeledBoxes, xyxy_to_ls_rect
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, shape_scenes
@@ -20,8 +20,7 @@ from ml_backend.models.classifier.training import _holdout
 from ml_backend.models.detector import training as detector_training
 from ml_backend.models.detector.model import DetectorModel
 from ml_backend.quality.detection_errors import (
-    GivenBoxes,
-    PredictedBoxes,
+    class_ids,
     cleanlab_prediction,
     detection_label_quality,
 )
@@ -38,15 +37,18 @@ N_CLASSES = len(SHAPE_CLASSES)
 CONFIDENT = 0.99
 
 
-def _truth(count: int, seed: int = 0) -> list[GivenBoxes]:
-    return [GivenBoxes(s.xyxy, np.array([SHAPE_CLASSES.index(lab) for lab in s.labels]))
-            for s in shape_scenes(count, seed)]
+def _truth(count: int, seed: int = 0) -> list[LabeledBoxes]:
+    return [LabeledBoxes(s.xyxy, tuple(s.labels)) for s in shape_scenes(count, seed)]
 
 
-def _as_predictions(truth: list[GivenBoxes]) -> list[PredictedBoxes]:
+def _predicted(xyxy: np.ndarray, labels: Sequence[str], scores: np.ndarray) -> Detections:
+    return Detections(np.asarray(xyxy, dtype=np.float64).reshape(-1, 4), tuple(labels),
+                      np.asarray(scores, dtype=np.float64), 100, 100)
+
+
+def _as_predictions(truth: list[LabeledBoxes]) -> list[Detections]:
     """The true boxes, predicted with high confidence."""
-    return [PredictedBoxes(t.xyxy, t.class_ids, np.full(len(t.class_ids), CONFIDENT))
-            for t in truth]
+    return [_predicted(t.xyxy, t.labels, np.full(len(t), CONFIDENT)) for t in truth]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -56,30 +58,30 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
-def _corrupt(truth: list[GivenBoxes]) -> tuple[list[GivenBoxes], dict[str, int]]:
+def _corrupt(truth: list[LabeledBoxes]) -> tuple[list[LabeledBoxes], dict[str, int]]:
     """Three images with one wrong annotation each: a swapped class, a box shifted to
     IoU 0.11 with its object, a removed box (an overlooked object). cleanlab flags a badly
     located box at a box similarity of at most 0.2 (0.8 × 0.25 × the class's AP), so the shift
     goes well below IoU 0.5."""
     given = list(truth)
-    swapped, shifted, removed = (next(i for i, t in enumerate(truth) if len(t.class_ids) >= n
+    swapped, shifted, removed = (next(i for i, t in enumerate(truth) if len(t) >= n
                                       and i > start) for n, start in ((2, 0), (2, 3), (2, 6)))
-    ids = truth[swapped].class_ids.copy()
-    ids[0] = (ids[0] + 1) % N_CLASSES
-    given[swapped] = GivenBoxes(truth[swapped].xyxy, ids)
+    labels = list(truth[swapped].labels)
+    labels[0] = SHAPE_CLASSES[(SHAPE_CLASSES.index(labels[0]) + 1) % N_CLASSES]
+    given[swapped] = LabeledBoxes(truth[swapped].xyxy, tuple(labels))
     boxes = truth[shifted].xyxy.copy()
     width = boxes[0, 2] - boxes[0, 0]
     boxes[0] += [0.8 * width, 0.0, 0.8 * width, 0.0]
     assert _iou(boxes[0], truth[shifted].xyxy[0]) < 0.2
-    given[shifted] = GivenBoxes(boxes, truth[shifted].class_ids)
-    given[removed] = GivenBoxes(truth[removed].xyxy[1:], truth[removed].class_ids[1:])
+    given[shifted] = LabeledBoxes(boxes, truth[shifted].labels)
+    given[removed] = LabeledBoxes(truth[removed].xyxy[1:], truth[removed].labels[1:])
     return given, {"swapped": swapped, "shifted": shifted, "removed": removed}
 
 
 def test_corrupted_annotations_score_lowest_and_are_flagged() -> None:
     truth = _truth(30)
     given, corrupted = _corrupt(truth)
-    quality = detection_label_quality(given, _as_predictions(truth), N_CLASSES)
+    quality = detection_label_quality(given, _as_predictions(truth), SHAPE_CLASSES)
     assert quality.scores.shape == (30,) and quality.issues.shape == (30,)
     assert ((quality.scores >= 0) & (quality.scores <= 1)).all()
     bad = set(corrupted.values())
@@ -92,17 +94,17 @@ def test_corrupted_annotations_score_lowest_and_are_flagged() -> None:
 
 def test_clean_annotations_all_score_one() -> None:
     truth = _truth(12, seed=4)
-    quality = detection_label_quality(truth, _as_predictions(truth), N_CLASSES)
+    quality = detection_label_quality(truth, _as_predictions(truth), SHAPE_CLASSES)
     assert quality.scores.min() > 0.999
     assert not quality.issues.any()
 
 
-def _empty_given() -> GivenBoxes:
-    return GivenBoxes(np.zeros((0, 4)), np.zeros(0, dtype=np.int64))
+def _empty_given() -> LabeledBoxes:
+    return LabeledBoxes(np.zeros((0, 4)), ())
 
 
-def _empty_predicted() -> PredictedBoxes:
-    return PredictedBoxes(np.zeros((0, 4)), np.zeros(0, dtype=np.int64), np.zeros(0))
+def _empty_predicted() -> Detections:
+    return _predicted(np.zeros((0, 4)), (), np.zeros(0))
 
 
 def test_edge_cases_are_explicit() -> None:
@@ -110,7 +112,7 @@ def test_edge_cases_are_explicit() -> None:
     predicted = _as_predictions(truth)
     given = [*truth, _empty_given(), _empty_given(), truth[0]]
     predicted = [*predicted, _empty_predicted(), predicted[1], _empty_predicted()]
-    quality = detection_label_quality(given, predicted, N_CLASSES)
+    quality = detection_label_quality(given, predicted, SHAPE_CLASSES)
     # No box annotated, none predicted: nothing to disagree on.
     assert quality.scores[6] == 1.0 and not quality.issues[6]
     # No box annotated where the detector is sure of some: overlooked objects.
@@ -118,40 +120,52 @@ def test_edge_cases_are_explicit() -> None:
     # Boxes annotated, nothing predicted: no evidence against them (a documented limit).
     assert quality.scores[8] == 1.0 and not quality.issues[8]
     # No images at all.
-    empty = detection_label_quality([], [], N_CLASSES)
+    empty = detection_label_quality([], [], SHAPE_CLASSES)
     assert empty.scores.shape == (0,) and empty.issues.shape == (0,)
 
 
 def test_a_single_class_is_scored_on_overlooked_and_shifted_boxes() -> None:
-    truth = [GivenBoxes(t.xyxy, np.zeros(len(t.class_ids), dtype=np.int64))
-             for t in _truth(10, seed=5)]
+    truth = [LabeledBoxes(t.xyxy, ("shape",) * len(t)) for t in _truth(10, seed=5)]
     given = list(truth)
-    given[3] = GivenBoxes(truth[3].xyxy[1:], truth[3].class_ids[1:]) if len(
-        truth[3].class_ids) > 1 else _empty_given()
-    quality = detection_label_quality(given, _as_predictions(truth), 1)
+    given[3] = LabeledBoxes(truth[3].xyxy[1:], truth[3].labels[1:]) if len(
+        truth[3]) > 1 else _empty_given()
+    quality = detection_label_quality(given, _as_predictions(truth), ["shape"])
     assert int(np.argmin(quality.scores)) == 3 and quality.issues[3]
     assert quality.issues.sum() == 1
 
 
 def test_predictions_are_split_per_class_as_cleanlab_expects() -> None:
-    predicted = PredictedBoxes(np.array([[0, 0, 5, 5], [1, 1, 6, 6], [2, 2, 9, 9.0]]),
-                               np.array([2, 0, 2]), np.array([0.9, 0.2, 0.4]))
-    per_class = cleanlab_prediction(predicted, 4)
+    predicted = _predicted(np.array([[0, 0, 5, 5], [1, 1, 6, 6], [2, 2, 9, 9.0]]),
+                           ("c", "a", "c"), np.array([0.9, 0.2, 0.4]))
+    per_class = cleanlab_prediction(predicted, ["a", "b", "c", "d"])
     assert [a.shape for a in per_class] == [(1, 5), (0, 5), (2, 5), (0, 5)]
     np.testing.assert_allclose(per_class[2][:, 4], [0.9, 0.4])
 
 
+def test_labels_become_class_ids_in_the_classes_order() -> None:
+    ids = class_ids(("c", "a", "c"), ["a", "b", "c"])
+    assert ids.dtype == np.int64 and ids.tolist() == [2, 0, 2]
+    assert class_ids((), ["a"]).shape == (0,)
+
+
 @pytest.mark.parametrize("make, error", [
-    (lambda: GivenBoxes(np.zeros((2, 3)), np.zeros(2)), "must be \\(N, 4\\)"),
-    (lambda: GivenBoxes(np.zeros((2, 4)), np.zeros(3)), "one class id per box"),
-    (lambda: PredictedBoxes(np.zeros((1, 4)), np.zeros(1), np.zeros(2)), "one score per box"),
-    (lambda: PredictedBoxes(np.zeros((1, 4)), np.zeros(1), np.array([1.5])),
-     "must lie in \\[0, 1\\]"),
-    (lambda: detection_label_quality([_empty_given()], [], 3), "one prediction per image"),
-    (lambda: detection_label_quality([_empty_given()], [_empty_predicted()], 0),
+    (lambda: LabeledBoxes(np.zeros((2, 3)), ("a", "b")), "must be \\(N, 4\\)"),
+    (lambda: LabeledBoxes(np.zeros((2, 4)), ("a", "b", "c")), "3 labels need xyxy \\(3, 4\\)"),
+    (lambda: _predicted(np.zeros((1, 4)), ("a",), np.zeros(2)), "scores \\(N,\\)"),
+    (lambda: detection_label_quality([_empty_given()],
+                                     [_predicted(np.zeros((1, 4)), ("a",), np.array([1.5]))],
+                                     ["a"]), "must lie in \\[0, 1\\]"),
+    (lambda: detection_label_quality([_empty_given()], [], ["a"]), "one prediction per image"),
+    (lambda: detection_label_quality([_empty_given()], [_empty_predicted()], []),
      "at least 1"),
-    (lambda: detection_label_quality([GivenBoxes(np.zeros((1, 4)), np.array([3]))],
-                                     [_empty_predicted()], 3), "class ids must lie"),
+    (lambda: detection_label_quality([_empty_given()], [_empty_predicted()], ["a", "a"]),
+     "distinct"),
+    (lambda: detection_label_quality([LabeledBoxes(np.zeros((1, 4)), ("d",))],
+                                     [_empty_predicted()], ["a", "b", "c"]),
+     "image 0: labels \\['d'\\] are not among the classes"),
+    (lambda: detection_label_quality([_empty_given()],
+                                     [_predicted(np.zeros((1, 4)), ("d",), np.array([0.5]))],
+                                     ["a"]), "image 0: labels \\['d'\\]"),
 ])
 def test_bad_input_is_refused(make, error: str) -> None:
     with pytest.raises(ValueError, match=error):

@@ -1,4 +1,5 @@
-"""Boxes as typed arrays, and their conversions between the formats the detector meets:
+"""Boxes as typed arrays (a detector's :class:`Detections`, an annotation's
+:class:`LabeledBoxes`), and their conversions between the formats the detector meets:
 pixel corners (``xyxy``, what YOLO predicts), Label Studio's rectangle values (percent of the
 original image, top-left corner, optional rotation), and YOLO's normalised centre format (the
 training dataset). Pure functions; building Label Studio result dicts stays in ``results``.
@@ -31,6 +32,31 @@ class Detections:
                              f"{self.xyxy.shape} and {self.scores.shape}")
         if self.width <= 0 or self.height <= 0:
             raise ValueError(f"image size must be positive, got {self.width}x{self.height}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass(frozen=True)
+class LabeledBoxes:
+    """One image's annotated boxes: ``xyxy (N, 4)`` pixel corners (float64) and ``labels`` the
+    config label of each box. ``N`` may be 0 (an image annotated as holding no object); an
+    empty ``xyxy`` of any shape becomes ``(0, 4)``."""
+
+    xyxy: np.ndarray
+    labels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        xyxy = np.asarray(self.xyxy, dtype=np.float64)
+        if xyxy.size == 0:
+            xyxy = xyxy.reshape(0, 4)
+        labels = tuple(self.labels)
+        n = len(labels)
+        if xyxy.shape != (n, 4):
+            raise ValueError(f"xyxy must be (N, 4) pixel corners, one row per label: {n} "
+                             f"labels need xyxy ({n}, 4), got {xyxy.shape}")
+        object.__setattr__(self, "xyxy", xyxy)
+        object.__setattr__(self, "labels", labels)
 
     def __len__(self) -> int:
         return len(self.labels)

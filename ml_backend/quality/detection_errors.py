@@ -1,10 +1,11 @@
 """Suspected label errors of object detection, as pure functions over arrays.
 
-Per image: the annotated boxes (:class:`GivenBoxes`) and a detector's boxes on the same image
-(:class:`PredictedBoxes`), both in pixel corners ``xyxy``, classes as indices into the
-control's labels. cleanlab's ObjectLab scores (``cleanlab.object_detection``) compare them
-per image and give one label-quality score in [0, 1] (low: the annotation is suspect) from
-three kinds of error:
+Per image: the annotated boxes (:class:`~ml_backend.core.detections.LabeledBoxes`) and a
+detector's boxes on the same image (:class:`~ml_backend.core.detections.Detections`), both in
+pixel corners ``xyxy``, labelled with the control's labels (which cleanlab sees as class ids,
+their indices in the control's order: :func:`class_ids`, the one conversion). cleanlab's
+ObjectLab scores (``cleanlab.object_detection``) compare them per image and give one
+label-quality score in [0, 1] (low: the annotation is suspect) from three kinds of error:
 
 - **overlooked**: a confident predicted box (confidence ≥ 0.95) that no annotated box
   overlaps;
@@ -25,60 +26,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _boxes(xyxy: np.ndarray, name: str) -> np.ndarray:
-    boxes = np.asarray(xyxy, dtype=np.float64)
-    if boxes.size == 0:
-        return boxes.reshape(0, 4)
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must be (N, 4) pixel corners, got shape {boxes.shape}")
-    return boxes
-
-
-def _class_ids(class_ids: np.ndarray, n: int, name: str) -> np.ndarray:
-    ids = np.asarray(class_ids, dtype=np.int64).reshape(-1)
-    if len(ids) != n:
-        raise ValueError(f"{name} needs one class id per box: {n} boxes, {len(ids)} ids")
-    return ids
-
-
-@dataclass(frozen=True)
-class GivenBoxes:
-    """One image's annotated boxes: ``xyxy (N, 4)`` pixel corners and ``class_ids (N,)``.
-    ``N`` may be 0: an image annotated as holding no object."""
-
-    xyxy: np.ndarray
-    class_ids: np.ndarray
-
-    def __post_init__(self) -> None:
-        xyxy = _boxes(self.xyxy, "given xyxy")
-        object.__setattr__(self, "xyxy", xyxy)
-        object.__setattr__(self, "class_ids", _class_ids(self.class_ids, len(xyxy),
-                                                         "given boxes"))
-
-
-@dataclass(frozen=True)
-class PredictedBoxes:
-    """One image's predicted boxes: ``xyxy (M, 4)`` pixel corners, ``class_ids (M,)`` and
-    ``scores (M,)`` confidences in [0, 1]. ``M`` may be 0."""
-
-    xyxy: np.ndarray
-    class_ids: np.ndarray
-    scores: np.ndarray
-
-    def __post_init__(self) -> None:
-        xyxy = _boxes(self.xyxy, "predicted xyxy")
-        object.__setattr__(self, "xyxy", xyxy)
-        object.__setattr__(self, "class_ids", _class_ids(self.class_ids, len(xyxy),
-                                                         "predicted boxes"))
-        scores = np.asarray(self.scores, dtype=np.float64).reshape(-1)
-        if len(scores) != len(xyxy):
-            raise ValueError(f"predicted boxes need one score per box: {len(xyxy)} boxes, "
-                             f"{len(scores)} scores")
-        if len(scores) and (scores.min() < 0.0 or scores.max() > 1.0):
-            raise ValueError(f"predicted scores must lie in [0, 1], got "
-                             f"{scores.min()}..{scores.max()}")
-        object.__setattr__(self, "scores", scores)
+from ml_backend.core.detections import Detections, LabeledBoxes
 
 
 @dataclass(frozen=True)
@@ -90,36 +38,52 @@ class DetectionQuality:
     issues: np.ndarray
 
 
-def cleanlab_label(given: GivenBoxes) -> dict[str, Any]:
+def class_ids(labels: Sequence[str], classes: Sequence[str]) -> np.ndarray:
+    """Each label's index in ``classes`` (cleanlab's class ids) ``(N,) int64``; ValueError
+    names a label that is not among them."""
+    index = {label: i for i, label in enumerate(classes)}
+    unknown = sorted({label for label in labels if label not in index})
+    if unknown:
+        raise ValueError(f"labels {unknown} are not among the classes {list(classes)}")
+    return np.array([index[label] for label in labels], dtype=np.int64)
+
+
+def cleanlab_label(given: LabeledBoxes, classes: Sequence[str]) -> dict[str, Any]:
     """One image's annotation as cleanlab's ``labels[i]``: ``{"bboxes", "labels"}``."""
-    return {"bboxes": given.xyxy, "labels": given.class_ids}
+    return {"bboxes": given.xyxy, "labels": class_ids(given.labels, classes)}
 
 
-def cleanlab_prediction(predicted: PredictedBoxes, n_classes: int) -> list[np.ndarray]:
-    """One image's predictions as cleanlab's ``predictions[i]``: for each class ``k`` a
-    ``(M_k, 5)`` array of ``[x1, y1, x2, y2, confidence]`` (empty classes included)."""
-    rows = np.concatenate([predicted.xyxy, predicted.scores[:, None]], axis=1)
-    return [rows[predicted.class_ids == k] for k in range(n_classes)]
+def cleanlab_prediction(predicted: Detections, classes: Sequence[str]) -> list[np.ndarray]:
+    """One image's predictions as cleanlab's ``predictions[i]``: for each class ``k`` of
+    ``classes`` a ``(M_k, 5)`` float64 array of ``[x1, y1, x2, y2, confidence]`` (empty
+    classes included)."""
+    ids = class_ids(predicted.labels, classes)
+    rows = np.concatenate([np.asarray(predicted.xyxy, dtype=np.float64).reshape(-1, 4),
+                           np.asarray(predicted.scores, dtype=np.float64).reshape(-1, 1)],
+                          axis=1)
+    return [rows[ids == k] for k in range(len(classes))]
 
 
-def _check(given: Sequence[GivenBoxes], predicted: Sequence[PredictedBoxes], n_classes: int
-           ) -> None:
+def _check(given: Sequence[LabeledBoxes], predicted: Sequence[Detections],
+           classes: Sequence[str]) -> None:
     if len(given) != len(predicted):
         raise ValueError(f"one prediction per image: {len(given)} annotated images, "
                          f"{len(predicted)} predicted")
-    if n_classes < 1:
-        raise ValueError(f"n_classes must be at least 1, got {n_classes}")
-    for i, (g, p) in enumerate(zip(given, predicted, strict=True)):
-        ids = np.concatenate([g.class_ids, p.class_ids])
-        if len(ids) and (ids.min() < 0 or ids.max() >= n_classes):
-            raise ValueError(f"image {i}: class ids must lie in [0, {n_classes}), got "
-                             f"{ids.min()}..{ids.max()}")
+    if len(classes) < 1:
+        raise ValueError(f"the classes must hold at least 1 label, got {list(classes)}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"the classes must be distinct, got {list(classes)}")
+    for i, p in enumerate(predicted):
+        if len(p) and (p.scores.min() < 0.0 or p.scores.max() > 1.0):
+            raise ValueError(f"image {i}: predicted scores must lie in [0, 1], got "
+                             f"{p.scores.min()}..{p.scores.max()}")
 
 
-def detection_label_quality(given: Sequence[GivenBoxes], predicted: Sequence[PredictedBoxes],
-                            n_classes: int) -> DetectionQuality:
+def detection_label_quality(given: Sequence[LabeledBoxes], predicted: Sequence[Detections],
+                            classes: Sequence[str]) -> DetectionQuality:
     """cleanlab's ObjectLab label-quality score and issue flag of each image's annotation,
-    judged against out-of-sample ``predicted`` boxes (``n_classes``: the control's labels).
+    judged against out-of-sample ``predicted`` boxes (``classes``: the control's labels, in
+its order; every box's label must be one of them).
 
     Edge cases, as cleanlab decides them (there is nothing to decide otherwise):
 
@@ -138,11 +102,16 @@ def detection_label_quality(given: Sequence[GivenBoxes], predicted: Sequence[Pre
     from cleanlab.object_detection.filter import find_label_issues
     from cleanlab.object_detection.rank import get_label_quality_scores
 
-    _check(given, predicted, n_classes)
+    _check(given, predicted, classes)
     if not given:
         return DetectionQuality(np.zeros(0), np.zeros(0, dtype=bool))
-    labels = [cleanlab_label(g) for g in given]
-    predictions = [cleanlab_prediction(p, n_classes) for p in predicted]
+    labels, predictions = [], []
+    for i, (g, p) in enumerate(zip(given, predicted, strict=True)):
+        try:
+            labels.append(cleanlab_label(g, classes))
+            predictions.append(cleanlab_prediction(p, classes))
+        except ValueError as exc:
+            raise ValueError(f"image {i}: {exc}") from None
     scores = np.asarray(get_label_quality_scores(labels, predictions, verbose=False),
                         dtype=np.float64)
     issues = np.asarray(find_label_issues(labels, predictions), dtype=bool)

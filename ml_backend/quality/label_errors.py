@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ml_backend.core.detections import label_map
+from ml_backend.core.detections import Detections, LabeledBoxes
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.images import decode_image
 from ml_backend.core.store import ModelVersion
@@ -41,14 +41,10 @@ from ml_backend.models.classifier.training import (
     fetch_images,
     targets_for,
 )
-from ml_backend.models.detector.boxes import DETECT_CHUNK
+from ml_backend.models.detector.boxes import DETECT_CHUNK, control_boxes
 from ml_backend.models.detector.model import DetectionSample, DetectorModel
 from ml_backend.models.detector.training import detection_samples
-from ml_backend.quality.detection_errors import (
-    GivenBoxes,
-    PredictedBoxes,
-    detection_label_quality,
-)
+from ml_backend.quality.detection_errors import detection_label_quality
 from ml_backend.quality.scoring import label_issues, label_quality_scores
 from ml_backend.quality.similar import save_index
 from ml_backend.quality.views import (
@@ -240,21 +236,18 @@ def unseen_tasks(labeled: Sequence[LabeledTask], trained_on: Sequence[int]
 
 def predicted_boxes(model: DetectorModel, control: ControlSpec,
                     samples: Sequence[DetectionSample], max_pixels: int
-                    ) -> list[PredictedBoxes]:
+                    ) -> list[Detections]:
     """The detector's boxes on each sample's image down to :data:`PREDICTION_FLOOR`, its
-    classes mapped to ``control``'s labels as the predictions shown to annotators are (a class
-    mapped to no label is dropped), in the same pixel frame as the annotated boxes."""
-    mapping = label_map(control.labels, control.label_attrs, model.detector.classes)
-    index = {label: i for i, label in enumerate(control.labels)}
-    out: list[PredictedBoxes] = []
+    classes mapped to ``control``'s labels as the predictions shown to annotators are
+    (:func:`~ml_backend.models.detector.boxes.control_boxes`: a class mapped to no label is
+    dropped), in the same pixel frame as the annotated boxes."""
+    out: list[Detections] = []
     for start in range(0, len(samples), DETECT_CHUNK):
         chunk = samples[start:start + DETECT_CHUNK]
         images = [decode_image(s.image, max_pixels, source=s.name) for s in chunk]
-        for raw in model.detector.detect(images, PREDICTION_FLOOR):
-            keep = [i for i, name in enumerate(raw.labels) if name in mapping]
-            out.append(PredictedBoxes(raw.xyxy[keep],
-                                      np.array([index[mapping[raw.labels[i]]] for i in keep],
-                                               dtype=np.int64), raw.scores[keep]))
+        # Threshold 0: every box the detector returned above the floor goes to cleanlab.
+        out += [control_boxes(control, raw, 0.0).detections
+                for raw in model.detector.detect(images, PREDICTION_FLOOR)]
     return out
 
 
@@ -297,11 +290,12 @@ def _detection(runtime: Runtime, project: int, version: ModelVersion, config: st
         return {"status": "skipped", "detail": "a newer detector was saved meanwhile; the "
                                                "quality job its training chains scores it"}, []
     predicted = predicted_boxes(model, control, samples, runtime.settings.max_image_pixels)
-    given = [GivenBoxes(s.xyxy, s.class_ids) for s in samples]
-    quality = detection_label_quality(given, predicted, len(control.labels))
+    given = [LabeledBoxes(s.xyxy, tuple(control.labels[int(c)] for c in s.class_ids))
+             for s in samples]
+    quality = detection_label_quality(given, predicted, control.labels)
     by_id = {task.task_id: task for task in labeled}
     scored = [ScoredTask(by_id[task_id], float(score), bool(issue),
-                         {"detection": {"boxes": len(g.class_ids),
+                         {"detection": {"boxes": len(g),
                                         "split": "held-out" if held else "training"}})
               for task_id, g, score, issue, held in zip(ids, given, quality.scores,
                                                          quality.issues, held_out, strict=True)]

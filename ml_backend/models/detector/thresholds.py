@@ -6,7 +6,8 @@ than about one time in seven: the mAP-chosen 0.25 hides many boxes worth showing
 fine-tune the new weights predict the held-out tasks once, and :func:`fixup_threshold`
 prices each threshold of a grid with the annotator cost model of
 :mod:`ml_backend.reporting.effort` (the effort benchmark's and the savings report's rules).
-Pure functions over :class:`~ml_backend.core.detections.Detections`.
+Pure functions over :class:`~ml_backend.core.detections.Detections` (predicted) and
+:class:`~ml_backend.core.detections.LabeledBoxes` (true).
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from ml_backend.core.detections import Detections
+from ml_backend.core.detections import Detections, LabeledBoxes
 from ml_backend.reporting.effort import DEFAULT_COSTS, CostModel, box_effort
 
 # 0.05 … 0.50: below 0.05 a detector's boxes are noise, above 0.5 the mAP default already
@@ -27,17 +26,8 @@ DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 11)
 _TIE_S = 1e-9
 
 
-@dataclass(frozen=True)
-class TrueBoxes:
-    """One image's true boxes: ``xyxy (N, 4)`` pixel corners and their labels."""
-
-    xyxy: np.ndarray
-    labels: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        if np.shape(self.xyxy) != (len(self.labels), 4):
-            raise ValueError(f"{len(self.labels)} labels need xyxy ({len(self.labels)}, 4), "
-                             f"got {np.shape(self.xyxy)}")
+# The old name of the annotated boxes, for ``training.py`` until it imports LabeledBoxes.
+TrueBoxes = LabeledBoxes
 
 
 @dataclass(frozen=True)
@@ -65,7 +55,7 @@ def kept_above(predicted: Detections, threshold: float) -> Detections:
                       predicted.height)
 
 
-def fixup_seconds(predictions: Sequence[Detections], truths: Sequence[TrueBoxes],
+def fixup_seconds(predictions: Sequence[Detections], truths: Sequence[LabeledBoxes],
                   threshold: float, costs: CostModel = DEFAULT_COSTS) -> float:
     """Annotator seconds, summed over the images, to turn the boxes shown at ``threshold``
     into the truth (:func:`~ml_backend.reporting.effort.box_effort`)."""
@@ -76,7 +66,7 @@ def fixup_seconds(predictions: Sequence[Detections], truths: Sequence[TrueBoxes]
     return total
 
 
-def fixup_threshold(predictions: Sequence[Detections], truths: Sequence[TrueBoxes],
+def fixup_threshold(predictions: Sequence[Detections], truths: Sequence[LabeledBoxes],
                     costs: CostModel = DEFAULT_COSTS, grid: Sequence[float] = DEFAULT_GRID
                     ) -> ThresholdChoice:
     """The threshold of ``grid`` whose shown boxes cost the least fix-up time over the images
