@@ -26,10 +26,6 @@ DEFAULT_GRID: tuple[float, ...] = tuple(round(0.05 * k, 2) for k in range(1, 11)
 _TIE_S = 1e-9
 
 
-# The old name of the annotated boxes, for ``training.py`` until it imports LabeledBoxes.
-TrueBoxes = LabeledBoxes
-
-
 @dataclass(frozen=True)
 class ThresholdChoice:
     """The cheapest threshold (``value``), the annotator seconds per image at every threshold

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ml_backend.core.detections import ls_rect_to_xyxy
+from ml_backend.core.detections import LabeledBoxes, ls_rect_to_xyxy
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.settings import absolute_path
 from ml_backend.core.store import ModelVersion
@@ -54,7 +54,7 @@ from ml_backend.models.detector.model import (
     train_detector,
     write_yolo_dataset,
 )
-from ml_backend.models.detector.thresholds import DEFAULT_GRID, TrueBoxes, fixup_threshold
+from ml_backend.models.detector.thresholds import DEFAULT_GRID, fixup_threshold
 from ml_backend.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -355,7 +355,7 @@ def choose_box_threshold(runtime: Runtime, weights: Path, val: Sequence[Detectio
         for start in range(0, len(val), DETECT_CHUNK):
             chunk = val[start:start + DETECT_CHUNK]
             predictions += detector.detect([rgb_pixels(s.image) for s in chunk], floor)
-        truths = [TrueBoxes(s.xyxy, tuple(labels[int(c)] for c in s.class_ids)) for s in val]
+        truths = [LabeledBoxes(s.xyxy, tuple(labels[int(c)] for c in s.class_ids)) for s in val]
         choice = fixup_threshold(predictions, truths)
     except Exception:  # Ultralytics and torch raise many types; logged with the traceback
         log.exception("detector training: choosing the box threshold on %d held-out images "
