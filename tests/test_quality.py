@@ -221,7 +221,8 @@ def test_similar_endpoint(backend, image_host) -> None:
 def test_default_hidden_columns_as_a_tab_made_in_the_ui() -> None:
     """The columns a tab made in the UI hides (Label Studio's ``visibility_defaults``),
     for a tab made through the API, but never the tab's own sort or filter column."""
-    from ml_backend.quality.views import default_hidden_columns, label_errors_view
+    from ml_backend.labelstudio.data_manager import default_hidden_columns
+    from ml_backend.quality.views import label_errors_view
 
     def column(id_: str, explore: bool, **extra: Any) -> dict[str, Any]:
         return {"id": id_, "target": "tasks", "visibility_defaults": {

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from ml_backend.labelstudio.auth import LabelStudioAuth
+from ml_backend.labelstudio.data_manager import default_hidden_columns
 from ml_backend.quality.views import (
     DUPLICATES_VIEW,
     LABEL_ERRORS_VIEW,
-    default_hidden_columns,
     duplicates_view,
     label_errors_view,
 )

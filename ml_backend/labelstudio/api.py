@@ -15,7 +15,7 @@ from typing import Any
 
 from ml_backend.core.errors import LabelStudioUnavailable, NotFound
 from ml_backend.core.jsonio import plain
-from ml_backend.quality.views import default_hidden_columns
+from ml_backend.labelstudio.data_manager import default_hidden_columns
 
 log = logging.getLogger(__name__)
 
