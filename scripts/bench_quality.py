@@ -22,8 +22,18 @@ All in process on the product's code paths, no Label Studio:
   full cost; embedding separately, as it is usually cached from training).
 - **Find similar**: exact search (``nearest``) over random 512-d embeddings at 10k and
   100k rows; median and p95 latency of one query.
+- **Label errors in detection** (shape scenes, exact boxes): a detector is trained from the
+  architecture config (no weights) on clean scenes through the fine-tune job's child process
+  (``write_yolo_dataset``, ``fine_tune``), validated on other clean scenes. On a separate
+  scored set, 5 % of the images get one corruption each, in turn: a box's class swapped, a
+  box shifted to IoU < 0.5 with its object, a box removed. The scored set is predicted as
+  the quality job predicts (``predicted_boxes``: the serving detector down to confidence
+  0.01) and scored by ``detection_label_quality`` (cleanlab's ObjectLab). Reported as for
+  the digits, plus recall per corruption kind and the detector's mAP50.
 
     .venv/bin/python scripts/bench_quality.py [--count 1797] [--shapes 1000] [--out PATH]
+        [--det-train 240] [--det-val 40] [--det-scored 200] [--det-epochs 40]
+        [--det-image-size 256]
 """
 
 from __future__ import annotations
@@ -41,10 +51,21 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ml_backend.devtools.datasets import shape_scenes
+from ml_backend.core.detections import LabeledBoxes
+from ml_backend.devtools.datasets import SHAPE_CLASSES, ShapeScene, shape_scenes
+from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.learning.heads import fit_head, out_of_fold_proba
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 from ml_backend.models.classifier.model import ResNetEmbedder, load_backbone, locate_weights
+from ml_backend.models.detector.model import (
+    DetectionSample,
+    DetectorModel,
+    YoloDetector,
+    ultralytics_module,
+    write_yolo_dataset,
+)
+from ml_backend.models.detector.training import FineTuneSpec, fine_tune
+from ml_backend.quality.detection_errors import detection_label_quality
 from ml_backend.quality.fingerprints import (
     MAX_LOG_ASPECT,
     MIN_COLOUR,
@@ -55,6 +76,7 @@ from ml_backend.quality.fingerprints import (
     fingerprint_pairs,
     fingerprints,
 )
+from ml_backend.quality.label_errors import PREDICTION_FLOOR, predicted_boxes
 from ml_backend.quality.scoring import (
     DUPLICATE_SURE_COSINE,
     centre,
@@ -230,6 +252,167 @@ def near_duplicates(embedder: ResNetEmbedder, embedder_degraded: bool,
     }
 
 
+# --- label errors in detection ------------------------------------------------------------
+DETECTION_CONFIG = (REPO / "labeling_configs" / "shapes_detection.xml").read_text()
+CORRUPTIONS = ("swap", "shift", "remove")
+DETECTOR_BATCH = 16  # DETECTOR_BATCH's default
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _sample(name: str, scene: ShapeScene) -> DetectionSample:
+    return DetectionSample(name, _png(scene.pixels), ".png", scene.xyxy,
+                           np.array([SHAPE_CLASSES.index(lab) for lab in scene.labels]),
+                           scene.pixels.shape[1], scene.pixels.shape[0])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    area = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / area) if area > 0 else 0.0
+
+
+def _shifted(box: np.ndarray, width: int, height: int) -> np.ndarray:
+    """``box`` moved by 40 % of its size on both axes, towards the side with more room (IoU
+    with the original about 0.22, less where the image edge does not clip it)."""
+    w, h = box[2] - box[0], box[3] - box[1]
+    dx = 0.4 * w if width - box[2] >= box[0] else -0.4 * w
+    dy = 0.4 * h if height - box[3] >= box[1] else -0.4 * h
+    moved = box + np.array([dx, dy, dx, dy])
+    return np.clip(moved, 0, [width, height, width, height])
+
+
+def corrupt(scene: ShapeScene, kind: str, rng: np.random.Generator) -> LabeledBoxes:
+    """One corruption of ``scene``'s exact boxes: a box's class ``swap``ped to another class,
+    a box ``shift``ed to IoU < 0.5 with its object, or a box ``remove``d."""
+    xyxy, labels = scene.xyxy.copy(), list(scene.labels)
+    i = int(rng.integers(len(labels)))
+    if kind == "swap":
+        others = [c for c in SHAPE_CLASSES if c != labels[i]]
+        labels[i] = others[int(rng.integers(len(others)))]
+    elif kind == "shift":
+        height, width = scene.pixels.shape[:2]
+        xyxy[i] = _shifted(xyxy[i], width, height)
+        if _iou(xyxy[i], scene.xyxy[i]) >= 0.5:
+            raise AssertionError(f"shifted box keeps IoU {_iou(xyxy[i], scene.xyxy[i]):.2f}")
+    elif kind == "remove":
+        xyxy, labels = np.delete(xyxy, i, axis=0), labels[:i] + labels[i + 1:]
+    else:
+        raise ValueError(f"unknown corruption {kind!r}")
+    return LabeledBoxes(xyxy, tuple(labels))
+
+
+def _train_shapes_detector(work: Path, train: list[ShapeScene], val: list[ShapeScene],
+                           epochs: int, image_size: int) -> dict[str, Any]:
+    """The fine-tune job's child process on clean scenes, from the architecture config."""
+    samples = ([_sample(f"t{i}", s) for i, s in enumerate(train)]
+               + [_sample(f"v{i}", s) for i, s in enumerate(val)])
+    data = write_yolo_dataset(work / "dataset", samples, SHAPE_CLASSES,
+                              [i >= len(train) for i in range(len(samples))])
+    spec = FineTuneSpec(start="yolov8n.yaml", data_yaml=str(data), out_dir=str(work / "runs"),
+                        config_dir=str(work / "cfg"), epochs=epochs, image_size=image_size,
+                        batch=DETECTOR_BATCH, device="cpu", warm=False)
+    return fine_tune(spec, work)
+
+
+def _scored_map50(weights: Path, config_dir: Path, root: Path, scenes: list[ShapeScene],
+                  image_size: int) -> float:
+    """mAP50 of ``weights`` on ``scenes`` with their true boxes (Ultralytics' validator)."""
+    data = write_yolo_dataset(root, [_sample(f"s{i}", s) for i, s in enumerate(scenes)],
+                              SHAPE_CLASSES, [True] * len(scenes))
+    yolo = ultralytics_module(config_dir).YOLO
+    metrics = yolo(str(weights), task="detect").val(
+        data=str(data), imgsz=image_size, batch=DETECTOR_BATCH, device="cpu", workers=0,
+        plots=False, verbose=False, project=str(root / "val"), name="run", exist_ok=True)
+    return float(metrics.box.map50)
+
+
+def _precision_recall(flagged: np.ndarray, is_error: np.ndarray) -> dict[str, Any]:
+    return {"size": int(flagged.sum()),
+            "precision": round(float(is_error[flagged].mean()), 4) if flagged.any() else None,
+            "recall": round(float(flagged[is_error].mean()), 4)}
+
+
+def detection_label_errors(train_count: int, val_count: int, scored_count: int, epochs: int,
+                           image_size: int, seed: int) -> dict[str, Any]:
+    """Corrupt 5 % of a scored set of shape scenes (one corruption each, in turn), predict it
+    with a detector trained on other, clean scenes, and see how well the quality job's
+    scores find the corrupted images."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    rng = np.random.default_rng(seed)
+    train = shape_scenes(train_count, seed=21)
+    val = shape_scenes(val_count, seed=22)
+    scored = shape_scenes(scored_count, seed=23)
+    chosen = rng.choice(scored_count, size=max(len(CORRUPTIONS),
+                                               round(FLIP_SHARE * scored_count)),
+                        replace=False)
+    kinds = {int(i): CORRUPTIONS[k % len(CORRUPTIONS)] for k, i in enumerate(chosen)}
+    given = [corrupt(s, kinds[i], rng) if i in kinds else LabeledBoxes(s.xyxy, s.labels)
+             for i, s in enumerate(scored)]
+    is_error = np.zeros(scored_count, dtype=bool)
+    is_error[chosen] = True
+    control = parse_label_config(DETECTION_CONFIG).for_family(ModelFamily.DETECTOR)[0]
+    with tempfile.TemporaryDirectory(prefix="bench-quality-det-") as tmp:
+        work = Path(tmp)
+        started = time.perf_counter()
+        trained = _train_shapes_detector(work, train, val, epochs, image_size)
+        train_s = time.perf_counter() - started
+        weights = Path(trained["weights"])
+        started = time.perf_counter()
+        detector = YoloDetector(weights, work / "cfg", "cpu", image_size)
+        model = DetectorModel("bench", detector, trained["digest"])
+        samples = [_sample(f"s{i}", s) for i, s in enumerate(scored)]
+        predicted = predicted_boxes(model, control, samples, 40_000_000)
+        quality = detection_label_quality(given, predicted, control.labels)
+        score_s = time.perf_counter() - started
+        scored_map50 = _scored_map50(weights, work / "cfg", work / "scored", scored,
+                                     image_size)
+    scores, issues = quality.scores, quality.issues
+    cut = np.zeros(scored_count, dtype=bool)
+    cut[np.argsort(scores, kind="stable")[:len(chosen)]] = True
+    precision, recall, _ = precision_recall_curve(is_error, -scores)
+    confidences = np.concatenate([p.scores for p in predicted]) if predicted else np.zeros(0)
+
+    def per_kind(flagged: np.ndarray) -> dict[str, float]:
+        return {kind: round(float(np.mean([flagged[i] for i, k in kinds.items() if k == kind])),
+                            4) for kind in CORRUPTIONS}
+
+    step = max(1, len(precision) // 200)
+    return {
+        "train_images": train_count, "val_images": val_count, "scored_images": scored_count,
+        "corrupted": len(chosen), "corrupted_by_kind": {k: list(kinds.values()).count(k)
+                                                        for k in CORRUPTIONS},
+        "seed": seed, "epochs": epochs, "image_size": image_size, "batch": DETECTOR_BATCH,
+        "start": "yolov8n.yaml (architecture config, no weights)",
+        "prediction_floor": PREDICTION_FLOOR,
+        "val_map50": round(float(trained["map50"]), 4),
+        "val_map50_95": round(float(trained["map50_95"]), 4),
+        "scored_map50": round(scored_map50, 4),
+        "predicted_boxes": int(confidences.size),
+        "predicted_boxes_over_0.95": int((confidences > 0.95).sum()),
+        "clean_images_scoring_1": int((scores[~is_error] >= 1.0).sum()),
+        "top_cut": _precision_recall(cut, is_error),
+        "top_cut_recall_by_kind": per_kind(cut),
+        "cleanlab_issues": _precision_recall(issues, is_error),
+        "cleanlab_issues_recall_by_kind": per_kind(issues),
+        "pr_auc": round(float(average_precision_score(is_error, -scores)), 4),
+        "score_median": {"clean": round(float(np.median(scores[~is_error])), 4),
+                         **{kind: round(float(np.median([scores[i] for i, k in kinds.items()
+                                                         if k == kind])), 4)
+                            for kind in CORRUPTIONS}},
+        "seconds": {"train": round(train_s, 1), "predict_and_score": round(score_s, 2)},
+        "pr_curve": {"precision": [round(float(p), 4) for p in precision[::step]],
+                     "recall": [round(float(r), 4) for r in recall[::step]]},
+    }
+
+
 def similar_latency(sizes: list[int], dim: int, queries: int, seed: int) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     out: dict[str, Any] = {}
@@ -252,7 +435,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(21, 4.5))
     errors = report["label_errors"][0]
     curve = errors["pr_curve"]
     axes[0].plot(curve["recall"], curve["precision"], "-")
@@ -279,8 +462,23 @@ def plot(report: dict[str, Any], path: Path) -> None:
     axes[2].bar(sizes, [report["similar"][s]["median_ms"] for s in sizes])
     axes[2].set(title="find similar: exact search, one query", xlabel="indexed tasks",
                 ylabel="median ms")
+    _plot_detection(axes[3], report["detection_label_errors"])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def _plot_detection(ax: Any, det: dict[str, Any]) -> None:
+    curve = det["pr_curve"]
+    ax.plot(curve["recall"], curve["precision"], "-")
+    ax.scatter([det["top_cut"]["recall"]], [det["top_cut"]["precision"]], color="C1",
+               zorder=3, label="lowest 5 %")
+    ax.axhline(0.7, color="grey", ls=":")
+    ax.axvline(0.7, color="grey", ls=":")
+    ax.set(title=f"detection label errors: {det['corrupted']} of {det['scored_images']} "
+                 f"scenes\n(PR-AUC {det['pr_auc']:.2f}; detector mAP50 "
+                 f"{det['scored_map50']:.2f} on them)",
+           xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02))
+    ax.legend()
 
 
 def main() -> None:
@@ -292,6 +490,14 @@ def main() -> None:
     parser.add_argument("--similar-sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--pair-timing-rows", type=int, default=10_000)
+    parser.add_argument("--det-train", type=int, default=240,
+                        help="clean shape scenes the detector trains on")
+    parser.add_argument("--det-val", type=int, default=40,
+                        help="clean shape scenes it validates on (val mAP50)")
+    parser.add_argument("--det-scored", type=int, default=200,
+                        help="shape scenes scored, 5 %% of them corrupted")
+    parser.add_argument("--det-epochs", type=int, default=40)
+    parser.add_argument("--det-image-size", type=int, default=256)
     parser.add_argument("--out", type=Path,
                         default=REPO / "docs" / "benchmarks" / "bench_quality")
     args = parser.parse_args()
@@ -321,6 +527,11 @@ def main() -> None:
                                    args.queries, 0),
         "threads": torch.get_num_threads(),
     }
+    started_det = time.perf_counter()
+    report["detection_label_errors"] = detection_label_errors(
+        args.det_train, args.det_val, args.det_scored, args.det_epochs, args.det_image_size, 0)
+    print(f"detection label errors: {report['detection_label_errors']['top_cut']} in "
+          f"{time.perf_counter() - started_det:.0f} s", file=sys.stderr)
     report["seconds"] = round(time.perf_counter() - started, 1)
     write_report(report, args.out, plot)
 
