@@ -32,8 +32,8 @@ All in process on the product's code paths, no Label Studio:
   the digits, plus recall per corruption kind and the detector's mAP50.
 
     .venv/bin/python scripts/bench_quality.py [--count 1797] [--shapes 1000] [--out PATH]
-        [--det-train 240] [--det-val 40] [--det-scored 200] [--det-epochs 40]
-        [--det-image-size 256]
+        [--det-train 160] [--det-val 20] [--det-scored 200] [--det-epochs 30]
+        [--det-image-size 160]
 """
 
 from __future__ import annotations
@@ -490,14 +490,14 @@ def main() -> None:
     parser.add_argument("--similar-sizes", default="10000,100000")
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--pair-timing-rows", type=int, default=10_000)
-    parser.add_argument("--det-train", type=int, default=240,
+    parser.add_argument("--det-train", type=int, default=160,
                         help="clean shape scenes the detector trains on")
-    parser.add_argument("--det-val", type=int, default=40,
+    parser.add_argument("--det-val", type=int, default=20,
                         help="clean shape scenes it validates on (val mAP50)")
     parser.add_argument("--det-scored", type=int, default=200,
                         help="shape scenes scored, 5 %% of them corrupted")
-    parser.add_argument("--det-epochs", type=int, default=40)
-    parser.add_argument("--det-image-size", type=int, default=256)
+    parser.add_argument("--det-epochs", type=int, default=30)
+    parser.add_argument("--det-image-size", type=int, default=160)
     parser.add_argument("--out", type=Path,
                         default=REPO / "docs" / "benchmarks" / "bench_quality")
     args = parser.parse_args()
