@@ -39,6 +39,7 @@ All in process on the product's code paths, no Label Studio:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import sys
 import tempfile
@@ -528,8 +529,12 @@ def main() -> None:
         "threads": torch.get_num_threads(),
     }
     started_det = time.perf_counter()
-    report["detection_label_errors"] = detection_label_errors(
-        args.det_train, args.det_val, args.det_scored, args.det_epochs, args.det_image_size, 0)
+    # Ultralytics logs to stdout (its handler takes the stream it finds when first imported,
+    # here): to stderr, so stdout stays the report.
+    with contextlib.redirect_stdout(sys.stderr):
+        report["detection_label_errors"] = detection_label_errors(
+            args.det_train, args.det_val, args.det_scored, args.det_epochs,
+            args.det_image_size, 0)
     print(f"detection label errors: {report['detection_label_errors']['top_cut']} in "
           f"{time.perf_counter() - started_det:.0f} s", file=sys.stderr)
     report["seconds"] = round(time.perf_counter() - started, 1)
