@@ -33,6 +33,7 @@ from PIL import Image
 
 from ml_backend.core.detections import LabeledBoxes, ls_rect_to_xyxy
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
+from ml_backend.core.images import decode_image
 from ml_backend.core.settings import absolute_path
 from ml_backend.core.store import ModelVersion
 from ml_backend.jobs.kinds import TrainRequest
@@ -332,12 +333,6 @@ HELD_OUT = "held-out tasks"
 MIN_THRESHOLD_IMAGES = 4
 
 
-def rgb_pixels(encoded: bytes) -> np.ndarray:
-    """An encoded image as RGB ``(H, W, 3)`` uint8, as the detector's predict path takes it."""
-    with Image.open(io.BytesIO(encoded)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
 def choose_box_threshold(runtime: Runtime, weights: Path, val: Sequence[DetectionSample],
                          labels: Sequence[str]) -> dict[str, Any] | None:
     """Run the new ``weights`` once over the held-out images at the grid's lowest confidence
@@ -354,7 +349,8 @@ def choose_box_threshold(runtime: Runtime, weights: Path, val: Sequence[Detectio
         predictions = []
         for start in range(0, len(val), DETECT_CHUNK):
             chunk = val[start:start + DETECT_CHUNK]
-            predictions += detector.detect([rgb_pixels(s.image) for s in chunk], floor)
+            predictions += detector.detect(
+                [decode_image(s.image, runtime.settings.max_image_pixels) for s in chunk], floor)
         truths = [LabeledBoxes(s.xyxy, tuple(labels[int(c)] for c in s.class_ids)) for s in val]
         choice = fixup_threshold(predictions, truths)
     except Exception:  # Ultralytics and torch raise many types; logged with the traceback
