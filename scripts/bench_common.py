@@ -75,12 +75,12 @@ def save_random_sam(model_type: str, path: Path, seed: int = 0) -> Path:
     SAM_CHECKPOINT points at): real architecture, no downloaded weights. Timing only."""
     import torch
 
-    from ml_backend.models.sam.model import build_sam_model, sam_architecture
+    from ml_backend.models.sam.loading import build_sam_model
 
     if not path.is_file():
         torch.manual_seed(seed)
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(build_sam_model(sam_architecture(model_type)).state_dict(), path)
+        torch.save(build_sam_model(model_type).state_dict(), path)
     return path
 
 

@@ -13,8 +13,8 @@ on 127.0.0.1, so the client never shares its interpreter; the raw timings load t
 checkpoint in this process, so raw and server numbers come from identical weights (and run
 while the server is idle). The picture is 1920×1080. It measures:
 
-1. encoder: ``SamSegmenter.embed`` (median of ``--encode-repeats``);
-2. decoder: ``SamSegmenter.segment`` (the model alone, in this process) for one click
+1. encoder: ``Segmenter.embed`` (median of ``--encode-repeats``);
+2. decoder: ``Segmenter.segment`` (the model alone, in this process) for one click
    (median of ``--clicks`` click positions), each timed right before the server click at
    the same position (paired samples);
 3. warm server click: ``POST /predict`` over HTTP on 127.0.0.1 with a smart keypoint in
@@ -55,12 +55,7 @@ from PIL import Image
 from ml_backend.core.jsonio import ArrayJSONProvider
 from ml_backend.core.settings import Settings
 from ml_backend.labelstudio.rle import mask_to_rle_array
-from ml_backend.models.sam.model import (
-    SamEmbedding,
-    SamMask,
-    SamPrompt,
-    SamSegmenter,
-)
+from ml_backend.models.sam.model import SamEmbedding, SamMask, SamPrompt, Segmenter
 from ml_backend.runtime import Runtime
 
 from bench_common import (
@@ -165,7 +160,7 @@ def _counts_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, in
     return {k: after[k] - before.get(k, 0) for k in after}
 
 
-def _encode(segmenter: SamSegmenter, pixels: np.ndarray, repeats: int
+def _encode(segmenter: Segmenter, pixels: np.ndarray, repeats: int
             ) -> tuple[list[float], SamEmbedding]:
     """Encoder seconds and the embedding."""
     encode, embedding = [], None
@@ -176,7 +171,7 @@ def _encode(segmenter: SamSegmenter, pixels: np.ndarray, repeats: int
     return encode, embedding
 
 
-def _decode(segmenter: SamSegmenter, embedding: SamEmbedding, x: float, y: float
+def _decode(segmenter: Segmenter, embedding: SamEmbedding, x: float, y: float
             ) -> tuple[float, SamMask]:
     """Decoder seconds for one click at (x, y) percent, and its mask."""
     prompt = SamPrompt(np.array([[x * WIDTH / 100, y * HEIGHT / 100]]), np.array([True]))

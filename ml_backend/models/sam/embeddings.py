@@ -1,6 +1,7 @@
 """SAM image embeddings, computed once per (model, image content) and shared.
 
-An embedding is 4 MB (256 x 64 x 64 float32) and costs seconds to tens of seconds of CPU,
+An embedding is 4 MB for SAM 1 (256 x 64 x 64 float32; 16 MB for SAM 2.1 with its two finer
+feature maps) and costs seconds to tens of seconds of CPU,
 so it lives in three places:
 - a bounded in-memory LRU (``SAM_EMBEDDING_MEMORY_MB``) for clicks in this process;
 - files under ``CACHE_DIR/sam/<model id>/`` (bounded by ``SAM_EMBEDDING_DISK_MB``, least
@@ -48,9 +49,11 @@ class Lookup:
 
 def serialize(embedding: SamEmbedding) -> bytes:
     buffer = io.BytesIO()
+    high_res = {f"high_res_{i}": level.astype(np.float32, copy=False)
+                for i, level in enumerate(embedding.high_res)}
     np.savez(buffer, features=embedding.features.astype(np.float32, copy=False),
              original_size=np.array(embedding.original_size, dtype=np.int64),
-             input_size=np.array(embedding.input_size, dtype=np.int64))
+             input_size=np.array(embedding.input_size, dtype=np.int64), **high_res)
     return buffer.getvalue()
 
 
@@ -59,9 +62,13 @@ def deserialize(data: bytes) -> SamEmbedding:
         features = np.ascontiguousarray(npz["features"], dtype=np.float32)
         original = tuple(int(v) for v in npz["original_size"])
         input_size = tuple(int(v) for v in npz["input_size"])
-    if features.ndim != 4 or len(original) != 2 or len(input_size) != 2:
+        levels = sum(1 for name in npz.files if name.startswith("high_res_"))
+        high_res = tuple(np.ascontiguousarray(npz[f"high_res_{i}"], dtype=np.float32)
+                         for i in range(levels))
+    if (features.ndim != 4 or len(original) != 2 or len(input_size) != 2
+            or any(level.ndim != 4 for level in high_res)):
         raise ValueError("not a SAM embedding file")
-    return SamEmbedding(features, original, input_size)  # type: ignore[arg-type]
+    return SamEmbedding(features, original, input_size, high_res)  # type: ignore[arg-type]
 
 
 class SamEmbeddingStore:

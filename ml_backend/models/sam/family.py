@@ -15,7 +15,8 @@ from ml_backend.core.errors import ModelUnavailable
 from ml_backend.core.settings import Settings
 from ml_backend.models.family import LoadState
 from ml_backend.models.sam.embeddings import SamEmbeddingStore
-from ml_backend.models.sam.model import SamSegmenter, SamWeights, load_sam, locate_sam
+from ml_backend.models.sam.loading import load_sam, locate_sam
+from ml_backend.models.sam.model import SamWeights, Segmenter
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class SamFamily:
                                             settings.sam_embedding_disk_mb * 2**20)
         self._state = state
         self._sam_lock = threading.Lock()  # SAM loads apart: a slow one blocks no classifier
-        self._sam: SamSegmenter | None = None
+        self._sam: Segmenter | None = None
         self._failure: tuple[tuple[str, int, float], str] | None = None
 
     def version_prefix(self) -> None:
@@ -69,7 +70,7 @@ class SamFamily:
         except ModelUnavailable as exc:
             log.error("SAM unavailable: %s", exc)
 
-    def segmenter(self) -> SamSegmenter:
+    def segmenter(self) -> Segmenter:
         """The SAM model, loaded once per process. Raises ModelUnavailable with what to set
         when there is no usable checkpoint; a file that failed to load is not re-read until
         it changes."""
@@ -90,12 +91,11 @@ class SamFamily:
                     raise ModelUnavailable(failure[1])
             weights: SamWeights = locate_sam(self.settings.sam_model_type, checkpoint)
             try:
-                model = load_sam(weights, self.device)
+                sam = load_sam(weights, self.device)
             except ModelUnavailable as exc:
                 with self._state.lock:
                     self._failure = (signature, str(exc))
                 raise
-            sam = SamSegmenter(model, weights.model_id, self.device)
             log.info("SAM %s loaded from %s", weights.model_id, weights.path)
             with self._state.lock:
                 self._sam, self._failure = sam, None
