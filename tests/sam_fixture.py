@@ -3,6 +3,7 @@ checkpoint the way the released ones are (a plain state dict). No weights are do
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,22 +12,27 @@ import pytest
 import torch
 
 from ml_backend.core.settings import Settings
-from ml_backend.models.sam.model import build_sam_model, sam_architecture
+from ml_backend.models.sam.loading import build_sam_model
 
 from app_fixture import AppParts, backend_app
 
 TINY_SAM_TYPE = "vit:32/2/2"  # embed dim 32, 2 blocks, 2 heads
+TINY_SAM2_1_TYPE = "sam2.1_hiera:16/1-1-2-1"  # Hiera with embed dim 16, 5 blocks
 REPO = Path(__file__).resolve().parent.parent
 SEGMENTATION_CONFIG = (REPO / "labeling_configs" / "interactive_segmentation.xml").read_text()
 WIDTH, HEIGHT = 112, 72  # the size the captured click reports
 
 
-def save_tiny_sam(directory: Path, seed: int = 0) -> Path:
-    path = directory / f"tiny-sam-{seed}.pth"
+def save_tiny_sam(directory: Path, seed: int = 0, model_type: str = TINY_SAM_TYPE) -> Path:
+    """A random-init SAM of ``model_type`` saved as the released checkpoints are: a plain
+    state dict for SAM 1, ``{"model": state dict}`` for SAM 2.1."""
+    name = re.sub(r"[^0-9a-z]", "-", model_type)
+    path = directory / f"tiny-sam-{name}-{seed}.pth"
     if not path.is_file():
         torch.manual_seed(seed)
         directory.mkdir(parents=True, exist_ok=True)
-        torch.save(build_sam_model(sam_architecture(TINY_SAM_TYPE)).state_dict(), path)
+        state = build_sam_model(model_type).state_dict()
+        torch.save({"model": state} if model_type.startswith("sam2.1") else state, path)
     return path
 
 
@@ -57,6 +63,11 @@ def tiny_sam(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_sam(tmp_path_factory.mktemp("sam"))
 
 
+@pytest.fixture(scope="session")
+def tiny_sam2_1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_sam(tmp_path_factory.mktemp("sam2.1"), model_type=TINY_SAM2_1_TYPE)
+
+
 @pytest.fixture
 def docs(tmp_path: Path) -> Path:
     """Label Studio's local-files root, holding the images the captures point at."""
@@ -73,6 +84,15 @@ def docs(tmp_path: Path) -> Path:
 def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
             ) -> Iterator[AppParts]:
     settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
+                             local_files_document_root=docs)
+    with backend_app(settings) as parts:
+        yield parts
+
+
+@pytest.fixture
+def sam2_1_app(make_settings: Callable[..., Settings], tiny_sam2_1: Path, docs: Path
+               ) -> Iterator[AppParts]:
+    settings = make_settings(sam_checkpoint=tiny_sam2_1, sam_model_type=TINY_SAM2_1_TYPE,
                              local_files_document_root=docs)
     with backend_app(settings) as parts:
         yield parts

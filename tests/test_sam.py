@@ -18,7 +18,8 @@ from ml_backend.jobs.registry import job_registry
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.labelstudio.rle import rle_to_mask
 from ml_backend.models.classifier.training import train_classifier
-from ml_backend.models.sam.model import SamPrompt, SamSegmenter, load_sam, locate_sam
+from ml_backend.models.sam.loading import load_sam, locate_sam
+from ml_backend.models.sam.model import SamPrompt
 from ml_backend.runtime import Runtime
 
 from app_fixture import backend_app
@@ -290,7 +291,8 @@ def test_the_stateless_path_gives_the_stock_predictors_masks(tiny_sam, monkeypat
     from segment_anything import SamPredictor
 
     weights = locate_sam(TINY_SAM_TYPE, tiny_sam)
-    model = load_sam(weights, torch.device("cpu"))
+    segmenter = load_sam(weights, torch.device("cpu"))
+    model = segmenter.model
     if favoured is not None:
         decode = model.mask_decoder.predict_masks
 
@@ -301,7 +303,6 @@ def test_the_stateless_path_gives_the_stock_predictors_masks(tiny_sam, monkeypat
         monkeypatch.setattr(model.mask_decoder, "predict_masks", favouring)
     pixels = square_scene(112, 72)
     points, positive, box = SAM_PROMPTS[prompt]
-    segmenter = SamSegmenter(model, weights.model_id, torch.device("cpu"))
     ours = segmenter.segment(segmenter.embed(pixels), SamPrompt(points, positive, box))
 
     stock = SamPredictor(model)
