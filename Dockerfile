@@ -17,7 +17,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY pyproject.toml README.md ./
 COPY ml_backend ./ml_backend
+# sam2 (the [sam2] extra, for SAM 2.1) builds from source against the torch installed first.
 RUN pip install . \
+ && pip install "setuptools>=68" wheel \
+ && SAM2_BUILD_CUDA=0 pip install --no-build-isolation ".[sam2]" \
  && useradd --create-home --uid 1000 app \
  && mkdir -p /data/models /data/cache \
  && chown -R app:app /data

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent environment setup on a fresh Debian machine (fast when already done).
-#   .venv     the backend: pip install -e '.[test]' (torch/torchvision pinned in pyproject.toml)
+#   .venv     the backend: pip install -e '.[test]', then the [sam2] extra (torch/torchvision
+#             pinned in pyproject.toml)
 #   .venv-ls  Label Studio 1.23.2, kept apart from the backend (its pins differ)
 #   --with-redis   also apt-get install redis-server when it is missing
 #   --with-compose also apt-get install docker-compose (to validate docker-compose.yml) when
@@ -21,7 +22,7 @@ for arg in "$@"; do
     --with-redis) WITH_REDIS=1 ;;
     --with-compose) WITH_COMPOSE=1 ;;
     --with-browser) WITH_BROWSER=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "setup_env.sh: unknown argument: $arg" >&2; exit 2 ;;
   esac
 done
@@ -48,6 +49,12 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x .venv/bin/ml-backend ]];
 else
   log "installing the backend into .venv (pip install -e '.[test]')"
   .venv/bin/python -m pip install -q -e '.[test]'
+  # sam2 (the [sam2] extra) builds from source and imports torch while it builds, so it goes in
+  # second, without build isolation (which would fetch a second torch), and without its optional
+  # CUDA extension (only a mask post-processing speed-up; CPU machines cannot build it).
+  log "installing the [sam2] extra (a source build of sam2, without its CUDA extension)"
+  .venv/bin/python -m pip install -q "setuptools>=68" wheel
+  SAM2_BUILD_CUDA=0 .venv/bin/python -m pip install -q --no-build-isolation -e '.[test,sam2]'
   echo "$want" > "$stamp"
 fi
 
