@@ -4,12 +4,13 @@
     python scripts/download_weights.py --resnet resnet18
     python scripts/download_weights.py --yolo yolov8n.pt --dest var/models
     python scripts/download_weights.py --sam vit_b --dest var/models
+    python scripts/download_weights.py --sam sam2.1_hiera_tiny --dest var/models
     python scripts/download_weights.py --clipseg CIDAS/clipseg-rd64-refined
 
 ResNet weights go to torchvision's cache ($TORCH_HOME/hub/checkpoints), where the backend
 finds them without further settings. YOLO weights (Ultralytics' release assets, e.g.
 yolov8n.pt or yolo11n.pt) go to ``--dest``; point YOLO_CHECKPOINT at the printed path.
-SAM checkpoints (Meta's releases of segment-anything) go to ``--dest`` too; set
+SAM checkpoints (Meta's releases of segment-anything and SAM 2.1) go to ``--dest`` too; set
 SAM_CHECKPOINT to the printed path and SAM_MODEL_TYPE to the model type. CLIPSeg goes to
 the Hugging Face cache ($HF_HOME); set CLIPSEG_MODEL to the model id (or the printed folder).
 """
@@ -43,6 +44,9 @@ SAM_URLS = {
     "vit_b": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_b_01ec64.pth",
     "vit_l": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_l_0b3195.pth",
     "vit_h": "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+    # SAM 2.1 (sam2's README, checkpoints of 2024-09-28).
+    **{f"sam2.1_hiera_{size}": "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+       f"sam2.1_hiera_{size}.pt" for size in ("tiny", "small", "base_plus", "large")},
 }
 
 
@@ -75,7 +79,8 @@ def main() -> int:
     parser.add_argument("--yolo", default="", help="Ultralytics weights to fetch, e.g. "
                         "yolov8n.pt or yolo11n.pt")
     parser.add_argument("--sam", default="", help="Segment Anything model type to fetch: "
-                        "vit_b (375 MB), vit_l or vit_h")
+                        "vit_b (375 MB), vit_l, vit_h, or SAM 2.1: sam2.1_hiera_tiny (156 MB), "
+                        "sam2.1_hiera_small, sam2.1_hiera_base_plus, sam2.1_hiera_large")
     parser.add_argument("--clipseg", default="", help="Hugging Face id of a CLIPSeg model, "
                         "e.g. CIDAS/clipseg-rd64-refined (600 MB)")
     parser.add_argument("--dest", type=Path, default=Path("var/models"),

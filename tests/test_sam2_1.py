@@ -4,6 +4,7 @@ and clicks through the Flask app as Label Studio sends them."""
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,18 @@ def test_the_released_models_map_to_their_configs(model_type: str) -> None:
     import sam2
 
     assert (Path(sam2.__file__).parent / config).is_file()
+
+
+def test_the_weights_script_fetches_every_released_model_type() -> None:
+    from ml_backend.models.sam.sam1 import SAM_ARCHITECTURES
+
+    spec = importlib.util.spec_from_file_location(
+        "download_weights", Path(__file__).resolve().parents[1] / "scripts/download_weights.py")
+    assert spec and spec.loader
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    assert set(script.SAM_URLS) == set(SAM_ARCHITECTURES) | set(SAM2_1_CONFIGS)
+    assert script.SAM_URLS["sam2.1_hiera_tiny"].endswith("/092824/sam2.1_hiera_tiny.pt")
 
 
 @pytest.mark.parametrize("model_type, message", [
