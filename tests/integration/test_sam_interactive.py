@@ -1,6 +1,7 @@
 """Smart-tool clicks through the real Label Studio to a real backend process running a tiny
-random-init SAM: imported tasks get their embeddings before anyone clicks, and Label Studio's
-interactive-annotating call comes back with a brush mask."""
+random-init SAM of either generation (segment-anything, SAM 2.1): imported tasks get their
+embeddings before anyone clicks, and Label Studio's interactive-annotating calls (a smart
+keypoint, a smart rectangle) come back with brush masks."""
 
 from __future__ import annotations
 
@@ -24,14 +25,17 @@ def _sam_counts(backend: BackendProcess) -> dict[str, int]:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("generation", ["sam1", "sam2.1"])
 def test_click_in_label_studio_gets_a_precomputed_mask(label_studio, ls_client,
-                                                       tmp_path: Path) -> None:
-    from sam_fixture import TINY_SAM_TYPE, distinct_scenes, save_tiny_sam
+                                                       tmp_path: Path, generation: str) -> None:
+    from sam_fixture import TINY_SAM2_1_TYPE, TINY_SAM_TYPE, distinct_scenes, save_tiny_sam
 
+    model_type = TINY_SAM_TYPE if generation == "sam1" else TINY_SAM2_1_TYPE
     paths = distinct_scenes(tmp_path / "scenes", 3)
     backend = BackendProcess(backend_env(
-        label_studio, tmp_path, SAM_CHECKPOINT=str(save_tiny_sam(tmp_path / "sam")),
-        SAM_MODEL_TYPE=TINY_SAM_TYPE), tmp_path / "backend.log")
+        label_studio, tmp_path,
+        SAM_CHECKPOINT=str(save_tiny_sam(tmp_path / "sam", model_type=model_type)),
+        SAM_MODEL_TYPE=model_type), tmp_path / "backend.log")
     try:
         backend.wait_ready()
         project = create_project(ls_client, "sam-clicks",
@@ -52,15 +56,23 @@ def test_click_in_label_studio_gets_a_precomputed_mask(label_studio, ls_client,
             "is_positive": True, "origin": "manual",
             "original_width": 112, "original_height": 72,
             "value": {"x": 60, "y": 50, "width": 0.25, "keypointlabels": ["Object"]}}]}
-        response = requests.post(
-            f"{label_studio.url}/api/ml/{ml_id}/interactive-annotating",
-            headers={"Authorization": f"Token {label_studio.api_key}"},
-            json={"task": task_ids[1], "context": context}, timeout=120)
-        assert response.status_code == 200, response.text[:2000]
-        text = json.dumps(response.json())
-        assert '"brushlabels"' in text and '"rle"' in text, text[:2000]
+        # ... and a smart rectangle, as the UI sends it, on another task.
+        box = {"result": [{
+            "from_name": "box", "to_name": "image", "type": "rectanglelabels",
+            "is_positive": True, "origin": "manual",
+            "original_width": 112, "original_height": 72,
+            "value": {"x": 20, "y": 20, "width": 50, "height": 50, "rotation": 0,
+                      "rectanglelabels": ["Object"]}}]}
+        for task_id, prompt in ((task_ids[1], context), (task_ids[2], box)):
+            response = requests.post(
+                f"{label_studio.url}/api/ml/{ml_id}/interactive-annotating",
+                headers={"Authorization": f"Token {label_studio.api_key}"},
+                json={"task": task_id, "context": prompt}, timeout=120)
+            assert response.status_code == 200, response.text[:2000]
+            text = json.dumps(response.json())
+            assert '"brushlabels"' in text and '"rle"' in text, text[:2000]
         after = _sam_counts(backend)
-        assert after["computed"] == before["computed"]  # the click found it ready
+        assert after["computed"] == before["computed"]  # the clicks found them ready
         assert after["memory"] + after["disk"] > before["memory"] + before["disk"]
     finally:
         backend.stop()
