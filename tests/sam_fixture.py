@@ -80,19 +80,21 @@ def docs(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
-            ) -> Iterator[AppParts]:
-    settings = make_settings(sam_checkpoint=tiny_sam, sam_model_type=TINY_SAM_TYPE,
+def _sam_app(make_settings: Callable[..., Settings], checkpoint: Path, model_type: str,
+             docs: Path) -> Iterator[AppParts]:
+    settings = make_settings(sam_checkpoint=checkpoint, sam_model_type=model_type,
                              local_files_document_root=docs)
     with backend_app(settings) as parts:
         yield parts
+
+
+@pytest.fixture
+def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
+            ) -> Iterator[AppParts]:
+    yield from _sam_app(make_settings, tiny_sam, TINY_SAM_TYPE, docs)
 
 
 @pytest.fixture
 def sam2_1_app(make_settings: Callable[..., Settings], tiny_sam2_1: Path, docs: Path
                ) -> Iterator[AppParts]:
-    settings = make_settings(sam_checkpoint=tiny_sam2_1, sam_model_type=TINY_SAM2_1_TYPE,
-                             local_files_document_root=docs)
-    with backend_app(settings) as parts:
-        yield parts
+    yield from _sam_app(make_settings, tiny_sam2_1, TINY_SAM2_1_TYPE, docs)

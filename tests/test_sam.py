@@ -65,6 +65,21 @@ def rectangle(x: float, y: float, w: float, h: float, label: str,
                       "rectanglelabels": [label]}}
 
 
+def stock_candidates(stock: Any, points: np.ndarray, positive: np.ndarray,
+                     box: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate masks and scores a stock predictor (segment-anything's SamPredictor or
+    sam2's SAM2ImagePredictor, image already set) offers for one prompt, in the order our
+    segmenters rank them: the single-mask answer first unless one click makes it ambiguous."""
+    clicks = {"point_coords": points if len(points) else None,
+              "point_labels": positive.astype(np.int64) if len(points) else None, "box": box}
+    multi_masks, multi_scores, _ = stock.predict(multimask_output=True, **clicks)
+    if len(points) == 1 and box is None:  # one click is ambiguous: SAM's three masks only
+        return multi_masks, multi_scores
+    single_mask, single_score, _ = stock.predict(multimask_output=False, **clicks)
+    return (np.concatenate([single_mask, multi_masks]),
+            np.concatenate([single_score, multi_scores]))
+
+
 def interactive_body(config: str, context: list[dict[str, Any]],
                      image: str = "/data/local-files/?d=set1/img_3.png") -> dict[str, Any]:
     body = copy.deepcopy(load_capture("predict_interactive_smart_keypoint_from_ui.json")["body"])
@@ -307,15 +322,7 @@ def test_the_stateless_path_gives_the_stock_predictors_masks(tiny_sam, monkeypat
 
     stock = SamPredictor(model)
     stock.set_image(pixels)  # RGB
-    clicks = {"point_coords": points if len(points) else None,
-              "point_labels": positive.astype(np.int64) if len(points) else None, "box": box}
-    multi_masks, multi_scores, _ = stock.predict(multimask_output=True, **clicks)
-    single_mask, single_score, _ = stock.predict(multimask_output=False, **clicks)
-    if len(points) == 1 and box is None:  # one click is ambiguous: SAM's three masks only
-        masks, scores = multi_masks, multi_scores
-    else:
-        masks = np.concatenate([single_mask, multi_masks])
-        scores = np.concatenate([single_score, multi_scores])
+    masks, scores = stock_candidates(stock, points, positive, box)
     np.testing.assert_allclose(ours.candidate_scores, scores, rtol=0, atol=5e-7)  # 6 decimals
     chosen = int(np.argmax(scores))
     if favoured is not None and (len(scores) == 4 or favoured > 0):  # else never a choice

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_sam import SAM_PROMPTS, interactive_body, keypoint, rectangle
+from test_sam import SAM_PROMPTS, interactive_body, keypoint, rectangle, stock_candidates
 
 from ml_backend.core.errors import ModelUnavailable
 from ml_backend.labelstudio.rle import rle_to_mask
@@ -147,15 +147,7 @@ def test_the_stateless_path_gives_sam2s_own_predictors_masks(tiny_sam2_1: Path, 
     monkeypatch.setattr(model.sam_mask_decoder, "dynamic_multimask_via_stability", False)
     stock = SAM2ImagePredictor(model)
     stock.set_image(pixels)  # RGB
-    clicks = {"point_coords": points if len(points) else None,
-              "point_labels": positive.astype(np.int64) if len(points) else None, "box": box}
-    multi_masks, multi_scores, _ = stock.predict(multimask_output=True, **clicks)
-    single_mask, single_score, _ = stock.predict(multimask_output=False, **clicks)
-    if len(points) == 1 and box is None:  # one click is ambiguous: SAM's three masks only
-        masks, scores = multi_masks, multi_scores
-    else:
-        masks = np.concatenate([single_mask, multi_masks])
-        scores = np.concatenate([single_score, multi_scores])
+    masks, scores = stock_candidates(stock, points, positive, box)
     np.testing.assert_allclose(ours.candidate_scores, scores, rtol=0, atol=5e-7)  # 6 decimals
     chosen = int(np.argmax(scores))
     if favoured is not None and (len(scores) == 4 or favoured > 0):  # else never a choice
