@@ -5,13 +5,15 @@ the model alone needs. Everything is measured in one run.
 An interactive click runs SAM's prompt encoder and mask decoder on the image's embedding. The
 embedding comes from the image encoder, which is the slow part. The backend caches
 embeddings, so after the first click on an image the server should add little to the
-decoder's own time. This script checks that. It runs the full-size architecture (``vit_b``
-by default) with random weights, which are fine for timing; no weights are downloaded. The
+decoder's own time. This script checks that, for several SAM generations side by side in one
+run: by default ViT-B (SAM 1) and the four SAM 2.1 image models, each the full-size
+architecture with random weights, which are fine for timing; no weights are downloaded. The
 weights are saved as a checkpoint and loaded by the backend the way a released one is. The
 backend runs as in production, ``ml-backend serve`` (gunicorn, one worker) in its own process
 on 127.0.0.1, so the client never shares its interpreter; the raw timings load the same
 checkpoint in this process, so raw and server numbers come from identical weights (and run
-while the server is idle). The picture is 1920×1080. It measures:
+while the server is idle). The models run one after the other, each with its own server.
+The picture is 1920×1080. It measures, per model:
 
 1. encoder: ``Segmenter.embed`` (median of ``--encode-repeats``);
 2. decoder: ``Segmenter.segment`` (the model alone, in this process) for one click
@@ -29,18 +31,22 @@ while the server is idle). The picture is 1920×1080. It measures:
 The report also breaks the server's overhead down where that is simple: reading and hashing
 the image file, brush RLE encoding of the mask, and JSON encoding of the response (with the
 backend's JSON provider). It also gives the response size and the server's embedding store
-hit counts (from its ``/health``).
+hit counts (from its ``/health``). Across models it gives each one's encoder and cold click
+as a ratio of the first model's (ViT-B by default); the goal for ``sam2.1_hiera_tiny`` is a
+cold click at most 1/4 of ViT-B's.
 
-    .venv/bin/python scripts/bench_sam_latency.py [--clicks 30] [--cold-clicks 2]
+    .venv/bin/python scripts/bench_sam_latency.py [--archs vit_b,sam2.1_hiera_tiny] [--clicks 30]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -72,6 +78,10 @@ WIDTH, HEIGHT = 1920, 1080
 PROJECT = "1.1700000000"
 SEED = 0
 TARGET_FACTOR, TARGET_SLACK_MS = 1.3, 20.0
+DEFAULT_ARCHS = ("vit_b", "sam2.1_hiera_tiny", "sam2.1_hiera_small", "sam2.1_hiera_base_plus",
+                 "sam2.1_hiera_large")
+# Cold click of a model ÷ the first model's (ViT-B) at most this: SAM 2.1 tiny's point on a CPU.
+COLD_RATIO_GOALS = {"sam2.1_hiera_tiny": 0.25}
 IDLE_BEFORE_CLICK_S = 0.5
 
 
@@ -196,17 +206,18 @@ def _overheads(runtime: Runtime, url: str, masks: list[SamMask],
                 float(m.mask.mean()) for m in masks)), 3)}
 
 
-def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def measure_arch(arch: str, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """One model's timings: raw encoder and decoder, warm and cold server clicks."""
+    work = work / arch.replace(":", "_").replace("/", "_")
     docs = work / "docs"
     (docs / "set1").mkdir(parents=True, exist_ok=True)
     pixels = _picture()
     Image.fromarray(pixels).save(docs / "set1" / "img.png")
     url = "/data/local-files/?d=set1/img.png"
-    checkpoint = work / f"sam_{args.arch.replace(':', '_').replace('/', '_')}_random.pth"
-    save_random_sam(args.arch, checkpoint, seed=SEED)
+    checkpoint = save_random_sam(arch, work / "sam_random.pth", seed=SEED)
     checkpoint_mb = round(checkpoint.stat().st_size / 2**20, 1)
     env = {"MODEL_DIR": str(work / "models"), "CACHE_DIR": str(work / "cache"),
-           "SAM_CHECKPOINT": str(checkpoint), "SAM_MODEL_TYPE": args.arch,
+           "SAM_CHECKPOINT": str(checkpoint), "SAM_MODEL_TYPE": arch,
            "LOCAL_FILES_DOCUMENT_ROOT": str(docs), "UPDATE_PROJECT_MODEL_VERSION": "false",
            "RERANK_AFTER_TRAINING": "false", "LOG_LEVEL": args.server_log_level}
     settings = Settings.from_env(env)
@@ -265,21 +276,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     accounted = decoder_ms + parts["image_read_sha256_ms"] + parts["rle_encode_ms"] \
         + parts["json_encode_ms"]
     return {
-        "arch": args.arch, "weights": "random init (seeded), saved as a checkpoint",
-        "server": f"ml-backend serve {args.serve_args} in its own process",
-        "note": "random weights draw noisy masks (see mask_foreground_share_median), so "
-                "the RLE, JSON and response size are larger than a trained SAM's smooth "
-                "masks give; encoder and decoder times do not depend on the weights",
-        "checkpoint_mb": checkpoint_mb, "model_load_s": round(load_s, 2),
-        "image_size": f"{WIDTH}x{HEIGHT}",
+        "arch": arch, "checkpoint_mb": checkpoint_mb, "model_load_s": round(load_s, 2),
         "image_png_bytes": (docs / "set1" / "img.png").stat().st_size,
         "encoder_s": round(statistics.median(encode), 2),
         "encoder_samples_s": [round(s, 2) for s in encode],
         "decoder_ms": decoder_ms, "decoder_p90_ms": _ms(_p90(decode)),
         "server_warm_ms": {"n": len(warm), "median": warm_ms, "p90": _ms(_p90(warm)),
                            "min": _ms(min(warm)), "max": _ms(max(warm))},
-        "target": f"server warm median <= {TARGET_FACTOR} x decoder median + "
-                  f"{TARGET_SLACK_MS:g} ms",
         "target_ms": target_ms, "target_met": warm_ms <= target_ms,
         "server_over_decoder": round(warm_ms / decoder_ms, 3),
         "server_over_decoder_paired_median": round(statistics.median(
@@ -293,8 +296,53 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "transport_mean_ms": round(_ms(statistics.mean(warm)) - in_server_ms, 1),
         "response_bytes": int(statistics.median(sizes)),
         "counts": {"total": total, "cold_clicks": cold_counts, "warm_clicks": warm_counts},
+        "device": str(runtime.device),
+    }
+
+
+def compare(models: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each model's encoder and cold click as a ratio of the first model's, with the cold-click
+    goals of :data:`COLD_RATIO_GOALS` where the first model is ViT-B."""
+    baseline = models[0]
+    out: dict[str, Any] = {"baseline": baseline["arch"]}
+    for model in models[1:]:
+        row: dict[str, Any] = {
+            "encoder_ratio": round(model["encoder_s"] / baseline["encoder_s"], 3),
+            "cold_click_ratio": round(model["cold_click_s"] / baseline["cold_click_s"], 3),
+            "decoder_ratio": round(model["decoder_ms"] / baseline["decoder_ms"], 3)}
+        goal = COLD_RATIO_GOALS.get(model["arch"])
+        if goal is not None and baseline["arch"] == "vit_b":
+            row["cold_click_goal"] = f"<= {goal:g} x vit_b"
+            row["cold_click_goal_met"] = row["cold_click_ratio"] <= goal
+        out[model["arch"]] = row
+    return out
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    models = []
+    for arch in args.archs:
+        models.append(measure_arch(arch, args, work))
+        print(f"{arch}: encoder {models[-1]['encoder_s']} s, cold click "
+              f"{models[-1]['cold_click_s']} s, decoder {models[-1]['decoder_ms']} ms, warm "
+              f"click {models[-1]['server_warm_ms']['median']} ms", file=sys.stderr)
+        gc.collect()  # the model this process loaded for the raw timings
+    comparison = compare(models)
+    return {
+        "weights": "random init (seeded), saved as a checkpoint",
+        "server": f"ml-backend serve {args.serve_args} in its own process, one model at a time",
+        "note": "random weights draw noisy masks (see mask_foreground_share_median), so "
+                "the RLE, JSON and response size are larger than a trained SAM's smooth "
+                "masks give; encoder and decoder times do not depend on the weights",
+        "image_size": f"{WIDTH}x{HEIGHT}",
+        "target": f"server warm median <= {TARGET_FACTOR} x decoder median + "
+                  f"{TARGET_SLACK_MS:g} ms",
+        "models": models,
+        "comparison": comparison,
+        "all_targets_met": all(m["target_met"] for m in models) and all(
+            row.get("cold_click_goal_met", True)
+            for key, row in comparison.items() if key != "baseline"),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-        "device": str(runtime.device), "torch": torch.__version__,
+        "torch": torch.__version__,
     }
 
 
@@ -304,26 +352,35 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    warm = report["server_warm_ms"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2),
-                                      gridspec_kw={"width_ratios": [3, 2]})
-    labels = ["raw decoder\n(median)", "server click\n(median)", "server click\n(p90)"]
-    values = [report["decoder_ms"], warm["median"], warm["p90"]]
-    bars = left.bar(labels, values, color=["#7f7f7f", "#1f77b4", "#aec7e8"])
-    left.bar_label(bars, fmt="%.0f")
-    left.axhline(report["target_ms"], color="#d62728", linestyle="--",
-                 label=f"target {report['target_ms']:.0f} ms (1.3 x decoder + 20)")
+    models = report["models"]
+    names = [m["arch"].replace("sam2.1_hiera_", "2.1 ") for m in models]
+    x = np.arange(len(models))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    width = 0.38
+    bars = left.bar(x - width / 2, [m["decoder_ms"] for m in models], width,
+                    color="#7f7f7f", label="raw decoder (median)")
+    left.bar_label(bars, fmt="%.0f", fontsize=8)
+    bars = left.bar(x + width / 2, [m["server_warm_ms"]["median"] for m in models], width,
+                    color="#1f77b4", label="server click (median)")
+    left.bar_label(bars, fmt="%.0f", fontsize=8)
+    left.scatter(x + width / 2, [m["target_ms"] for m in models], marker="_", s=400,
+                 color="#d62728", zorder=3, label="target 1.3 x decoder + 20 ms")
+    left.set_xticks(x, names)
     left.set_ylabel("ms")
-    verdict = "met" if report["target_met"] else "missed"
-    left.set_title(f"click with cached embedding: target {verdict}")
-    left.legend(loc="lower right")
-    bars = right.bar(["raw encoder", "cold server click"],
-                     [report["encoder_s"], report["cold_click_s"]], color=["#7f7f7f", "#ff7f0e"])
-    right.bar_label(bars, fmt="%.1f")
-    right.set_ylabel("s (median)")
+    left.set_title("click with the embedding cached")
+    left.legend(loc="upper left", fontsize=8)
+    bars = right.bar(x - width / 2, [m["encoder_s"] for m in models], width,
+                     color="#7f7f7f", label="raw encoder (median)")
+    right.bar_label(bars, fmt="%.1f", fontsize=8)
+    bars = right.bar(x + width / 2, [m["cold_click_s"] for m in models], width,
+                     color="#ff7f0e", label="cold server click (median)")
+    right.bar_label(bars, fmt="%.1f", fontsize=8)
+    right.set_xticks(x, names)
+    right.set_ylabel("s")
     right.set_title("first click on an image")
-    fig.suptitle(f"SAM {report['arch']} on {report['image_size']}, CPU, "
-                 f"{report['torch_threads']} torch threads")
+    right.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"SAM on {report['image_size']}, CPU, {report['torch_threads']} torch "
+                 f"threads, random weights")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -331,8 +388,12 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="vit_b",
-                        help="SAM_MODEL_TYPE: vit_b / vit_l / vit_h or vit:<dim>/<depth>/<heads>")
+    parser.add_argument("--archs", default=",".join(DEFAULT_ARCHS),
+                        type=lambda text: [a for a in text.split(",") if a],
+                        help="SAM_MODEL_TYPE values, comma-separated, the baseline first: "
+                             "vit_b / vit_l / vit_h, vit:<dim>/<depth>/<heads>, "
+                             "sam2.1_hiera_tiny / _small / _base_plus / _large, "
+                             "sam2.1_hiera:<dim>/<stages>")
     parser.add_argument("--clicks", type=int, default=30,
                         help="click positions, timed raw and over HTTP")
     parser.add_argument("--cold-clicks", type=int, default=2,
@@ -347,6 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path,
                         default=REPO / "docs" / "benchmarks" / "bench_sam_latency.json")
     args = parser.parse_args(argv)
+    if not args.archs:
+        parser.error("--archs names no model")
     if min(args.clicks, args.cold_clicks, args.encode_repeats) < 1:
         parser.error("--clicks, --cold-clicks and --encode-repeats must be at least 1")
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
