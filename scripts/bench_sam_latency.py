@@ -366,6 +366,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     left.scatter(x + width / 2, [m["target_ms"] for m in models], marker="_", s=400,
                  color="#d62728", zorder=3, label="target 1.3 x decoder + 20 ms")
     left.set_xticks(x, names)
+    left.margins(y=0.2)
     left.set_ylabel("ms")
     left.set_title("click with the embedding cached")
     left.legend(loc="upper left", fontsize=8)
@@ -376,6 +377,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
                      color="#ff7f0e", label="cold server click (median)")
     right.bar_label(bars, fmt="%.1f", fontsize=8)
     right.set_xticks(x, names)
+    right.margins(y=0.2)  # room for the legend above the bars
     right.set_ylabel("s")
     right.set_title("first click on an image")
     right.legend(loc="upper left", fontsize=8)
