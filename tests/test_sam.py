@@ -89,6 +89,29 @@ def interactive_body(config: str, context: list[dict[str, Any]],
     return body
 
 
+def predict_spied(client: Any, spy: Any, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """``/predict`` with ``spy`` recording the prompt encoder's calls (removed after); the
+    predictions of a 200 response."""
+    try:
+        response = client.post("/predict", json=body)
+    finally:
+        spy.close()
+    assert response.status_code == 200, response.get_json()
+    return list(response.get_json()["results"])
+
+
+def brush_region_of_image_size(prediction: dict[str, Any]) -> dict[str, Any]:
+    """The prediction's one region, checked to be an RLE brush mask of the whole image whose
+    score is the prediction's."""
+    (region,) = prediction["result"]
+    assert region["type"] == "brushlabels" and region["value"]["format"] == "rle"
+    assert (region["original_width"], region["original_height"]) == (WIDTH, HEIGHT)
+    mask = rle_to_mask(region["value"]["rle"], HEIGHT, WIDTH)
+    assert mask.shape == (HEIGHT, WIDTH) and set(np.unique(mask)) <= {0, 255}
+    assert 0.0 <= region["score"] == prediction["score"]
+    return dict(region)
+
+
 def in_model_frame(x_percent: float, y_percent: float) -> np.ndarray:
     """Where a click at percent coordinates lands in SAM's 1024-long-side input."""
     scale = 1024 / WIDTH
@@ -99,20 +122,10 @@ def test_captured_smart_keypoint_gives_a_brush_mask_of_the_image_size(sam_app) -
     client, runtime, _ = sam_app
     body = load_capture("predict_interactive_smart_keypoint_from_ui.json")["body"]
     spy = PromptSpy(runtime.sam.segmenter().model)
-    try:
-        response = client.post("/predict", json=body)
-    finally:
-        spy.close()
-    assert response.status_code == 200, response.get_json()
-    (prediction,) = response.get_json()["results"]
-    (region,) = prediction["result"]
-    assert region["type"] == "brushlabels" and region["from_name"] == "mask"
-    assert region["to_name"] == "image"
-    assert region["value"]["brushlabels"] == ["Cat"] and region["value"]["format"] == "rle"
-    assert (region["original_width"], region["original_height"]) == (WIDTH, HEIGHT)
-    mask = rle_to_mask(region["value"]["rle"], HEIGHT, WIDTH)
-    assert mask.shape == (HEIGHT, WIDTH) and set(np.unique(mask)) <= {0, 255}
-    assert 0.0 <= region["score"] == prediction["score"]
+    (prediction,) = predict_spied(client, spy, body)
+    region = brush_region_of_image_size(prediction)
+    assert (region["from_name"], region["to_name"]) == ("mask", "image")
+    assert region["value"]["brushlabels"] == ["Cat"]
     # The click reached the model at its place in the model's frame, as a positive point.
     (call,) = spy.calls
     click = body["params"]["context"]["result"][0]["value"]
@@ -127,12 +140,8 @@ def test_positive_and_negative_points_and_a_box_reach_the_model(sam_app) -> None
                keypoint(90, 90, "Background"),  # another label: not part of this prompt
                rectangle(40, 20, 30, 55, "Object"), keypoint(70, 40, "Object")]
     spy = PromptSpy(runtime.sam.segmenter().model)
-    try:
-        response = client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, context))
-    finally:
-        spy.close()
-    assert response.status_code == 200, response.get_json()
-    (region,) = response.get_json()["results"][0]["result"]
+    (prediction,) = predict_spied(client, spy, interactive_body(SEGMENTATION_CONFIG, context))
+    (region,) = prediction["result"]
     assert region["value"]["brushlabels"] == ["Object"]
     (call,) = spy.calls
     assert call["labels"] == [1, 0, 1]

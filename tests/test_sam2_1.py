@@ -11,17 +11,24 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from test_sam import SAM_PROMPTS, interactive_body, keypoint, rectangle, stock_candidates
+from test_sam import (
+    SAM_PROMPTS,
+    brush_region_of_image_size,
+    interactive_body,
+    keypoint,
+    predict_spied,
+    rectangle,
+    stock_candidates,
+)
 
 from ml_backend.core.errors import ModelUnavailable
-from ml_backend.labelstudio.rle import rle_to_mask
 from ml_backend.models.sam.embeddings import deserialize, serialize
 from ml_backend.models.sam.loading import check_model_type, load_sam, locate_sam
 from ml_backend.models.sam.model import SamPrompt
 from ml_backend.models.sam.sam2_1 import SAM2_1_CONFIGS, sam2_1_overrides
 
 from conftest import load_capture
-from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, TINY_SAM2_1_TYPE, WIDTH, square_scene
+from sam_fixture import SEGMENTATION_CONFIG, TINY_SAM2_1_TYPE, square_scene
 
 
 class PromptSpy:
@@ -186,18 +193,8 @@ def test_captured_smart_keypoint_gives_a_brush_mask_with_sam2_1(sam2_1_app) -> N
     client, runtime, _ = sam2_1_app
     body = load_capture("predict_interactive_smart_keypoint_from_ui.json")["body"]
     spy = PromptSpy(runtime.sam.segmenter().model)
-    try:
-        response = client.post("/predict", json=body)
-    finally:
-        spy.close()
-    assert response.status_code == 200, response.get_json()
-    (prediction,) = response.get_json()["results"]
-    (region,) = prediction["result"]
-    assert region["type"] == "brushlabels" and region["value"]["format"] == "rle"
-    assert (region["original_width"], region["original_height"]) == (WIDTH, HEIGHT)
-    mask = rle_to_mask(region["value"]["rle"], HEIGHT, WIDTH)
-    assert mask.shape == (HEIGHT, WIDTH) and set(np.unique(mask)) <= {0, 255}
-    assert 0.0 <= region["score"] == prediction["score"]
+    (prediction,) = predict_spied(client, spy, body)
+    brush_region_of_image_size(prediction)
     (call,) = spy.calls
     click = body["params"]["context"]["result"][0]["value"]
     np.testing.assert_allclose(call["coords"][0], in_model_frame(click["x"], click["y"]),
@@ -213,12 +210,8 @@ def test_a_smart_rectangle_and_clicks_reach_sam2_1_box_first(sam2_1_app) -> None
     context = [keypoint(60, 50, "Object"), keypoint(10, 10, "Object", positive=False),
                rectangle(40, 20, 30, 55, "Object")]
     spy = PromptSpy(runtime.sam.segmenter().model)
-    try:
-        response = client.post("/predict", json=interactive_body(SEGMENTATION_CONFIG, context))
-    finally:
-        spy.close()
-    assert response.status_code == 200, response.get_json()
-    (region,) = response.get_json()["results"][0]["result"]
+    (prediction,) = predict_spied(client, spy, interactive_body(SEGMENTATION_CONFIG, context))
+    (region,) = prediction["result"]
     assert region["value"]["brushlabels"] == ["Object"]
     (call,) = spy.calls
     assert call["labels"] == [2, 3, 1, 0]  # the box as two corners, then the clicks
