@@ -29,12 +29,14 @@ from sam_fixture import HEIGHT, SEGMENTATION_CONFIG, TINY_SAM_TYPE, WIDTH, squar
 
 
 class PromptSpy:
-    """Records what SAM's prompt encoder is called with (model input coordinates)."""
+    """Records what a SAM model's prompt encoder is called with (model input coordinates),
+    for either generation (SAM 2.1 names it ``sam_prompt_encoder`` and passes a box as two
+    labelled points)."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.calls: list[dict[str, Any]] = []
-        self._handle = model.prompt_encoder.register_forward_hook(self._record,
-                                                                  with_kwargs=True)
+        encoder = getattr(model, "sam_prompt_encoder", None) or model.prompt_encoder
+        self._handle = encoder.register_forward_hook(self._record, with_kwargs=True)
 
     def _record(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
         points = kwargs.get("points")

@@ -13,6 +13,7 @@ import pytest
 import torch
 from test_sam import (
     SAM_PROMPTS,
+    PromptSpy,
     brush_region_of_image_size,
     interactive_body,
     keypoint,
@@ -29,23 +30,6 @@ from ml_backend.models.sam.sam2_1 import SAM2_1_CONFIGS, sam2_1_overrides
 
 from conftest import load_capture
 from sam_fixture import SEGMENTATION_CONFIG, TINY_SAM2_1_TYPE, square_scene
-
-
-class PromptSpy:
-    """Records the points SAM 2.1's prompt encoder receives (model input coordinates)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self._handle = model.sam_prompt_encoder.register_forward_hook(self._record,
-                                                                      with_kwargs=True)
-
-    def _record(self, module: Any, args: Any, kwargs: dict[str, Any], output: Any) -> None:
-        coords, labels = kwargs["points"]
-        self.calls.append({"coords": coords[0].numpy().copy(),
-                           "labels": labels[0].numpy().tolist(), "boxes": kwargs["boxes"]})
-
-    def close(self) -> None:
-        self._handle.remove()
 
 
 def in_model_frame(x_percent: float, y_percent: float) -> np.ndarray:
@@ -199,7 +183,7 @@ def test_captured_smart_keypoint_gives_a_brush_mask_with_sam2_1(sam2_1_app) -> N
     click = body["params"]["context"]["result"][0]["value"]
     np.testing.assert_allclose(call["coords"][0], in_model_frame(click["x"], click["y"]),
                                atol=1.0)
-    assert call["labels"] == [1] and call["boxes"] is None
+    assert call["labels"] == [1] and call["box"] is None
     health = client.get("/health").get_json()["models"]["sam"]
     assert health["status"] == "ready" and health["model_type"] == TINY_SAM2_1_TYPE
     assert health["model_id"].startswith("sam_sam2_1_hiera_16_1_1_2_1_")
