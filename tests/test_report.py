@@ -300,6 +300,50 @@ def test_the_export_gets_full_prediction_records() -> None:
     assert [t["predictions"] for t in tasks] == [[listed[0]], []]
 
 
+def _api_answering(bodies: list[bytes]) -> tuple[LabelStudioAPI, list[dict[str, Any]]]:
+    """A client whose export answers ``bodies`` in turn; the export calls it received."""
+    calls: list[dict[str, Any]] = []
+
+    def download_sync(**kw: Any) -> list[bytes]:
+        calls.append(kw)
+        return [bodies[min(len(calls), len(bodies)) - 1]]
+
+    client = type("Client", (), {"projects": type("P", (), {
+        "get": staticmethod(lambda id: type("Project", (), {"label_config": "<View/>"})()),
+        "exports": type("E", (), {"download_sync": staticmethod(download_sync)})()})()})()
+    api = LabelStudioAPI("http://127.0.0.1:1", "key")
+    api._client = client  # type: ignore[assignment]
+    return api, calls
+
+
+def test_an_export_cut_by_label_studio_is_fetched_again(monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Two identical exports at once share Label Studio's export file, so one can come back
+    empty or cut with status 200 (seen in CI: a re-rank next to a quality job)."""
+    import json
+
+    from ml_backend.labelstudio import api as api_module
+
+    monkeypatch.setattr(api_module, "EXPORT_RETRY_WAIT_S", 0.0)
+    tasks = [{"id": 1, "data": {}, "annotations": []}]
+    whole = json.dumps(tasks).encode()
+    api, calls = _api_answering([b"", whole[:7], whole])
+    assert api.all_tasks_export(5) == tasks
+    assert len(calls) == 3 and all(c["id"] == 5 for c in calls)
+
+
+def test_an_export_that_is_never_json_is_one_clear_error(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from ml_backend.labelstudio import api as api_module
+
+    monkeypatch.setattr(api_module, "EXPORT_RETRY_WAIT_S", 0.0)
+    api, calls = _api_answering([b"<html>busy</html>"])
+    with pytest.raises(LabelStudioUnavailable,
+                       match=r"cannot export project 5: 3 answers in a row were not JSON"):
+        api.all_tasks_export(5)
+    assert len(calls) == api_module.EXPORT_ATTEMPTS == 3
+
+
 def test_cli_report_prints_a_table_and_writes_a_plot(monkeypatch: pytest.MonkeyPatch,
                                                      tmp_path: Path,
                                                      capsys: pytest.CaptureFixture) -> None:

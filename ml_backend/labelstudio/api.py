@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,6 +20,8 @@ from ml_backend.core.jsonio import plain
 from ml_backend.labelstudio.data_manager import default_hidden_columns
 
 log = logging.getLogger(__name__)
+EXPORT_ATTEMPTS = 3  # fetches of one export whose body is not JSON (see LabelStudioAPI._export)
+EXPORT_RETRY_WAIT_S = 0.3
 
 
 @dataclass(frozen=True)
@@ -193,10 +197,25 @@ class LabelStudioAPI:
         return by_task
 
     def _export(self, project: int, all_tasks: bool) -> list[dict[str, Any]]:
-        with _calling(f"export project {project}"):
-            chunks = self._client.projects.exports.download_sync(
-                id=project, export_type="JSON", download_all_tasks=all_tasks)
-            tasks = json.loads(b"".join(chunks))
+        # Label Studio writes each export to a file named by project, minute and content hash,
+        # then reads it back: two identical exports at once (a re-rank and a quality job) can
+        # read each other's half-written file and answer 200 with a cut or empty body. Such a
+        # body is fetched again, after a short random wait so the two drift apart.
+        for attempt in range(1, EXPORT_ATTEMPTS + 1):
+            with _calling(f"export project {project}"):
+                body = b"".join(self._client.projects.exports.download_sync(
+                    id=project, export_type="JSON", download_all_tasks=all_tasks))
+            try:
+                tasks = json.loads(body)
+                break
+            except ValueError as exc:
+                if attempt == EXPORT_ATTEMPTS:
+                    raise LabelStudioUnavailable(
+                        f"cannot export project {project}: {EXPORT_ATTEMPTS} answers in a row "
+                        f"were not JSON ({len(body)} bytes, {exc})") from exc
+                log.warning("export of project %s was not JSON (%d bytes, try %d of %d): "
+                            "fetching it again", project, len(body), attempt, EXPORT_ATTEMPTS)
+                time.sleep(EXPORT_RETRY_WAIT_S * attempt * random.uniform(1.0, 2.0))
         if not isinstance(tasks, list):
             raise LabelStudioUnavailable(f"export of project {project} is not a task list")
         return [t for t in tasks if isinstance(t, dict) and "id" in t]
