@@ -92,6 +92,23 @@ def test_corrupted_annotations_score_lowest_and_are_flagged() -> None:
     assert quality.scores[sorted(bad)].max() < 0.6
 
 
+def test_scoring_never_forks_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cleanlab opens a process pool in find_label_issues; a fork of the multithreaded
+    server can hang on a lock another thread held. The scores come without a fork, and are
+    the same as the pool's (cleanlab asks for one process)."""
+    import os
+
+    truth = _truth(30)
+    given, corrupted = _corrupt(truth)
+
+    def no_fork() -> int:
+        raise AssertionError("detection label quality forked a process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    quality = detection_label_quality(given, _as_predictions(truth), SHAPE_CLASSES)
+    assert set(np.flatnonzero(quality.issues).tolist()) == set(corrupted.values())
+
+
 def test_clean_annotations_all_score_one() -> None:
     truth = _truth(12, seed=4)
     quality = detection_label_quality(truth, _as_predictions(truth), SHAPE_CLASSES)

@@ -20,13 +20,43 @@ quality job's business (:mod:`ml_backend.quality.label_errors`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ml_backend.core.detections import Detections, LabeledBoxes
+
+
+class SerialPool:
+    """Stands in for ``multiprocessing.Pool`` in cleanlab's object-detection filter, which
+    opens a pool on every ``find_label_issues`` call (even of one process). A pool forks, and
+    a fork of this multithreaded server (request threads, other jobs running torch) copies
+    locks that other threads hold: the child can wait on them forever, and the quality job
+    with it (seen in ``test_detection_loop`` next to a re-rank). cleanlab asks for one
+    process, so running its ``starmap`` in the calling thread computes the same."""
+
+    def __init__(self, processes: int | None = None) -> None:
+        self.processes = processes
+
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Sequence[Any]]
+                ) -> list[Any]:
+        return [func(*args) for args in iterable]
+
+    def close(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
+def _without_fork() -> None:
+    """Point cleanlab's object-detection filter at :class:`SerialPool` (once per process;
+    idempotent, so concurrent jobs may all call it)."""
+    from cleanlab.object_detection import filter as cleanlab_filter
+
+    cleanlab_filter.Pool = SerialPool  # type: ignore[attr-defined,misc]
 
 
 @dataclass(frozen=True)
@@ -103,6 +133,7 @@ its order; every box's label must be one of them).
     from cleanlab.object_detection.rank import get_label_quality_scores
 
     _check(given, predicted, classes)
+    _without_fork()
     if not given:
         return DetectionQuality(np.zeros(0), np.zeros(0, dtype=bool))
     labels, predictions = [], []
