@@ -24,7 +24,14 @@ import netguard
 from app_fixture import AppParts, backend_app
 from clipseg_fixture import clipseg_app, tiny_clipseg  # noqa: F401  (fixtures for every module)
 from http_fixtures import serve_app
-from sam_fixture import docs, sam2_1_app, sam_app, tiny_sam, tiny_sam2_1  # noqa: F401
+from sam_fixture import (  # noqa: F401
+    any_sam_app,
+    docs,
+    sam2_1_app,
+    sam_app,
+    tiny_sam,
+    tiny_sam2_1,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:

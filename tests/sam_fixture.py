@@ -98,3 +98,9 @@ def sam_app(make_settings: Callable[..., Settings], tiny_sam: Path, docs: Path
 def sam2_1_app(make_settings: Callable[..., Settings], tiny_sam2_1: Path, docs: Path
                ) -> Iterator[AppParts]:
     yield from _sam_app(make_settings, tiny_sam2_1, TINY_SAM2_1_TYPE, docs)
+
+
+@pytest.fixture(params=["sam1", "sam2.1"])
+def any_sam_app(request: pytest.FixtureRequest) -> AppParts:
+    """``sam_app`` and then ``sam2_1_app``: for what both generations must do alike."""
+    return request.getfixturevalue("sam_app" if request.param == "sam1" else "sam2_1_app")

@@ -122,8 +122,8 @@ def test_bad_keys_never_reach_the_filesystem(tmp_path: Path) -> None:
             store.path(model, sha)
 
 
-def test_concurrent_clicks_on_different_images_never_mix(sam_app, docs) -> None:
-    client, runtime, _ = sam_app
+def test_concurrent_clicks_on_different_images_never_mix(any_sam_app, docs) -> None:
+    client, runtime, _ = any_sam_app
     rng = np.random.default_rng(1)
     urls = []
     for i in range(4):
@@ -187,8 +187,8 @@ def _ready(runtime: Any, tasks: list[dict[str, Any]]) -> list[bool]:
         model_id, runtime.images.load_bytes(t["data"]["image"])[1]) for t in tasks]
 
 
-def test_tasks_created_webhook_precomputes_embeddings(sam_app, docs) -> None:
-    client, runtime, jobs = sam_app
+def test_tasks_created_webhook_precomputes_embeddings(any_sam_app, docs) -> None:
+    client, runtime, jobs = any_sam_app
     tasks = _tasks(docs, 3)
     body = load_capture("webhook_TASKS_CREATED.json")["body"]
     body = {**body, "tasks": tasks,
@@ -206,8 +206,8 @@ def test_tasks_created_webhook_precomputes_embeddings(sam_app, docs) -> None:
     assert runtime.sam.embeddings.counts["computed"] == counts_before["computed"]
 
 
-def test_opening_a_task_precomputes_its_embedding(sam_app, docs) -> None:
-    client, runtime, jobs = sam_app
+def test_opening_a_task_precomputes_its_embedding(any_sam_app, docs) -> None:
+    client, runtime, jobs = any_sam_app
     (task,) = _tasks(docs, 1)
     body = {"tasks": [task], "project": "3.17", "label_config": SEGMENTATION_CONFIG,
             "params": {"context": None}}
@@ -294,3 +294,33 @@ def test_rerank_precomputes_the_head_of_the_new_queue(make_settings, image_host,
     finally:
         jobs.close()
     assert runtime.sam.embeddings.counts["computed"] == 4  # the head was already encoded
+
+
+def test_the_precompute_command_fills_the_shared_disk_store_for_sam2_1(
+        make_settings, image_host, tiny_sam2_1) -> None:
+    """`ml-backend precompute` with a SAM 2.1 model: each unlabeled image encoded once, and
+    another process (a fresh runtime on the same cache) reads them from disk, keyed by image
+    hash and this model's digest."""
+    from ml_backend.runtime import Runtime
+
+    from sam_fixture import TINY_SAM2_1_TYPE
+
+    settings = make_settings(label_studio_url=image_host.url, sam_checkpoint=tiny_sam2_1,
+                             sam_model_type=TINY_SAM2_1_TYPE)
+    tasks = []
+    for i in range(3):
+        pixels = square_scene(WIDTH, HEIGHT)
+        pixels[0, i] = 255  # distinct bytes: one embedding per task
+        image_host.files[f"/data/upload/7/s{i}.png"] = png_bytes(pixels)
+        tasks.append({"id": i + 1, "data": {"image": f"/data/upload/7/s{i}.png"}})
+    fake = FakeLabelStudioAPI(SEGMENTATION_CONFIG, [])
+    fake.unlabeled = tasks
+    runtime = Runtime(settings)
+    runtime.ls_api = fake  # type: ignore[assignment]
+    summary = precompute_project(runtime, 7, out=io.StringIO())
+    assert summary["tasks"] == 3 and summary["images"] == {"computed": 3}
+    other = Runtime(settings)
+    other.ls_api = fake  # type: ignore[assignment]
+    assert precompute_project(other, 7, out=io.StringIO())["images"] == {"disk": 3}
+    assert other.sam.segmenter().model_id == runtime.sam.segmenter().model_id
+    assert other.sam.segmenter().model_id.startswith("sam_sam2_1_hiera_16_1_1_2_1_")
