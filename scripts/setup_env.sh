@@ -40,6 +40,19 @@ make_venv() {  # make_venv DIR: create DIR unless it already holds a working pyt
   fi
 }
 
+# A fresh install fills about 8 GB (.venv 7, most of it torch's CUDA build from the local
+# index; .venv-ls 1) and pip unpacks into TMPDIR: say so up front rather than fail midway
+# with pip's "No space left on device".
+need_space() {  # need_space DIR GB
+  local free_kb
+  free_kb="$(df -Pk "$1" | awk 'NR == 2 {print $4}')"
+  if [[ -n "$free_kb" ]] && (( free_kb < $2 * 1024 * 1024 )); then
+    echo "setup_env.sh: $(( free_kb / 1024 )) MB free on $(df -P "$1" | awk 'NR == 2 {print $6}')" \
+      "($1); installing needs about $2 GB there" >&2
+    exit 1
+  fi
+}
+
 # -- backend venv: reinstall only when pyproject.toml changed since the last install ------------
 make_venv .venv
 stamp=.venv/.setup-stamp
@@ -47,6 +60,8 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x .venv/bin/ml-backend ]]; then
   log ".venv up to date"
 else
+  need_space . 10
+  need_space "${TMPDIR:-/tmp}" 2
   log "installing the backend into .venv (pip install -e '.[test]')"
   .venv/bin/python -m pip install -q -e '.[test]'
   # sam2 (the [sam2] extra) builds from source and imports torch while it builds, so it goes in
@@ -68,6 +83,7 @@ PY
 if [[ -x .venv-ls/bin/label-studio ]] && ls_installed; then
   log ".venv-ls has label-studio==$LS_VERSION"
 else
+  need_space . 2
   make_venv .venv-ls
   log "installing label-studio==$LS_VERSION into .venv-ls (about a minute)"
   .venv-ls/bin/python -m pip install -q "label-studio==$LS_VERSION"
