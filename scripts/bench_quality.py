@@ -58,6 +58,7 @@ from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.learning.heads import fit_head, out_of_fold_proba
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 from ml_backend.models.classifier.model import ResNetEmbedder, load_backbone, locate_weights
+from ml_backend.models.detector.calibration import fit_calibration
 from ml_backend.models.detector.model import (
     DetectionSample,
     DetectorModel,
@@ -65,6 +66,7 @@ from ml_backend.models.detector.model import (
     ultralytics_module,
     write_yolo_dataset,
 )
+from ml_backend.models.detector.thresholds import DEFAULT_GRID
 from ml_backend.models.detector.training import FineTuneSpec, fine_tune
 from ml_backend.quality.detection_errors import detection_label_quality
 from ml_backend.quality.fingerprints import (
@@ -369,21 +371,33 @@ def detection_label_errors(train_count: int, val_count: int, scored_count: int, 
         started = time.perf_counter()
         detector = YoloDetector(weights, work / "cfg", "cpu", image_size)
         model = DetectorModel("bench", detector, trained["digest"])
+        # As the fine-tune job does: the new weights predict the held-out (val) scenes once,
+        # and the quality job maps confidences through the fit before ObjectLab.
+        calibration = fit_calibration(
+            detector.detect([s.pixels for s in val], min(DEFAULT_GRID)),
+            [LabeledBoxes(s.xyxy, s.labels) for s in val])
         samples = [_sample(f"s{i}", s) for i, s in enumerate(scored)]
-        predicted = predicted_boxes(model, control, samples, 40_000_000)
+        raw = predicted_boxes(model, control, samples, 40_000_000)
+        raw_quality = detection_label_quality(given, raw, control.labels)
+        predicted = [calibration.applied(p) for p in raw] if calibration else raw
         quality = detection_label_quality(given, predicted, control.labels)
         score_s = time.perf_counter() - started
         scored_map50 = _scored_map50(weights, work / "cfg", work / "scored", scored,
                                      image_size)
-    scores, issues = quality.scores, quality.issues
-    cut = np.zeros(scored_count, dtype=bool)
-    cut[np.argsort(scores, kind="stable")[:len(chosen)]] = True
-    precision, recall, _ = precision_recall_curve(is_error, -scores)
-    confidences = np.concatenate([p.scores for p in predicted]) if predicted else np.zeros(0)
-
     def per_kind(flagged: np.ndarray) -> dict[str, float]:
         return {kind: round(float(np.mean([flagged[i] for i, k in kinds.items() if k == kind])),
                             4) for kind in CORRUPTIONS}
+
+    def lowest(scores: np.ndarray) -> np.ndarray:
+        cut = np.zeros(scored_count, dtype=bool)
+        cut[np.argsort(scores, kind="stable")[:len(chosen)]] = True
+        return cut
+
+    scores, issues = quality.scores, quality.issues
+    cut = lowest(scores)
+    precision, recall, _ = precision_recall_curve(is_error, -scores)
+    confidences = np.concatenate([p.scores for p in raw]) if raw else np.zeros(0)
+    raw_cut = lowest(raw_quality.scores)
 
     step = max(1, len(precision) // 200)
     return {
@@ -398,6 +412,13 @@ def detection_label_errors(train_count: int, val_count: int, scored_count: int, 
         "scored_map50": round(scored_map50, 4),
         "predicted_boxes": int(confidences.size),
         "predicted_boxes_over_0.95": int((confidences > 0.95).sum()),
+        "confidence_calibration": calibration.as_meta() if calibration else None,
+        "calibrated_boxes_over_0.95": int(sum((p.scores > 0.95).sum() for p in predicted)),
+        "raw_confidences": {"top_cut": _precision_recall(raw_cut, is_error),
+                            "top_cut_recall_by_kind": per_kind(raw_cut),
+                            "cleanlab_issues": _precision_recall(raw_quality.issues, is_error),
+                            "pr_auc": round(float(average_precision_score(
+                                is_error, -raw_quality.scores)), 4)},
         "clean_images_scoring_1": int((scores[~is_error] >= 1.0).sum()),
         "top_cut": _precision_recall(cut, is_error),
         "top_cut_recall_by_kind": per_kind(cut),
@@ -493,9 +514,10 @@ def main() -> None:
     parser.add_argument("--pair-timing-rows", type=int, default=10_000)
     parser.add_argument("--det-train", type=int, default=160,
                         help="clean shape scenes the detector trains on")
-    parser.add_argument("--det-val", type=int, default=20,
-                        help="clean shape scenes it validates on (val mAP50)")
-    parser.add_argument("--det-scored", type=int, default=200,
+    parser.add_argument("--det-val", type=int, default=40,
+                        help="clean shape scenes it validates on (val mAP50) and calibrates "
+                             "its confidences on")
+    parser.add_argument("--det-scored", type=int, default=1000,
                         help="shape scenes scored, 5 %% of them corrupted")
     parser.add_argument("--det-epochs", type=int, default=30)
     parser.add_argument("--det-image-size", type=int, default=160)

@@ -50,6 +50,13 @@ def test_quality_benchmark_reduced_run(tmp_path: Path) -> None:
         assert set(detection[f"{part}_recall_by_kind"]) == {"swap", "shift", "remove"}
     assert detection["top_cut"]["size"] == 3
     assert 0.0 <= detection["pr_auc"] <= 1.0
+    # The product's path calibrates on the val scenes (a one-epoch detector may have too few
+    # right boxes to fit); the raw confidences are reported beside it.
+    calibration = detection["confidence_calibration"]
+    assert calibration is None or calibration["n_images"] == 4
+    raw = detection["raw_confidences"]
+    assert raw["top_cut"]["size"] == 3 and 0.0 <= raw["pr_auc"] <= 1.0
+    assert set(raw["top_cut_recall_by_kind"]) == {"swap", "shift", "remove"}
     for key in ("val_map50", "scored_map50"):
         assert 0.0 <= detection[key] <= 1.0
     assert out.with_suffix(".png").stat().st_size > 0

@@ -21,6 +21,7 @@ from ml_backend.models.classifier.training import _holdout
 from ml_backend.models.detector import family as detector_family
 from ml_backend.models.detector import training as detector_training
 from ml_backend.models.detector.boxes import default_min_score
+from ml_backend.models.detector.calibration import ConfidenceCalibration
 from ml_backend.models.detector.model import DetectionSample
 from ml_backend.models.detector.thresholds import (
     DEFAULT_GRID,
@@ -270,6 +271,9 @@ def test_a_fine_tune_on_held_out_tasks_stores_its_box_threshold(
     assert choice["seconds_per_image"][f"{choice['value']:.2f}"] == min(
         choice["seconds_per_image"].values())
     assert f"box threshold {choice['value']:.2f} (least fix-up time)" in outcome["detail"]
+    # A calibration needs 10 right boxes, which a one-epoch detector may not have.
+    if "confidence_calibration" in meta:
+        assert ConfidenceCalibration.from_meta(meta["confidence_calibration"]).n_images == 4
     model, tuned = detector_runtime.detector.model_and_threshold(6)
     assert tuned == choice["value"] and model.version == detector_runtime.store.latest(6).name
 
@@ -279,7 +283,7 @@ def test_a_fine_tune_on_held_out_tasks_stores_its_box_threshold(
     (HELD_OUT_IDS[:3] + TRAIN_IDS, None),  # too few held-out tasks
     (TRAIN_IDS, None),  # no split: validated on the training images
 ])
-def test_only_enough_held_out_tasks_choose_a_threshold(
+def test_only_enough_held_out_tasks_fit_a_threshold_and_a_calibration(
         ids: list[int], chosen_on: int | None, make_settings: Any, image_host: Any,
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from ml_backend.runtime import Runtime
@@ -290,12 +294,14 @@ def test_only_enough_held_out_tasks_choose_a_threshold(
         "weights": str(weights), "map50": 0.5, "map50_95": 0.3, "epochs": 1, "digest": "d"})
     calls = []
 
-    def choose(runtime: Any, path: Path, val: Sequence[DetectionSample],
-               labels: Sequence[str]) -> dict[str, Any]:
+    def fits(runtime: Any, path: Path, val: Sequence[DetectionSample],
+             labels: Sequence[str]) -> dict[str, Any]:
         calls.append((path, [s.name for s in val], tuple(labels)))
-        return {"value": 0.1, "seconds_per_image": {}, "n_images": len(val)}
+        return {"box_threshold": {"value": 0.1, "seconds_per_image": {},
+                                  "n_images": len(val)},
+                "confidence_calibration": {"n_images": len(val)}}
 
-    monkeypatch.setattr(detector_training, "choose_box_threshold", choose)
+    monkeypatch.setattr(detector_training, "held_out_fits", fits)
     runtime = Runtime(make_settings(label_studio_url=image_host.url, detector_min_labels=3))
     runtime.ls_api = FakeLabelStudioAPI(SHAPES_CONFIG, hosted_shape_tasks(image_host, ids, 4))
     outcome = detector_training.train_detector_job(runtime, TrainRequest(project=4,
@@ -304,9 +310,11 @@ def test_only_enough_held_out_tasks_choose_a_threshold(
     meta = runtime.store.latest(4).manifest["detector"]
     if chosen_on is None:
         assert calls == [] and "box_threshold" not in meta
+        assert "confidence_calibration" not in meta
     else:
         assert calls == [(weights, [f"task-{t}" for t in HELD_OUT_IDS], tuple(SHAPE_CLASSES))]
         assert meta["box_threshold"]["n_images"] == chosen_on
+        assert meta["confidence_calibration"]["n_images"] == chosen_on
 
 
 def _val_samples(count: int) -> list[DetectionSample]:
@@ -316,7 +324,7 @@ def _val_samples(count: int) -> list[DetectionSample]:
             for i, s in enumerate(shape_scenes(count, seed=5))]
 
 
-def test_a_failed_threshold_choice_is_logged_and_leaves_none(
+def test_a_failed_held_out_prediction_is_logged_and_fits_nothing(
         make_settings: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         caplog: pytest.LogCaptureFixture) -> None:
     from ml_backend.runtime import Runtime
@@ -326,9 +334,9 @@ def test_a_failed_threshold_choice_is_logged_and_leaves_none(
     # An unreadable weights file …
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
-    assert detector_training.choose_box_threshold(
-        runtime, broken, _val_samples(4), SHAPE_CLASSES) is None
-    assert "choosing the box threshold on 4 held-out images failed" in caplog.text
+    assert detector_training.held_out_fits(
+        runtime, broken, _val_samples(4), SHAPE_CLASSES) == {}
+    assert "predicting the 4 held-out images for the box threshold failed" in caplog.text
 
     # … or any error from the model: logged with its traceback, no choice.
     class Exploding:
@@ -337,8 +345,8 @@ def test_a_failed_threshold_choice_is_logged_and_leaves_none(
 
     caplog.clear()
     monkeypatch.setattr(detector_training, "YoloDetector", Exploding)
-    assert detector_training.choose_box_threshold(
-        runtime, tmp_path / "any.pt", _val_samples(4), SHAPE_CLASSES) is None
+    assert detector_training.held_out_fits(
+        runtime, tmp_path / "any.pt", _val_samples(4), SHAPE_CLASSES) == {}
     assert "CUDA out of memory" in caplog.text and "Traceback" in caplog.text
 
 

@@ -200,8 +200,9 @@ class TrueBoxesDetector:
 
     classes = SHAPE_CLASSES
 
-    def __init__(self, scenes: Sequence[Any]) -> None:
+    def __init__(self, scenes: Sequence[Any], confidence: float = CONFIDENT) -> None:
         self.boxes = {_pixels_key(s.pixels): s for s in scenes}
+        self.confidence = confidence
         self.floors: list[float] = []
 
     def detect(self, images: Sequence[np.ndarray], min_score: float) -> list[Detections]:
@@ -212,7 +213,8 @@ class TrueBoxesDetector:
             stray = np.array([[0.0, 0.0, 8.0, 8.0]])
             out.append(Detections(np.concatenate([scene.xyxy, stray]),
                                   (*scene.labels, "circle"),
-                                  np.r_[np.full(len(scene.labels), CONFIDENT), 0.02],
+                                  np.r_[np.full(len(scene.labels), self.confidence),
+                                        0.02],
                                   image.shape[1], image.shape[0]))
         return out
 
@@ -250,9 +252,10 @@ def _shape_project(image_host: Any, count: int, corrupt: dict[int, str], project
     return tasks, scenes
 
 
-def _save_detector(runtime: Runtime, project: int, trained_on: list[int]) -> str:
-    """A detector version that trained on ``trained_on``; its name."""
-    meta = {"file": "detector.pt", "digest": "true-boxes", "classes": list(SHAPE_CLASSES),
+def _save_detector(runtime: Runtime, project: int, trained_on: list[int],
+                   **extra: Any) -> str:
+    """A detector version that trained on ``trained_on`` (``extra``: more meta); its name."""
+    meta = {**extra, "file": "detector.pt", "digest": "true-boxes", "classes": list(SHAPE_CLASSES),
             "control": "shape", "n_labeled": 0, "map50": 1.0, "map50_95": 1.0, "epochs": 1,
             "n_train": len(trained_on), "n_val": 0, "val_source": "held-out tasks",
             "start": "architecture", "trained_on": trained_on}
@@ -308,6 +311,45 @@ def test_quality_job_scores_the_tasks_the_detector_did_not_train_on(
     third = quality_job(runtime, QualityRequest(9))
     assert third["cleared"] == 1 and QUALITY_KEY not in fake.tasks[32]["data"]
     assert third["detection"]["n_labeled"] == len(unseen) - 1
+
+
+# A held-out fit of a detector whose right boxes score 0.6 (and its strays 0.02).
+UNDERCONFIDENT_FIT = {"confidence": [0.02, 0.6], "precision": [0.0, 0.99], "n_boxes": 80,
+                      "n_right": 40, "n_images": 20}
+
+
+@pytest.mark.parametrize("fit, found", [
+    (None, False),  # raw: no box reaches cleanlab's 0.95 (only its 0.5 finds the shift)
+    (UNDERCONFIDENT_FIT, True),  # calibrated: a 0.6 box is right 99 % of the time
+    ({"confidence": [0.6], "precision": []}, False),  # unreadable: raw, logged
+])
+def test_the_quality_job_reads_confidences_through_the_versions_calibration(
+        fit: dict[str, Any] | None, found: bool, backend: Any, image_host: Any,
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    _, runtime, _ = backend
+    ids = list(range(1, 21))
+    corrupt = {2: "swap", 5: "shift", 9: "remove"}
+    tasks, scenes = _shape_project(image_host, 20, corrupt)
+    fake = FakeLabelStudioAPI(SHAPES_CONFIG, tasks)
+    runtime.ls_api = fake  # type: ignore[assignment]
+    extra = {} if fit is None else {"confidence_calibration": fit}
+    model = DetectorModel(_save_detector(runtime, 9, [], **extra),
+                          TrueBoxesDetector(scenes, confidence=0.6),  # type: ignore[arg-type]
+                          "true-boxes")
+    monkeypatch.setattr(runtime.detector, "model", lambda project: model)
+
+    detection = quality_job(runtime, QualityRequest(9))["detection"]
+    assert detection["status"] == "scored" and detection["n_labeled"] == len(ids)
+    scores = {int(t["id"]): t["data"][QUALITY_KEY] for t in fake.tasks}
+    suspected = {t for t, score in scores.items() if score < 0.99}
+    if found:
+        assert detection["confidence"] == "calibrated on 80 held-out boxes (40 right)"
+        assert suspected == set(corrupt), scores
+    else:
+        assert detection["confidence"].startswith("raw (")
+        assert suspected == {5}, scores  # the swap and the missing box go unseen
+    assert ("unreadable confidence calibration" in caplog.text) == (
+        fit is not None and not found)
 
 
 def test_quality_job_with_few_unseen_tasks_says_so(backend: Any, image_host: Any) -> None:

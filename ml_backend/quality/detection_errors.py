@@ -13,7 +13,9 @@ label-quality score in [0, 1] (low: the annotation is suspect) from three kinds 
 - **badly located**: an annotated box whose best overlapping prediction of its class
   (confidence > 0.5) sits elsewhere.
 
-The thresholds are cleanlab's own (``cleanlab.internal.constants``). Predictions must not have
+The thresholds are cleanlab's own (``cleanlab.internal.constants``) and read a confidence as
+the chance that the box is right: the quality job calibrates confidences to that first
+(:mod:`ml_backend.models.detector.calibration`). Predictions must not have
 seen the image (cleanlab asks for out-of-sample predictions): which images qualify is the
 quality job's business (:mod:`ml_backend.quality.label_errors`).
 """

@@ -9,7 +9,8 @@ After each classifier or detector training (never on a request):
   current backbone);
 - detection: each annotated task the current detector did not train on (its held-out split,
   and tasks annotated since) is scored by cleanlab's ObjectLab from that detector's boxes
-  (:mod:`ml_backend.quality.detection_errors`).
+  (:mod:`ml_backend.quality.detection_errors`), their confidences first mapped through the
+  version's held-out calibration (:mod:`ml_backend.models.detector.calibration`).
 
 The score goes into the task's ``data`` (see :mod:`ml_backend.quality.views`, which also says
 why there; a task scored both ways keeps the lower score) and the "Suspected label errors"
@@ -42,6 +43,7 @@ from ml_backend.models.classifier.training import (
     targets_for,
 )
 from ml_backend.models.detector.boxes import DETECT_CHUNK, control_boxes
+from ml_backend.models.detector.calibration import ConfidenceCalibration
 from ml_backend.models.detector.model import DetectionSample, DetectorModel
 from ml_backend.models.detector.training import detection_samples
 from ml_backend.quality.detection_errors import detection_label_quality
@@ -251,6 +253,25 @@ def predicted_boxes(model: DetectorModel, control: ControlSpec,
     return out
 
 
+def calibrated(meta: dict[str, Any], predicted: list[Detections]
+               ) -> tuple[str, list[Detections]]:
+    """``predicted`` with the detector version's held-out confidence calibration applied
+    (ObjectLab reads a confidence as the chance the box is right), and what was done, for
+    the job's status. A version without one (too few right held-out boxes, or older) keeps
+    its raw confidences; so does a broken record (logged)."""
+    record = meta.get("confidence_calibration")
+    if record is None:
+        return "raw (the detector has no confidence calibration)", predicted
+    try:
+        calibration = ConfidenceCalibration.from_meta(record)
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("detector %s: unreadable confidence calibration, raw confidences used: %r",
+                  meta.get("digest"), exc)
+        return "raw (the detector's confidence calibration is unreadable)", predicted
+    return (f"calibrated on {calibration.n_boxes} held-out boxes "
+            f"({calibration.n_right} right)", [calibration.applied(p) for p in predicted])
+
+
 def _detection(runtime: Runtime, project: int, version: ModelVersion, config: str,
                labeled: list[LabeledTask]) -> tuple[dict[str, Any], list[ScoredTask]]:
     """ObjectLab scores of the annotated tasks the current detector did not train on."""
@@ -290,6 +311,7 @@ def _detection(runtime: Runtime, project: int, version: ModelVersion, config: st
         return {"status": "skipped", "detail": "a newer detector was saved meanwhile; the "
                                                "quality job its training chains scores it"}, []
     predicted = predicted_boxes(model, control, samples, runtime.settings.max_image_pixels)
+    confidence, predicted = calibrated(meta, predicted)
     given = [LabeledBoxes(s.xyxy, tuple(control.labels[int(c)] for c in s.class_ids))
              for s in samples]
     quality = detection_label_quality(given, predicted, control.labels)
@@ -300,4 +322,5 @@ def _detection(runtime: Runtime, project: int, version: ModelVersion, config: st
               for task_id, g, score, issue, held in zip(ids, given, quality.scores,
                                                          quality.issues, held_out, strict=True)]
     return {"status": "scored", "control": control.name, "n_labeled": len(scored),
-            "issues": int(quality.issues.sum()), "scored_on": scored_on}, scored
+            "issues": int(quality.issues.sum()), "scored_on": scored_on,
+            "confidence": confidence}, scored

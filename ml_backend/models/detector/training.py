@@ -48,6 +48,7 @@ from ml_backend.models.classifier.training import (
     quality_next_jobs,
 )
 from ml_backend.models.detector.boxes import DETECT_CHUNK
+from ml_backend.models.detector.calibration import MIN_CALIBRATION_MATCHES, fit_calibration
 from ml_backend.models.detector.model import (
     DetectionSample,
     YoloDetector,
@@ -257,8 +258,7 @@ def train_detector_job(runtime: Runtime, request: TrainRequest) -> dict[str, Any
                     **{k: trained[k] for k in ("map50", "map50_95", "epochs", "n_train",
                                                "n_val", "val_source", "start")},
                     "trained_on": trained_on(previous, current, trained)}
-            if trained["box_threshold"] is not None:
-                meta["box_threshold"] = trained["box_threshold"]
+            meta.update(trained["fits"])  # box_threshold, confidence_calibration
             with runtime.store.locked(project):
                 # Re-read: the classifier may have saved a version meanwhile; keep its parts.
                 latest = runtime.store.latest(project)
@@ -333,11 +333,13 @@ HELD_OUT = "held-out tasks"
 MIN_THRESHOLD_IMAGES = 4
 
 
-def choose_box_threshold(runtime: Runtime, weights: Path, val: Sequence[DetectionSample],
-                         labels: Sequence[str]) -> dict[str, Any] | None:
+def held_out_fits(runtime: Runtime, weights: Path, val: Sequence[DetectionSample],
+                  labels: Sequence[str]) -> dict[str, Any]:
     """Run the new ``weights`` once over the held-out images at the grid's lowest confidence
-    and return the threshold with the least annotator fix-up time (for the version's meta),
-    or None when that failed (logged): the threshold is an extra, the training stands.
+    and fit what the version's meta keeps of them: ``box_threshold``, the threshold with the
+    least annotator fix-up time, and ``confidence_calibration``, held-out precision against
+    confidence (for the label-quality job; left out with too few right boxes). Empty when
+    predicting failed (logged): both are extras, the training stands.
 
     Cheap next to the fine-tune, whose validation predicted these images every epoch; here in
     the job process, through the serving detector's own predict path, a chunk of images in
@@ -353,15 +355,21 @@ def choose_box_threshold(runtime: Runtime, weights: Path, val: Sequence[Detectio
                 [decode_image(s.image, runtime.settings.max_image_pixels) for s in chunk], floor)
         truths = [LabeledBoxes(s.xyxy, tuple(labels[int(c)] for c in s.class_ids)) for s in val]
         choice = fixup_threshold(predictions, truths)
+        calibration = fit_calibration(predictions, truths)
     except Exception:  # Ultralytics and torch raise many types; logged with the traceback
-        log.exception("detector training: choosing the box threshold on %d held-out images "
-                      "failed; the version has none (DETECTOR_MIN_SCORE=auto shows it boxes "
-                      "from the default)", len(val))
-        return None
+        log.exception("detector training: predicting the %d held-out images for the box "
+                      "threshold failed; the version has none (DETECTOR_MIN_SCORE=auto shows "
+                      "it boxes from the default) and no confidence calibration", len(val))
+        return {}
     log.info("detector training: box threshold %.2f for the least fix-up time on %d held-out "
-             "images (seconds per image: %s)", choice.value, choice.n_images,
-             choice.as_meta()["seconds_per_image"])
-    return choice.as_meta()
+             "images (seconds per image: %s); confidence calibrated on %s", choice.value,
+             choice.n_images, choice.as_meta()["seconds_per_image"],
+             f"{calibration.n_boxes} boxes ({calibration.n_right} right)" if calibration
+             else f"nothing (fewer than {MIN_CALIBRATION_MATCHES} right boxes)")
+    fits: dict[str, Any] = {"box_threshold": choice.as_meta()}
+    if calibration is not None:
+        fits["confidence_calibration"] = calibration.as_meta()
+    return fits
 
 
 def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample],
@@ -392,12 +400,12 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
     result = fine_tune(spec, work_dir, settings.detector_train_nice,
                        settings.detector_train_timeout_s, settings.detector_train_idle)
     val = [s for s, v in zip(samples, is_val, strict=True) if v]
-    box_threshold = None
+    fits: dict[str, Any] = {}
     if val_source == HELD_OUT and len(val) >= MIN_THRESHOLD_IMAGES:
-        box_threshold = choose_box_threshold(runtime, Path(result["weights"]), val,
-                                             control.labels)
+        fits = held_out_fits(runtime, Path(result["weights"]), val, control.labels)
     else:
-        log.info("detector training: no box threshold chosen: %d held-out tasks, it takes %d",
+        log.info("detector training: no box threshold or confidence calibration: %d "
+                 "held-out tasks, they take %d",
                  len(val) if val_source == HELD_OUT else 0, MIN_THRESHOLD_IMAGES)
     train_names = {s.name.split(REPEAT_MARK)[0]
                    for s, v in zip(samples, is_val, strict=True) if not v}
@@ -406,7 +414,7 @@ def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample
             "train_ids": [t for t, s in zip(ids, samples[:len(ids)], strict=True)
                           if s.name in train_names],
             "n_val": int(is_val.sum()),
-            "val_source": val_source, "start": source, "box_threshold": box_threshold}
+            "val_source": val_source, "start": source, "fits": fits}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
