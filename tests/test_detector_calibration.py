@@ -61,10 +61,20 @@ def test_the_fit_is_the_share_of_right_boxes_and_only_rises() -> None:
     calibration = fit_calibration(predictions, truths)
     assert calibration is not None
     assert (calibration.n_boxes, calibration.n_right, calibration.n_images) == (40, 21, 40)
-    got = calibration(np.array([0.0, 0.1, 0.3, 0.4, 0.6, 0.95]))
-    # 0.3 and 0.4 break the order (0.6 then 0.4): pooled to 0.5; flat outside the knots.
-    assert np.allclose(got, [0.1, 0.1, 0.5, 0.5, 1.0, 1.0])
+    got = calibration(np.array([0.1, 0.3, 0.4, 0.6, 0.95]))
+    # 0.3 and 0.4 break the order (0.6 then 0.4): pooled to 0.5; flat above the knots.
+    assert np.allclose(got, [0.1, 0.5, 0.5, 1.0, 1.0])
+    # Below the weakest box measured it falls to 0 at confidence 0.
+    assert np.allclose(calibration(np.array([0.0, 0.05])), [0.0, 0.05])
     assert np.all(np.diff(calibration(np.linspace(0, 1, 101))) >= 0)
+
+
+def test_boxes_weaker_than_any_measured_are_not_carried_up() -> None:
+    # Every held-out box from 0.05 up was right; a 0.01 box was never seen.
+    predictions, truths = _images({0.05: (5, 0), 0.5: (10, 0)})
+    calibration = fit_calibration(predictions, truths)
+    assert calibration is not None
+    assert np.allclose(calibration(np.array([0.01, 0.05, 0.9])), [0.2, 1.0, 1.0])
 
 
 def test_too_few_right_boxes_fit_nothing() -> None:

@@ -51,8 +51,8 @@ def right_boxes(predicted: Detections, truth: LabeledBoxes, min_iou: float = MAT
 
 @dataclass(frozen=True)
 class ConfidenceCalibration:
-    """A non-decreasing step curve from confidence to the held-out share of right boxes:
-    ``confidence`` and ``precision`` are its knots (linear in between, flat outside), fitted
+    """A non-decreasing curve from confidence to the held-out share of right boxes:
+    ``confidence`` and ``precision`` are its knots (linear in between, flat above), fitted
     on ``n_boxes`` predicted boxes of ``n_images`` images, ``n_right`` of them right."""
 
     confidence: tuple[float, ...]
@@ -111,6 +111,12 @@ def fit_calibration(predictions: Sequence[Detections], truths: Sequence[LabeledB
         return None
     fit = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True,
                              out_of_bounds="clip").fit(scores, right.astype(np.float64))
-    return ConfidenceCalibration(tuple(float(c) for c in fit.X_thresholds_),
-                                 tuple(float(p) for p in fit.y_thresholds_), int(scores.size),
+    confidence, precision = list(fit.X_thresholds_), list(fit.y_thresholds_)
+    if confidence[0] > 0.0:
+        # Below the weakest box seen (the held-out tasks are predicted from 0.05, the quality
+        # job from 0.01) nothing was measured: fall to 0 at confidence 0 rather than carry the
+        # lowest measured precision down (all right at 0.05 would make every 0.01 box sure).
+        confidence, precision = [0.0, *confidence], [0.0, *precision]
+    return ConfidenceCalibration(tuple(float(c) for c in confidence),
+                                 tuple(float(p) for p in precision), int(scores.size),
                                  int(right.sum()), len(predictions))
