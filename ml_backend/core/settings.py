@@ -22,9 +22,9 @@ class Device(str, Enum):
 
 
 WEBHOOK_SECRET_HEADER = "X-Webhook-Secret"
-# Boxes shown from this confidence: chosen for mAP. It stays the default until the effort
-# benchmark has measured DETECTOR_MIN_SCORE=auto, and is auto's value for a version whose
-# training chose no threshold.
+# Boxes shown from this confidence: chosen for mAP. It stays the default (the effort benchmark
+# measured the same annotator time with DETECTOR_MIN_SCORE=auto: docs/benchmarks.md), and is
+# auto's value for a version whose training chose no threshold.
 DEFAULT_DETECTOR_MIN_SCORE = 0.25
 
 
