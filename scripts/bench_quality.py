@@ -58,7 +58,6 @@ from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.learning.heads import fit_head, out_of_fold_proba
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 from ml_backend.models.classifier.model import ResNetEmbedder, load_backbone, locate_weights
-from ml_backend.models.detector.calibration import fit_calibration
 from ml_backend.models.detector.model import (
     DetectionSample,
     DetectorModel,
@@ -67,7 +66,7 @@ from ml_backend.models.detector.model import (
     write_yolo_dataset,
 )
 from ml_backend.models.detector.thresholds import DEFAULT_GRID
-from ml_backend.models.detector.training import FineTuneSpec, fine_tune
+from ml_backend.models.detector.training import FineTuneSpec, fine_tune, held_out_meta
 from ml_backend.quality.detection_errors import detection_label_quality
 from ml_backend.quality.fingerprints import (
     MAX_LOG_ASPECT,
@@ -79,7 +78,7 @@ from ml_backend.quality.fingerprints import (
     fingerprint_pairs,
     fingerprints,
 )
-from ml_backend.quality.label_errors import PREDICTION_FLOOR, predicted_boxes
+from ml_backend.quality.label_errors import PREDICTION_FLOOR, calibrated, predicted_boxes
 from ml_backend.quality.scoring import (
     DUPLICATE_SURE_COSINE,
     centre,
@@ -371,15 +370,14 @@ def detection_label_errors(train_count: int, val_count: int, scored_count: int, 
         started = time.perf_counter()
         detector = YoloDetector(weights, work / "cfg", "cpu", image_size)
         model = DetectorModel("bench", detector, trained["digest"])
-        # As the fine-tune job does: the new weights predict the held-out (val) scenes once,
-        # and the quality job maps confidences through the fit before ObjectLab.
-        calibration = fit_calibration(
-            detector.detect([s.pixels for s in val], min(DEFAULT_GRID)),
-            [LabeledBoxes(s.xyxy, s.labels) for s in val])
+        # As the fine-tune job does: the new weights predict the held-out (val) scenes once
+        # for the version's meta, and the quality job calibrates its boxes with it.
+        meta = held_out_meta(detector.detect([s.pixels for s in val], min(DEFAULT_GRID)),
+                             [LabeledBoxes(s.xyxy, s.labels) for s in val])
         samples = [_sample(f"s{i}", s) for i, s in enumerate(scored)]
         raw = predicted_boxes(model, control, samples, 40_000_000)
         raw_quality = detection_label_quality(given, raw, control.labels)
-        predicted = [calibration.applied(p) for p in raw] if calibration else raw
+        _, predicted = calibrated(meta, raw)
         quality = detection_label_quality(given, predicted, control.labels)
         score_s = time.perf_counter() - started
         scored_map50 = _scored_map50(weights, work / "cfg", work / "scored", scored,
@@ -412,7 +410,7 @@ def detection_label_errors(train_count: int, val_count: int, scored_count: int, 
         "scored_map50": round(scored_map50, 4),
         "predicted_boxes": int(confidences.size),
         "predicted_boxes_over_0.95": int((confidences > 0.95).sum()),
-        "confidence_calibration": calibration.as_meta() if calibration else None,
+        "confidence_calibration": meta.get("confidence_calibration"),
         "calibrated_boxes_over_0.95": int(sum((p.scores > 0.95).sum() for p in predicted)),
         "raw_confidences": {"top_cut": _precision_recall(raw_cut, is_error),
                             "top_cut_recall_by_kind": per_kind(raw_cut),

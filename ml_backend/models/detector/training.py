@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ml_backend.core.detections import LabeledBoxes, ls_rect_to_xyxy
+from ml_backend.core.detections import Detections, LabeledBoxes, ls_rect_to_xyxy
 from ml_backend.core.errors import BackendError, ImageError, LabelStudioUnavailable
 from ml_backend.core.images import decode_image
 from ml_backend.core.settings import absolute_path
@@ -333,13 +333,30 @@ HELD_OUT = "held-out tasks"
 MIN_THRESHOLD_IMAGES = 4
 
 
+def held_out_meta(predictions: Sequence[Detections], truths: Sequence[LabeledBoxes]
+                  ) -> dict[str, Any]:
+    """What a version's meta keeps of its held-out predictions (made at the grid's lowest
+    confidence): ``box_threshold``, the threshold with the least annotator fix-up time, and
+    ``confidence_calibration``, held-out precision against confidence (for the label-quality
+    job; left out with too few right boxes). Pure: the label-quality benchmark calls it too."""
+    choice = fixup_threshold(predictions, truths)
+    calibration = fit_calibration(predictions, truths)
+    log.info("detector training: box threshold %.2f for the least fix-up time on %d held-out "
+             "images (seconds per image: %s); confidence calibrated on %s", choice.value,
+             choice.n_images, choice.as_meta()["seconds_per_image"],
+             f"{calibration.n_boxes} boxes ({calibration.n_right} right)" if calibration
+             else f"nothing (fewer than {MIN_CALIBRATION_MATCHES} right boxes)")
+    meta: dict[str, Any] = {"box_threshold": choice.as_meta()}
+    if calibration is not None:
+        meta["confidence_calibration"] = calibration.as_meta()
+    return meta
+
+
 def held_out_fits(runtime: Runtime, weights: Path, val: Sequence[DetectionSample],
                   labels: Sequence[str]) -> dict[str, Any]:
     """Run the new ``weights`` once over the held-out images at the grid's lowest confidence
-    and fit what the version's meta keeps of them: ``box_threshold``, the threshold with the
-    least annotator fix-up time, and ``confidence_calibration``, held-out precision against
-    confidence (for the label-quality job; left out with too few right boxes). Empty when
-    predicting failed (logged): both are extras, the training stands.
+    and return :func:`held_out_meta` of them; empty when that failed (logged): both fits are
+    extras, the training stands.
 
     Cheap next to the fine-tune, whose validation predicted these images every epoch; here in
     the job process, through the serving detector's own predict path, a chunk of images in
@@ -354,22 +371,12 @@ def held_out_fits(runtime: Runtime, weights: Path, val: Sequence[DetectionSample
             predictions += detector.detect(
                 [decode_image(s.image, runtime.settings.max_image_pixels) for s in chunk], floor)
         truths = [LabeledBoxes(s.xyxy, tuple(labels[int(c)] for c in s.class_ids)) for s in val]
-        choice = fixup_threshold(predictions, truths)
-        calibration = fit_calibration(predictions, truths)
+        return held_out_meta(predictions, truths)
     except Exception:  # Ultralytics and torch raise many types; logged with the traceback
         log.exception("detector training: predicting the %d held-out images for the box "
                       "threshold failed; the version has none (DETECTOR_MIN_SCORE=auto shows "
                       "it boxes from the default) and no confidence calibration", len(val))
         return {}
-    log.info("detector training: box threshold %.2f for the least fix-up time on %d held-out "
-             "images (seconds per image: %s); confidence calibrated on %s", choice.value,
-             choice.n_images, choice.as_meta()["seconds_per_image"],
-             f"{calibration.n_boxes} boxes ({calibration.n_right} right)" if calibration
-             else f"nothing (fewer than {MIN_CALIBRATION_MATCHES} right boxes)")
-    fits: dict[str, Any] = {"box_threshold": choice.as_meta()}
-    if calibration is not None:
-        fits["confidence_calibration"] = calibration.as_meta()
-    return fits
 
 
 def _train(runtime: Runtime, control: ControlSpec, samples: list[DetectionSample],
