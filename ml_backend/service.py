@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-from ml_backend.core.errors import BackendError, BadRequest, NotFound
+from ml_backend.core.errors import BackendError, BadRequest, LabelStudioUnavailable, NotFound
 from ml_backend.export.run import check_output, options_from_body, project_spec
 from ml_backend.jobs.compute_threads import on_short_lived_thread
 from ml_backend.jobs.kinds import (
@@ -24,6 +24,7 @@ from ml_backend.jobs.kinds import (
     job_key,
 )
 from ml_backend.jobs.queues import JobQueue
+from ml_backend.labelstudio.api import LabelStudioAPI
 from ml_backend.labelstudio.label_config import ModelFamily, parse_label_config
 from ml_backend.models.clipseg.prompts import typed_prompt
 from ml_backend.models.sam.precompute import precompute_request, prompt_keys
@@ -31,6 +32,7 @@ from ml_backend.models.sam.prompts import click_request
 from ml_backend.pipeline.preannotation import preannotation_state
 from ml_backend.pipeline.prediction import predictor_for
 from ml_backend.pipeline.ranking import STATE_TOP, ranking_state
+from ml_backend.quality.like_correction import LAST_CORRECTION_STATE, choice_corrections
 from ml_backend.quality.similar import MIN_INDEXED, load_index, similar_to
 from ml_backend.reporting.savings import project_report
 from ml_backend.runtime import Runtime
@@ -185,8 +187,29 @@ class Backend:
             return {**answer, "status": "not-indexed", "version": index.version,
                     "detail": f"task {task} came after the index was built; it is "
                               "indexed after the next training"}
+        similar = similar_to(index, row, k)
         return {**answer, "status": "ok", "version": index.version,
-                "indexed": len(index.task_ids), "similar": similar_to(index, row, k)}
+                "indexed": len(index.task_ids), "similar": similar,
+                "neighbors": self._fill_neighbors(api, task, [s["task"] for s in similar])}
+
+    @staticmethod
+    def _fill_neighbors(api: LabelStudioAPI, task: int, neighbors: list[int]) -> dict[str, Any]:
+        """Write the answer into the ``neighbors`` of the task's predictions, where Label
+        Studio keeps a task's nearest tasks (exported with the predictions; its UI shows
+        none). Best effort: the answer stands when the write fails, and says so."""
+        try:
+            records = api.task_predictions(task)
+            for record in records:
+                if record.get("neighbors") != neighbors:
+                    api.set_prediction_neighbors(int(record["id"]), neighbors)
+        except (LabelStudioUnavailable, NotFound) as exc:  # e.g. replaced by a re-rank
+            log.warning("task %s: neighbors not written: %s", task, exc)
+            return {"status": "not-written", "detail": str(exc)}
+        if not records:
+            return {"status": "no-prediction",
+                    "detail": "the task has no prediction to keep them (an annotated task "
+                              "loses its prediction when a newer version re-ranks the queue)"}
+        return {"status": "written", "predictions": [int(r["id"]) for r in records]}
 
     # --- POST /setup -------------------------------------------------------------------------
     def setup(self, body: Any) -> dict[str, Any]:
@@ -304,6 +327,8 @@ class Backend:
         # The event's own task and annotation let training skip a full re-read when recent.
         event = action in {"ANNOTATION_CREATED", "ANNOTATION_UPDATED"}
         task, annotation = body.get("task"), body.get("annotation")
+        if event and isinstance(annotation, dict):
+            self._keep_correction(project, annotation)
         mode = TrainMode.FULL if action == "START_TRAINING" else TrainMode.INCREMENTAL
         request = TrainRequest(
             project, mode.value,
@@ -321,6 +346,15 @@ class Backend:
             self.jobs.submit(JobName.RERANK, RerankRequest(project, force=True),
                              key=job_key(JobName.RERANK, project))
         return {"status": "queued", "action": action, "job": job, "jobs": jobs}
+
+    def _keep_correction(self, project: int, annotation: dict[str, Any]) -> None:
+        """Keep an annotation that changed a predicted choice as the project's last
+        correction: the quality job after the training it triggers marks the unlabeled
+        tasks like it (:mod:`ml_backend.quality.like_correction`)."""
+        corrections = choice_corrections(annotation)
+        if corrections:
+            self.runtime.store.write_state(project, LAST_CORRECTION_STATE, {
+                "corrections": [c.as_state() for c in corrections]})
 
     def _trainers(self, project: int) -> list[JobName]:
         """The training jobs a project's config needs; both when its config is unknown (the

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from ml_backend.core.errors import LabelStudioUnavailable
+from ml_backend.core.errors import LabelStudioUnavailable, NotFound
 from ml_backend.labelstudio.api import LabeledTask, TaskState, labeled_tasks_from_export
 
 
@@ -77,6 +77,14 @@ class FakeLabelStudioAPI:
                 return
         raise LabelStudioUnavailable(f"HTTP 404: task {task_id} not found")
 
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        # A prediction's id: its place in the list, from 1.
+        return [{"id": number, **p} for number, p in enumerate(self.predictions, start=1)
+                if p["task"] == task_id]
+
+    def set_prediction_neighbors(self, prediction_id: int, neighbors: list[int]) -> None:
+        self.predictions[prediction_id - 1]["neighbors"] = list(neighbors)
+
     def ensure_view(self, project: int, title: str, data: dict[str, Any]) -> int:
         self.views.setdefault(title, data)
         return list(self.views).index(title) + 1
@@ -96,3 +104,21 @@ class FakeLabelStudioAPI:
                                  if p["task"] == task_id)
                 return TaskState(task_id, t["data"], versions)
         raise LabelStudioUnavailable(f"HTTP 404: task {task_id} not found")
+
+
+class QualityFakeAPI(FakeLabelStudioAPI):
+    """The fake Label Studio, with the calls /similar makes."""
+
+    def __init__(self, label_config: str, tasks: list[dict[str, Any]], project: int) -> None:
+        super().__init__(label_config, tasks)
+        self.project = project
+
+    def existing_label_config(self, project: int) -> str:
+        if project != self.project:
+            raise NotFound(f"Label Studio has no project {project}")
+        return self.config
+
+    def task_project(self, task_id: int) -> int:
+        if any(int(t["id"]) == task_id for t in self._all_tasks()):
+            return self.project
+        raise NotFound(f"Label Studio has no task {task_id}")

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from ml_backend.core.errors import NotFound
 from ml_backend.jobs.kinds import QualityRequest, RerankRequest, TrainRequest
 from ml_backend.learning.heads import BASELINE, Regularisation, out_of_fold_proba
 from ml_backend.models.classifier.training import train_classifier
@@ -27,25 +26,7 @@ from ml_backend.quality.scoring import (
 from ml_backend.quality.views import DUPLICATE_KEY, QUALITY_KEY, is_marked_duplicate
 
 from conftest import DIGITS_CONFIG, hosted_digit_tasks
-from fakes import FakeLabelStudioAPI
-
-
-class QualityFakeAPI(FakeLabelStudioAPI):
-    """The fake Label Studio, with the calls /similar makes."""
-
-    def __init__(self, label_config: str, tasks: list[dict[str, Any]], project: int) -> None:
-        super().__init__(label_config, tasks)
-        self.project = project
-
-    def existing_label_config(self, project: int) -> str:
-        if project != self.project:
-            raise NotFound(f"Label Studio has no project {project}")
-        return self.config
-
-    def task_project(self, task_id: int) -> int:
-        if any(int(t["id"]) == task_id for t in self._all_tasks()):
-            return self.project
-        raise NotFound(f"Label Studio has no task {task_id}")
+from fakes import QualityFakeAPI
 
 
 def _blobs(n_per_class: int, n_classes: int, dim: int, seed: int
@@ -209,6 +190,14 @@ def test_similar_endpoint(backend, image_host) -> None:
     assert 1 not in [s["task"] for s in body["similar"]]
     sims = [s["similarity"] for s in body["similar"]]
     assert sims == sorted(sims, reverse=True)
+    # Annotated tasks without a prediction: nothing to keep the neighbours in.
+    assert body["neighbors"]["status"] == "no-prediction"
+    fake.predictions = [{"task": 1, "model_version": "v", "result": [], "score": 0.5},
+                        {"task": 2, "model_version": "v", "result": [], "score": 0.5}]
+    body = client.get("/similar/7/1?k=5").get_json()
+    assert body["neighbors"] == {"status": "written", "predictions": [1]}
+    assert fake.predictions[0]["neighbors"] == [s["task"] for s in body["similar"]]
+    assert "neighbors" not in fake.predictions[1]
     for url in ("/similar/7/999", "/similar/8/1"):
         missing = client.get(url)
         assert missing.status_code == 404 and "error" in missing.get_json(), url

@@ -131,6 +131,19 @@ class LabelStudioAPI:
         with _calling(f"update task {task_id}"):
             self._client.tasks.update(id=task_id, data=plain(data))
 
+    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+        """A task's predictions as full records (``id``, ``model_version``, ``neighbors``...)."""
+        with _calling(f"list predictions of task {task_id}"):
+            return [p.model_dump(mode="json") if hasattr(p, "model_dump") else dict(p)
+                    for p in self._client.predictions.list(task=task_id)]
+
+    def set_prediction_neighbors(self, prediction_id: int, neighbors: list[int]) -> None:
+        """Fill ``Prediction.neighbors`` ("task IDs of the closest neighbors"): only this
+        endpoint writes it (the bulk import and /predict answers drop the field)."""
+        with _calling(f"update prediction {prediction_id}",
+                      missing=f"Label Studio has no prediction {prediction_id}"):
+            self._client.predictions.update(id=prediction_id, neighbors=neighbors)
+
     def ensure_view(self, project: int, title: str, data: dict[str, Any]) -> int:
         """The id of the project's Data Manager tab titled ``title``, created with ``data``
         (filters, ordering) when there is none, hiding the columns a tab made in the UI

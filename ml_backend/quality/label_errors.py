@@ -34,7 +34,7 @@ from ml_backend.core.store import ModelVersion
 from ml_backend.jobs.kinds import QualityRequest
 from ml_backend.labelstudio.api import LabeledTask, LabelStudioAPI
 from ml_backend.labelstudio.label_config import ControlSpec, ModelFamily, parse_label_config
-from ml_backend.learning.heads import BASELINE, Regularisation, out_of_fold_proba
+from ml_backend.learning.heads import BASELINE, LinearHead, Regularisation, out_of_fold_proba
 from ml_backend.models.classifier.model import ResNetEmbedder
 from ml_backend.models.classifier.training import (
     _holdout,
@@ -47,10 +47,18 @@ from ml_backend.models.detector.calibration import ConfidenceCalibration
 from ml_backend.models.detector.model import DetectionSample, DetectorModel
 from ml_backend.models.detector.training import detection_samples
 from ml_backend.quality.detection_errors import detection_label_quality
+from ml_backend.quality.like_correction import (
+    LAST_CORRECTION_STATE,
+    LIKE_CORRECTION_K,
+    Correction,
+    like_correction,
+    write_like_correction,
+)
 from ml_backend.quality.scoring import label_issues, label_quality_scores
 from ml_backend.quality.similar import save_index
 from ml_backend.quality.views import (
     LABEL_ERRORS_VIEW,
+    LIKE_CORRECTION_KEY,
     QUALITY_KEY,
     label_errors_view,
 )
@@ -207,6 +215,10 @@ def _classification(runtime: Runtime, project: int, version: ModelVersion, confi
     if ids:
         save_index(runtime.store, project, ids, vectors, version.name, time.time())
     result["indexed"] = len(ids)
+    head = model.heads.get(control.name)
+    if head is not None:
+        result["like_correction"] = _like_last_correction(
+            runtime, project, control.name, head, ids, vectors, labeled, unlabeled)
     by_id = dict(zip(ids, range(len(ids)), strict=True))
 
     rows, y = targets_for(control, [t.result for t in labeled])
@@ -218,7 +230,6 @@ def _classification(runtime: Runtime, project: int, version: ModelVersion, confi
                           "classes"}, []
     x = np.stack([vectors[by_id[task.task_id]] for task, _ in usable])
     labels = np.array([label for _, label in usable], dtype=np.int64)
-    head = model.heads.get(control.name)
     regularisation = head.regularisation() if head is not None else BASELINE
     scores, issues = score_labels(x, labels, len(control.labels), regularisation)
     scored = [ScoredTask(task, float(score), bool(issue),
@@ -226,6 +237,45 @@ def _classification(runtime: Runtime, project: int, version: ModelVersion, confi
               for (task, label), score, issue in zip(usable, scores, issues, strict=True)]
     return {"status": "scored", "control": control.name, "n_labeled": len(scored),
             "issues": int(issues.sum())}, scored
+
+
+def _like_last_correction(runtime: Runtime, project: int, control: str, head: LinearHead,
+                          ids: list[int], vectors: np.ndarray, labeled: list[LabeledTask],
+                          unlabeled: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mark the unlabeled tasks nearest the project's last correction of ``control`` that
+    ``head`` (the new version's) labels as the annotator did, and clear older marks."""
+    state = runtime.store.read_state(project, LAST_CORRECTION_STATE) or {}
+    try:
+        corrections = [Correction.from_state(c) for c in state.get("corrections", [])]
+    except (KeyError, TypeError, ValueError) as exc:
+        log.error("project %s: unreadable last correction, ignored: %r", project, exc)
+        corrections = []
+    correction = next((c for c in corrections if c.control == control), None)
+    # The data dicts the job read: the writes below update them, and the label-quality
+    # scores written after start from them.
+    tasks = {t.task_id: t.data for t in labeled} | {
+        int(t["id"]): t["data"] for t in unlabeled if isinstance(t.get("data"), dict)}
+    rows = {task_id: row for row, task_id in enumerate(ids)}
+    marked: dict[int, float] = {}
+    summary: dict[str, Any] = {"status": "no-correction"}
+    if correction is not None:
+        summary = {"status": "marked", "task": correction.task, "label": correction.label,
+                   "was": correction.predicted}
+        if correction.task not in rows or correction.label not in head.labels:
+            summary["status"] = "not-indexed" if correction.task not in rows else "unknown-label"
+        else:
+            open_rows = [rows[int(t["id"])] for t in unlabeled if int(t["id"]) in rows]
+            predicted = head.predict_proba(vectors[open_rows]).argmax(axis=1)
+            alike = predicted == head.labels.index(correction.label)
+            picked, sims = like_correction(vectors, rows[correction.task], open_rows, alike)
+            marked = {ids[row]: float(sim) for row, sim in zip(picked, sims, strict=True)}
+            summary["nearest"] = min(LIKE_CORRECTION_K, len(open_rows))
+            summary["marked"] = sorted(marked, key=lambda task_id: -marked[task_id])
+    if correction is None and not any(LIKE_CORRECTION_KEY in d for d in tasks.values()):
+        return summary  # nothing to mark, nothing to clear: no tab yet either
+    ls_api = runtime.label_studio("like the last correction")
+    return {**summary, **write_like_correction(
+        ls_api, project, correction.task if correction else None, marked, tasks)}
 
 
 # --- detection ------------------------------------------------------------------------------

@@ -18,6 +18,9 @@ QUALITY_KEY = "label_quality"  # in [0, 1]; low: the label is suspect
 DUPLICATE_KEY = "near_duplicate_of"  # the id of the task kept for its group
 LABEL_ERRORS_VIEW = "Suspected label errors"
 DUPLICATES_VIEW = "Near-duplicates"
+LIKE_CORRECTION_KEY = "like_correction_of"  # the id of the corrected task
+LIKE_SIMILARITY_KEY = "like_correction_similarity"  # cosine to it, in [-1, 1]
+LIKE_CORRECTION_VIEW = "Like the last correction"
 
 
 def label_errors_view() -> dict[str, Any]:
@@ -38,6 +41,18 @@ def duplicates_view() -> dict[str, Any]:
                 {"filter": f"filter:{column}", "operator": "greater", "type": "Number",
                  "value": 0}]},
             "ordering": [column], "columnsDisplayType": {column: "Number"}}
+
+
+def like_correction_view() -> dict[str, Any]:
+    """Unlabeled tasks the model labels like the last correction, most similar first."""
+    marked, similarity = f"tasks:data.{LIKE_CORRECTION_KEY}", f"tasks:data.{LIKE_SIMILARITY_KEY}"
+    return {"filters": {"conjunction": "and", "items": [
+                {"filter": "filter:tasks:total_annotations", "operator": "equal",
+                 "type": "Number", "value": 0},
+                {"filter": f"filter:{marked}", "operator": "greater", "type": "Number",
+                 "value": 0}]},
+            "ordering": [f"-{similarity}"],
+            "columnsDisplayType": {marked: "Number", similarity: "Number"}}
 
 
 def is_marked_duplicate(task: dict[str, Any]) -> bool:

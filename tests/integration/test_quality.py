@@ -1,7 +1,9 @@
 """Data quality through the real Label Studio: a digits project labeled through its API with
 two injected label errors → after training the "Suspected label errors" tab lists them first
 (read through the SDK in the tab's order); near-duplicates found and marked by
-`ml-backend dedupe --apply` go to the end of the ranked queue; GET /similar answers."""
+`ml-backend dedupe --apply` go to the end of the ranked queue; GET /similar answers and
+keeps its answer in the prediction's ``neighbors``; a correction's look-alikes are marked
+for Label Studio's bulk action."""
 
 from __future__ import annotations
 
@@ -23,6 +25,9 @@ from ml_backend.quality.views import (
     DUPLICATE_KEY,
     DUPLICATES_VIEW,
     LABEL_ERRORS_VIEW,
+    LIKE_CORRECTION_KEY,
+    LIKE_CORRECTION_VIEW,
+    LIKE_SIMILARITY_KEY,
     QUALITY_KEY,
 )
 
@@ -140,6 +145,91 @@ def test_quality_through_label_studio(label_studio, ls_client, tmp_path: Path) -
             scores = [_field(p, "score") for p in ls_client.tasks.get(id=task_id).predictions
                       if _field(p, "model_version") == version]
             assert scores == [1.0], (task_id, scores)
+        assert not backend.failed_jobs(), backend.failed_jobs()
+    finally:
+        backend.stop()
+
+
+def _choice(label: str) -> list[dict[str, Any]]:
+    return [{"from_name": "digit", "to_name": "image", "type": "choices",
+             "value": {"choices": [label]}}]
+
+
+def _predicted_choice(ls_client: Any, task_id: int, version: str) -> list[str]:
+    return [_field(p, "result")[0]["value"]["choices"][0]
+            for p in ls_client.tasks.get(id=task_id).predictions
+            if _field(p, "model_version") == version and _field(p, "result")]
+
+
+@pytest.mark.integration
+def test_like_a_correction_through_label_studio(label_studio, ls_client, tmp_path: Path
+                                                ) -> None:
+    """An annotator corrects a predicted "0"/"1" to "7" (a class nobody labeled yet); after
+    the retraining, the tab "Like the last correction" lists unlabeled tasks near it that
+    the new version predicts as "7", and Label Studio's own bulk action accepts them.
+    GET /similar keeps its answer in the task's prediction's ``neighbors``."""
+    digits = write_digit_pngs(tmp_path / "digits", 200, size=32)  # 20 a class
+    by_class = {c: [p for p, label in digits if label == c] for c in (0, 1, 7)}
+    env = backend_env(label_studio, tmp_path, FULL_SYNC_INTERVAL_S="0",
+                      RERANK_MIN_INTERVAL_S="0")
+    backend = BackendProcess(env, tmp_path / "backend.log")
+    try:
+        backend.wait_ready()
+        project = create_project(ls_client, "digits-like-correction",
+                                 REPO / "labeling_configs" / "digit_classification.xml")
+        ids = upload_images(label_studio.url, label_studio.api_key, project,
+                            [*by_class[0], *by_class[1], *by_class[7]])
+        truth = dict(zip(ids, ["0"] * 20 + ["1"] * 20 + ["7"] * 20, strict=True))
+        connect_backend(ls_client, project, backend.url)
+        for task_id in ids[:PER_CLASS] + ids[20:20 + PER_CLASS]:
+            ls_client.annotations.create(id=task_id, result=_choice(truth[task_id]))
+        backend.wait_idle(timeout_s=300)
+        version = ls_client.projects.get(id=project).model_version
+        sevens = ids[40:]
+        assert _predicted_choice(ls_client, sevens[0], version)[0] in {"0", "1"}
+
+        # Find similar keeps its answer in the prediction's neighbors.
+        similar = requests.get(f"{backend.url}/similar/{project}/{sevens[1]}?k=5",
+                               timeout=30).json()
+        assert similar["status"] == "ok" and similar["neighbors"]["status"] == "written"
+        neighbours = [_field(p, "neighbors") for p in ls_client.predictions.list(
+            task=sevens[1])]
+        assert neighbours == [[s["task"] for s in similar["similar"]]], neighbours
+
+        # The correction: Label Studio sends the prediction the annotator saw with it.
+        ls_client.annotations.create(id=sevens[0], result=_choice("7"))
+        deadline = time.monotonic() + 300
+        like = None
+        while time.monotonic() < deadline and like is None:
+            backend.wait_idle(timeout_s=max(1.0, deadline - time.monotonic()))
+            like = next((j["result"]["like_correction"] for j in backend.jobs()
+                         if j["name"] == "quality" and j["status"] == "finished"
+                         and (j["result"].get("like_correction") or {}).get("task")
+                         == sevens[0]), None)
+        assert like is not None, (backend.jobs(), backend.log_tail())
+        assert like["status"] == "marked" and like["label"] == "7", like
+        assert like["was"] in {"0", "1"} and like["marked"], like
+
+        # The tab, in its own order: exactly the marked tasks, most similar first, each
+        # unlabeled and predicted "7" by the version the project shows.
+        listed = _view_tasks(ls_client, project, LIKE_CORRECTION_VIEW)
+        assert [int(t.id) for t in listed] == like["marked"], like
+        similarities = [float(t.data[LIKE_SIMILARITY_KEY]) for t in listed]
+        assert similarities == sorted(similarities, reverse=True)
+        assert all(t.data[LIKE_CORRECTION_KEY] == sevens[0] for t in listed)
+        version = ls_client.projects.get(id=project).model_version
+        for task_id in like["marked"]:
+            assert _predicted_choice(ls_client, task_id, version) == ["7"], task_id
+
+        # The bulk action an annotator runs on the tab: annotations from the predictions.
+        view = next(v.id for v in ls_client.views.list(project=project)
+                    if (v.data or {}).get("title") == LIKE_CORRECTION_VIEW)
+        ls_client.actions.create(id="predictions_to_annotations", project=project, view=view,
+                                 selected_items={"all": True, "excluded": []})
+        for task_id in like["marked"]:
+            results = [_field(a, "result") for a in ls_client.tasks.get(id=task_id).annotations]
+            assert [r[0]["value"]["choices"] for r in results] == [["7"]], (task_id, results)
+        assert _view_tasks(ls_client, project, LIKE_CORRECTION_VIEW) == []
         assert not backend.failed_jobs(), backend.failed_jobs()
     finally:
         backend.stop()
