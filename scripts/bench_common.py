@@ -4,6 +4,7 @@ and writing a report (JSON on stdout and to disk, plus a plot)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import threading
 import time
@@ -13,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.devtools.datasets import SHAPE_CLASSES, ShapeScene
 from ml_backend.labelstudio.api import LabeledTask, labeled_tasks_from_export
+from ml_backend.models.detector.model import DetectionSample
 
 
 class SimulatedAnnotator:
@@ -223,3 +226,17 @@ def digits_images(count: int) -> tuple[list[np.ndarray], np.ndarray]:
         big = np.asarray(Image.fromarray(grey).resize((32, 32), Image.NEAREST))
         images.append(np.repeat(big[:, :, None], 3, axis=2))
     return images, np.asarray(digits.target[:count])
+
+
+DETECTOR_BATCH = 16  # DETECTOR_BATCH's default
+
+
+def scene_sample(name: str, scene: ShapeScene) -> DetectionSample:
+    """A shape scene as the fine-tune job's training sample: PNG bytes and class indices."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(scene.pixels).save(buffer, format="PNG")
+    return DetectionSample(name, buffer.getvalue(), ".png", scene.xyxy,
+                           np.array([SHAPE_CLASSES.index(lab) for lab in scene.labels]),
+                           scene.pixels.shape[1], scene.pixels.shape[0])

@@ -59,7 +59,6 @@ from ml_backend.learning.heads import fit_head, out_of_fold_proba
 from ml_backend.models.classifier.embeddings import EmbeddingCache
 from ml_backend.models.classifier.model import ResNetEmbedder, load_backbone, locate_weights
 from ml_backend.models.detector.model import (
-    DetectionSample,
     DetectorModel,
     YoloDetector,
     ultralytics_module,
@@ -91,7 +90,7 @@ from ml_backend.quality.scoring import (
     normalise,
 )
 
-from bench_common import digits_images, write_report
+from bench_common import DETECTOR_BATCH, digits_images, scene_sample, write_report
 
 REPO = Path(__file__).resolve().parent.parent
 FLIP_SHARE = 0.05
@@ -186,6 +185,25 @@ def _random_fingerprints(rows: int, seed: int) -> Fingerprints:
                         np.zeros(rows))
 
 
+def best_view_residual(prints: Fingerprints, i: int, j: int) -> float:
+    """The largest difference between the colour thumbnail of one image of a pair and the
+    best-matching view of the other (either way round), in units of the thumbnails'
+    standard deviation: what a second, residual-based check of a pair would threshold."""
+    best = (-np.inf, 0.0)
+    for a, b in ((i, j), (j, i)):
+        whole = prints.colour[a, 0].astype(np.float32)
+        views = prints.colour[b].astype(np.float32)
+        v = int(np.argmax(views @ whole))
+        residual = float(np.abs(whole - views[v]).max() * np.sqrt(whole.size))
+        best = max(best, (float(views[v] @ whole), residual))
+    return best[1]
+
+
+def _ranges(values: dict[str, list[float]]) -> dict[str, list[float] | None]:
+    return {name: [round(min(v), 2), round(max(v), 2)] if v else None
+            for name, v in values.items()}
+
+
 def near_duplicates(embedder: ResNetEmbedder, embedder_degraded: bool,
                     images: list[np.ndarray], seed: int, timing_rows: int) -> dict[str, Any]:
     """Inject copies of 10 % of ``images``, one transform each in turn, and find them as
@@ -223,6 +241,12 @@ def near_duplicates(embedder: ResNetEmbedder, embedder_degraded: bool,
                                          if k == kind])), 4) for kind in names}
     same_group = [groups[s] == groups[n + i] for i, s in enumerate(sources)]
     false = {(int(i), int(j)) for i, j in pairs} - injected
+    kind_of = {(int(s), n + i): kind for i, (s, kind) in enumerate(zip(sources, kinds,
+                                                                        strict=True))}
+    residuals: dict[str, list[float]] = {name: [] for name in [*names, "false_pairs"]}
+    for i, j in pairs:
+        residuals[kind_of.get((int(i), int(j)), "false_pairs")].append(
+            best_view_residual(prints, int(i), int(j)))
     total_pairs = len(pool) * (len(pool) - 1) // 2
     started = time.perf_counter()
     fingerprint_pairs(_random_fingerprints(timing_rows, seed))
@@ -242,6 +266,9 @@ def near_duplicates(embedder: ResNetEmbedder, embedder_degraded: bool,
         "images_in_a_false_pair_share": round(len({i for p in false for i in p}) / len(pool),
                                               4),
         "false_pairs_by_signal": {name: false_in(found) for name, found in by_signal.items()},
+        # Would a check on the residual after the best view separate copies from false
+        # pairs? The range of each found pair's largest residual, by transform.
+        "best_view_residual_range": _ranges(residuals),
         "injected_found_by_signal": {
             name: len(injected & {(int(i), int(j)) for i, j in found})
             for name, found in by_signal.items()},
@@ -257,19 +284,6 @@ def near_duplicates(embedder: ResNetEmbedder, embedder_degraded: bool,
 # --- label errors in detection ------------------------------------------------------------
 DETECTION_CONFIG = (REPO / "labeling_configs" / "shapes_detection.xml").read_text()
 CORRUPTIONS = ("swap", "shift", "remove")
-DETECTOR_BATCH = 16  # DETECTOR_BATCH's default
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _sample(name: str, scene: ShapeScene) -> DetectionSample:
-    return DetectionSample(name, _png(scene.pixels), ".png", scene.xyxy,
-                           np.array([SHAPE_CLASSES.index(lab) for lab in scene.labels]),
-                           scene.pixels.shape[1], scene.pixels.shape[0])
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -313,8 +327,8 @@ def corrupt(scene: ShapeScene, kind: str, rng: np.random.Generator) -> LabeledBo
 def _train_shapes_detector(work: Path, train: list[ShapeScene], val: list[ShapeScene],
                            epochs: int, image_size: int) -> dict[str, Any]:
     """The fine-tune job's child process on clean scenes, from the architecture config."""
-    samples = ([_sample(f"t{i}", s) for i, s in enumerate(train)]
-               + [_sample(f"v{i}", s) for i, s in enumerate(val)])
+    samples = ([scene_sample(f"t{i}", s) for i, s in enumerate(train)]
+               + [scene_sample(f"v{i}", s) for i, s in enumerate(val)])
     data = write_yolo_dataset(work / "dataset", samples, SHAPE_CLASSES,
                               [i >= len(train) for i in range(len(samples))])
     spec = FineTuneSpec(start="yolov8n.yaml", data_yaml=str(data), out_dir=str(work / "runs"),
@@ -326,7 +340,7 @@ def _train_shapes_detector(work: Path, train: list[ShapeScene], val: list[ShapeS
 def _scored_map50(weights: Path, config_dir: Path, root: Path, scenes: list[ShapeScene],
                   image_size: int) -> float:
     """mAP50 of ``weights`` on ``scenes`` with their true boxes (Ultralytics' validator)."""
-    data = write_yolo_dataset(root, [_sample(f"s{i}", s) for i, s in enumerate(scenes)],
+    data = write_yolo_dataset(root, [scene_sample(f"s{i}", s) for i, s in enumerate(scenes)],
                               SHAPE_CLASSES, [True] * len(scenes))
     yolo = ultralytics_module(config_dir).YOLO
     metrics = yolo(str(weights), task="detect").val(
@@ -374,7 +388,7 @@ def detection_label_errors(train_count: int, val_count: int, scored_count: int, 
         # for the version's meta, and the quality job calibrates its boxes with it.
         meta = held_out_meta(detector.detect([s.pixels for s in val], min(DEFAULT_GRID)),
                              [LabeledBoxes(s.xyxy, s.labels) for s in val])
-        samples = [_sample(f"s{i}", s) for i, s in enumerate(scored)]
+        samples = [scene_sample(f"s{i}", s) for i, s in enumerate(scored)]
         raw = predicted_boxes(model, control, samples, 40_000_000)
         raw_quality = detection_label_quality(given, raw, control.labels)
         _, predicted = calibrated(meta, raw)

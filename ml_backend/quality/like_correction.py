@@ -18,7 +18,6 @@ No torch here: the job hands in embeddings and predicted labels.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -34,7 +33,6 @@ from ml_backend.quality.views import (
     like_correction_view,
 )
 
-log = logging.getLogger(__name__)
 LAST_CORRECTION_STATE = "last-correction"
 # How many of the nearest unlabeled tasks are looked at; those labeled like the correction
 # are marked. A screenful of the Data Manager, small enough to review before accepting.
@@ -82,7 +80,7 @@ def single_choices(result: Any) -> dict[str, str]:
 
 def choice_corrections(annotation: Mapping[str, Any]) -> list[Correction]:
     """The single choices of a webhook's ``annotation`` that differ from those of the
-    prediction it carries. None for a skipped task, an annotation made without a prediction
+    prediction it carries. Empty for a skipped task, an annotation made without a prediction
     (nothing was corrected), or one whose prediction had no choice for that control."""
     prediction = annotation.get("prediction")
     if annotation.get("was_cancelled") or not isinstance(prediction, dict):
