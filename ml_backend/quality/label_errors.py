@@ -215,11 +215,11 @@ def _classification(runtime: Runtime, project: int, version: ModelVersion, confi
     if ids:
         save_index(runtime.store, project, ids, vectors, version.name, time.time())
     result["indexed"] = len(ids)
+    by_id = dict(zip(ids, range(len(ids)), strict=True))
     head = model.heads.get(control.name)
     if head is not None:
         result["like_correction"] = _like_last_correction(
-            runtime, project, control.name, head, ids, vectors, labeled, unlabeled)
-    by_id = dict(zip(ids, range(len(ids)), strict=True))
+            runtime, project, control.name, head, ids, by_id, vectors, labeled, unlabeled)
 
     rows, y = targets_for(control, [t.result for t in labeled])
     usable = [(labeled[r], int(label)) for r, label in zip(rows, y, strict=True)
@@ -240,10 +240,12 @@ def _classification(runtime: Runtime, project: int, version: ModelVersion, confi
 
 
 def _like_last_correction(runtime: Runtime, project: int, control: str, head: LinearHead,
-                          ids: list[int], vectors: np.ndarray, labeled: list[LabeledTask],
-                          unlabeled: list[dict[str, Any]]) -> dict[str, Any]:
+                          ids: list[int], rows: dict[int, int], vectors: np.ndarray,
+                          labeled: list[LabeledTask], unlabeled: list[dict[str, Any]]
+                          ) -> dict[str, Any]:
     """Mark the unlabeled tasks nearest the project's last correction of ``control`` that
-    ``head`` (the new version's) labels as the annotator did, and clear older marks."""
+    ``head`` (the new version's) labels as the annotator did, and clear older marks.
+    ``rows``: the row of ``vectors`` of each task id of ``ids``."""
     state = runtime.store.read_state(project, LAST_CORRECTION_STATE) or {}
     try:
         corrections = [Correction.from_state(c) for c in state.get("corrections", [])]
@@ -255,7 +257,6 @@ def _like_last_correction(runtime: Runtime, project: int, control: str, head: Li
     # scores written after start from them.
     tasks = {t.task_id: t.data for t in labeled} | {
         int(t["id"]): t["data"] for t in unlabeled if isinstance(t.get("data"), dict)}
-    rows = {task_id: row for row, task_id in enumerate(ids)}
     marked: dict[int, float] = {}
     summary: dict[str, Any] = {"status": "no-correction"}
     if correction is not None:

@@ -63,6 +63,16 @@ def _dedupe(env: dict[str, str], project: int) -> subprocess.CompletedProcess[st
                           timeout=600, check=False)
 
 
+def _digits_project(label_studio: Any, ls_client: Any, backend: BackendProcess, title: str,
+                    images: list[Path]) -> tuple[int, list[int]]:
+    """Once ``backend`` is ready: a digit-classification project holding ``images``, and
+    its task ids in their order."""
+    backend.wait_ready()
+    project = create_project(ls_client, title,
+                             REPO / "labeling_configs" / "digit_classification.xml")
+    return project, upload_images(label_studio.url, label_studio.api_key, project, images)
+
+
 @pytest.mark.integration
 def test_quality_through_label_studio(label_studio, ls_client, tmp_path: Path) -> None:
     digits = write_digit_pngs(tmp_path / "digits", 100, size=32)  # 10 a class
@@ -76,11 +86,8 @@ def test_quality_through_label_studio(label_studio, ls_client, tmp_path: Path) -
                       RERANK_MIN_INTERVAL_S="0")
     backend = BackendProcess(env, tmp_path / "backend.log")
     try:
-        backend.wait_ready()
-        project = create_project(ls_client, "digits-quality",
-                                 REPO / "labeling_configs" / "digit_classification.xml")
-        ids = upload_images(label_studio.url, label_studio.api_key, project,
-                            [*zeros, *ones, *others, *copies])
+        project, ids = _digits_project(label_studio, ls_client, backend, "digits-quality",
+                                       [*zeros, *ones, *others, *copies])
         zero_ids, one_ids = ids[:PER_CLASS], ids[PER_CLASS:2 * PER_CLASS]
         other_ids = ids[2 * PER_CLASS:2 * PER_CLASS + 4]
         zero_copy, other_copy = ids[-2:]
@@ -170,15 +177,12 @@ def test_like_a_correction_through_label_studio(label_studio, ls_client, tmp_pat
     GET /similar keeps its answer in the task's prediction's ``neighbors``."""
     digits = write_digit_pngs(tmp_path / "digits", 200, size=32)  # 20 a class
     by_class = {c: [p for p, label in digits if label == c] for c in (0, 1, 7)}
-    env = backend_env(label_studio, tmp_path, FULL_SYNC_INTERVAL_S="0",
-                      RERANK_MIN_INTERVAL_S="0")
-    backend = BackendProcess(env, tmp_path / "backend.log")
+    backend = BackendProcess(backend_env(label_studio, tmp_path, FULL_SYNC_INTERVAL_S="0",
+                                         RERANK_MIN_INTERVAL_S="0"), tmp_path / "backend.log")
     try:
-        backend.wait_ready()
-        project = create_project(ls_client, "digits-like-correction",
-                                 REPO / "labeling_configs" / "digit_classification.xml")
-        ids = upload_images(label_studio.url, label_studio.api_key, project,
-                            [*by_class[0], *by_class[1], *by_class[7]])
+        project, ids = _digits_project(label_studio, ls_client, backend,
+                                       "digits-like-correction",
+                                       [*by_class[0], *by_class[1], *by_class[7]])
         truth = dict(zip(ids, ["0"] * 20 + ["1"] * 20 + ["7"] * 20, strict=True))
         connect_backend(ls_client, project, backend.url)
         for task_id in ids[:PER_CLASS] + ids[20:20 + PER_CLASS]:
