@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ml_backend.core.settings import Settings
 from ml_backend.devtools.datasets import SHAPE_CLASSES, ShapeScene
 from ml_backend.labelstudio.api import LabeledTask, labeled_tasks_from_export
 from ml_backend.models.detector.model import DetectionSample
@@ -228,7 +229,7 @@ def digits_images(count: int) -> tuple[list[np.ndarray], np.ndarray]:
     return images, np.asarray(digits.target[:count])
 
 
-DETECTOR_BATCH = 16  # DETECTOR_BATCH's default
+DETECTOR_BATCH = Settings.detector_batch  # the shipped DETECTOR_BATCH
 
 
 def scene_sample(name: str, scene: ShapeScene) -> DetectionSample:
